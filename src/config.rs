@@ -1,0 +1,326 @@
+//! Typed configuration: TOML with unknown keys rejected, overridden by command-line flags.
+//!
+//! Every key is documented here and, with its default, in `configs/server.toml`; a test checks
+//! that file parses to exactly [`Config::default`], so the documented defaults cannot drift.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole server configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub runtime: Runtime,
+    pub services: Services,
+    pub log: Log,
+}
+
+/// `[server]`: what to listen on and with how many cores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses as `network@address`; `tcp` and `reuseport` both mean a TCP listener per core
+    /// with SO_REUSEPORT. A bare `host:port` is `tcp`.
+    pub listen: Vec<ListenAddr>,
+    /// Executors to run, one per CPU, taken in order from the CPUs the process may run on
+    /// (online CPUs ∩ affinity mask, so `taskset` and systemd `CPUAffinity=` choose which).
+    /// 0 means all of them.
+    pub cores: usize,
+    /// listen(2) backlog of each per-core listener.
+    pub backlog: u32,
+    /// On shutdown, how long connections get to finish the calls they have in flight before
+    /// they are closed anyway, e.g. "10s".
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+/// `[limits]`: finite bounds on what one peer can make the server hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame body (L, the bytes after the 16-byte header) accepted; a larger L closes
+    /// the connection before any of the body is buffered.
+    pub max_frame_bytes: u32,
+    /// Largest payload a gzip request may inflate to; past it the connection is closed.
+    pub max_decompressed_bytes: usize,
+    /// Reply bytes a connection may have waiting to be written before it stops reading
+    /// requests (a peer that sends but does not read is slowed, not buffered for).
+    pub max_pending_write_bytes: usize,
+    /// Calls of one connection whose replies are delayed (a `Hello.Say` with a configured delay)
+    /// that may be outstanding at once; at the limit the connection stops reading until one is
+    /// answered.
+    pub max_calls_in_flight: usize,
+}
+
+/// `[runtime]`: glommio executor settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Bytes of registered io_uring buffer memory per executor. Network I/O does not use it, so
+    /// it is small: every executor's share must fit the memlock limit (8 MiB by default).
+    pub io_memory_bytes: usize,
+    /// io_uring submission queue depth per executor.
+    pub ring_depth: usize,
+}
+
+/// `[services]`: settings of the built-in services.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    pub hello: HelloConfig,
+}
+
+/// `[services.hello]`: the rpcx-benchmark service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HelloConfig {
+    /// Simulated work per `Hello.Say` call, e.g. "10ms" (rpcx-benchmark's `delay`). Other calls
+    /// on the connection are not held up by it.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter (`info`, `percore=debug`, ...); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            runtime: Runtime::default(),
+            services: Services::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![ListenAddr { network: Network::Tcp, address: "127.0.0.1:8972".into() }],
+            cores: 0,
+            backlog: 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            max_pending_write_bytes: 4 << 20,
+            max_calls_in_flight: 1024,
+        }
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { io_memory_bytes: 512 << 10, ring_depth: 256 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// The transport of a listen or dial address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// `tcp`: a TCP listener per core with SO_REUSEPORT.
+    Tcp,
+    /// `reuseport`: rpcx's name for the same thing; clients dial it as `tcp`.
+    Reuseport,
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Tcp => "tcp",
+            Network::Reuseport => "reuseport",
+        }
+    }
+}
+
+/// `network@address`, e.g. `tcp@127.0.0.1:8972`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    pub network: Network,
+    pub address: String,
+}
+
+impl ListenAddr {
+    /// The socket address of a TCP-family listener.
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        self.address
+            .parse()
+            .map_err(|_| format!("{self}: {:?} is not an IP address with a port", self.address))
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (network, address) = s.split_once('@').unwrap_or(("tcp", s));
+        let network = match network {
+            "tcp" | "tcp4" | "tcp6" => Network::Tcp,
+            "reuseport" => Network::Reuseport,
+            "unix" | "http" | "quic" | "kcp" => {
+                return Err(format!("network {network:?} in {s:?} is not served yet (tcp and reuseport are)"));
+            }
+            other => {
+                return Err(format!("unknown network {other:?} in {s:?} (expected tcp or reuseport)"));
+            }
+        };
+        let addr = ListenAddr { network, address: address.to_owned() };
+        addr.socket_addr()?;
+        Ok(addr)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.network.name(), self.address)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration that cannot be used, with where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The exit status for a bad configuration (EX_CONFIG from sysexits.h).
+pub const EXIT_CONFIG: i32 = 78;
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors that name the key, line and column.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_empty() {
+            return Err(ConfigError::Invalid { key: "server.listen", message: "no listen address".into() });
+        }
+        if self.server.backlog == 0 {
+            return Err(ConfigError::Invalid { key: "server.backlog", message: "must be at least 1".into() });
+        }
+        if self.limits.max_frame_bytes < 64 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_frame_bytes",
+                message: format!("{} is too small for any rpcx frame (at least 64)", self.limits.max_frame_bytes),
+            });
+        }
+        if self.limits.max_calls_in_flight == 0 {
+            return Err(ConfigError::Invalid { key: "limits.max_calls_in_flight", message: "must be at least 1".into() });
+        }
+        if self.limits.max_pending_write_bytes == 0 {
+            return Err(ConfigError::Invalid { key: "limits.max_pending_write_bytes", message: "must be at least 1".into() });
+        }
+        if self.runtime.ring_depth == 0 || !self.runtime.ring_depth.is_power_of_two() {
+            return Err(ConfigError::Invalid {
+                key: "runtime.ring_depth",
+                message: format!("{} must be a power of two", self.runtime.ring_depth),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::Invalid { key: "log.level", message: format!("{:?}: {e}", self.log.level) });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        // Every field is a plain value, string, list or table: serialization cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_file_is_the_default() {
+        let text = include_str!("../configs/server.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[server]\ncorez = 2\n").unwrap_err();
+        assert!(err.contains("corez"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let a: ListenAddr = "reuseport@127.0.0.1:0".parse().unwrap();
+        assert_eq!(a.network, Network::Reuseport);
+        let b: ListenAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(b.to_string(), "tcp@127.0.0.1:9");
+        assert!("udp@1.2.3.4:5".parse::<ListenAddr>().unwrap_err().contains("udp"));
+        assert!("tcp@localhost".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let c = Config::default();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+}

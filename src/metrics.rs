@@ -1,0 +1,89 @@
+//! Per-core counters, summed when read.
+//!
+//! Each core owns one [`CoreMetrics`] and is its only writer, so a count is a relaxed load and
+//! store (plain `mov`s on x86), never a locked read-modify-write shared across cores. Readers on
+//! other threads (the scrape, tests) load the values and add the cores up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter written by one thread only.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning core calls this, so load + store cannot lose an update.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a connection's input was refused (the `reason` label of bad-frame counts).
+pub const BAD_FRAME_REASONS: &[&str] = &[
+    "bad_magic",
+    "too_large",
+    "truncated",
+    "trailing_bytes",
+    "invalid_utf8",
+    "bad_metadata",
+    "unknown_compress",
+    "bad_gzip",
+    "decompressed_too_large",
+];
+
+/// One core's counters.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    /// Which core (executor index) these belong to.
+    pub core: usize,
+    pub connections_accepted: Counter,
+    pub connections_closed: Counter,
+    pub requests: Counter,
+    pub heartbeats: Counter,
+    pub error_replies: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Indexed like [`BAD_FRAME_REASONS`].
+    pub bad_frames: [Counter; 9],
+}
+
+impl CoreMetrics {
+    pub fn new(core: usize) -> CoreMetrics {
+        CoreMetrics {
+            core,
+            connections_accepted: Counter::default(),
+            connections_closed: Counter::default(),
+            requests: Counter::default(),
+            heartbeats: Counter::default(),
+            error_replies: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            bad_frames: Default::default(),
+        }
+    }
+
+    /// Counts a refused input by its reason name (one of [`BAD_FRAME_REASONS`]).
+    pub fn bad_frame(&self, reason: &str) {
+        if let Some(i) = BAD_FRAME_REASONS.iter().position(|r| *r == reason) {
+            self.bad_frames[i].inc();
+        }
+    }
+
+    pub fn bad_frames_total(&self) -> u64 {
+        self.bad_frames.iter().map(Counter::get).sum()
+    }
+
+    /// Connections currently open on this core.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_accepted.get().saturating_sub(self.connections_closed.get())
+    }
+}

@@ -1,0 +1,497 @@
+//! rpcx frames, sans-IO: bytes in, frames out; frames in, bytes out.
+//!
+//! Nothing here does I/O, awaits, logs or allocates per frame (the encoder appends to a buffer the
+//! caller owns). The layout is ../shared/PROTOCOL.md §1:
+//!
+//! ```text
+//! offset size field
+//! 0      1    magic 0x08
+//! 1      1    version
+//! 2      1    flags: 0x80 response · 0x40 heartbeat · 0x20 oneway · 0x1C compress · 0x03 status
+//! 3      1    serialize type << 4
+//! 4      8    seq (u64, big-endian)
+//! 12     4    L = bytes that follow
+//! 16     4+n  service path        (u32 length + UTF-8)
+//! ..     4+n  service method      (u32 length + UTF-8)
+//! ..     4+M  metadata block      (u32 length + [u32 klen][key][u32 vlen][val]...)
+//! ..     4+P  payload             (u32 length + bytes)
+//! ```
+//!
+//! Decoding is two steps, like mini-redis's `check` then `parse`: [`frame_len`] looks only at the
+//! 16-byte header (magic, L against the limit) so a reader knows how much to buffer before it
+//! buffers anything, and [`decode`] parses a complete frame into borrowed views.
+
+use std::fmt;
+
+/// First byte of every rpcx frame.
+pub const MAGIC: u8 = 0x08;
+/// Bytes before the body: magic, version, flags, serialize, seq, L.
+pub const HEADER_LEN: usize = 16;
+
+/// Flag bits of header byte 2.
+pub mod flags {
+    /// Set on responses (and on server pushes it is clear).
+    pub const RESPONSE: u8 = 0x80;
+    /// Heartbeat: the server echoes the frame back.
+    pub const HEARTBEAT: u8 = 0x40;
+    /// Oneway: the server sends no reply.
+    pub const ONEWAY: u8 = 0x20;
+    /// Compress type, `(flags >> 2) & 7`.
+    pub const COMPRESS_MASK: u8 = 0x1C;
+    /// Status, `flags & 3`: 0 normal, 1 error.
+    pub const STATUS_MASK: u8 = 0x03;
+}
+
+/// Compress type 1: gzip (RFC 1952) over the payload only.
+pub const COMPRESS_GZIP: u8 = 1;
+/// Status 1: the reply carries `__rpcx_error__`.
+pub const STATUS_ERROR: u8 = 1;
+
+/// Metadata key of the error text in an error reply.
+pub const META_ERROR: &str = "__rpcx_error__";
+/// Metadata key of the auth token in a request.
+pub const META_AUTH: &str = "__AUTH";
+/// Metadata key of the client's deadline, decimal milliseconds left.
+pub const META_SERVER_TIMEOUT: &str = "__ServerTimeout";
+
+/// The fixed 16-byte part of a frame, minus magic and length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Header {
+    /// Version byte; rpcx never checks it, replies copy it.
+    pub version: u8,
+    /// Flag byte (see [`flags`]).
+    pub flags: u8,
+    /// Serialize type, 0..=15 (the high nibble of byte 3).
+    pub serialize: u8,
+    /// Sequence number chosen by the sender and echoed in the reply.
+    pub seq: u64,
+}
+
+impl Header {
+    /// A request header with the given serialize type and seq.
+    pub fn request(serialize: u8, seq: u64) -> Header {
+        Header { version: 0, flags: 0, serialize: serialize & 0x0F, seq }
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.flags & flags::RESPONSE != 0
+    }
+
+    pub fn is_heartbeat(&self) -> bool {
+        self.flags & flags::HEARTBEAT != 0
+    }
+
+    pub fn is_oneway(&self) -> bool {
+        self.flags & flags::ONEWAY != 0
+    }
+
+    /// Compress type: 0 none, 1 gzip.
+    pub fn compress(&self) -> u8 {
+        (self.flags & flags::COMPRESS_MASK) >> 2
+    }
+
+    /// Status: 0 normal, 1 error.
+    pub fn status(&self) -> u8 {
+        self.flags & flags::STATUS_MASK
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status() == STATUS_ERROR
+    }
+
+    pub fn set_compress(&mut self, compress: u8) {
+        self.flags = (self.flags & !flags::COMPRESS_MASK) | ((compress & 7) << 2);
+    }
+
+    pub fn set_status(&mut self, status: u8) {
+        self.flags = (self.flags & !flags::STATUS_MASK) | (status & flags::STATUS_MASK);
+    }
+
+    /// The header of the reply to this request: response bit set, heartbeat and oneway bits
+    /// kept, compress and status cleared (PROTOCOL.md §3).
+    pub fn reply(&self) -> Header {
+        Header {
+            version: self.version,
+            flags: (self.flags & (flags::HEARTBEAT | flags::ONEWAY)) | flags::RESPONSE,
+            serialize: self.serialize,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Which part of a frame an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    ServicePath,
+    ServiceMethod,
+    Metadata,
+    Payload,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::ServicePath => "service path",
+            Field::ServiceMethod => "service method",
+            Field::Metadata => "metadata",
+            Field::Payload => "payload",
+        })
+    }
+}
+
+/// Why bytes are not an rpcx frame. Every variant closes the connection: after it the stream
+/// cannot be re-synchronised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The first byte is not 0x08 (rpcx says `wrong magic number: N`).
+    #[error("wrong magic number: {0}")]
+    BadMagic(u8),
+    /// L is over the configured maximum; nothing of the body was buffered.
+    #[error("frame of {len} bytes is over the limit of {max} bytes")]
+    TooLarge { len: u64, max: u32 },
+    /// A length prefix inside the frame runs past the end of the frame.
+    #[error("{0} length runs past the end of the frame")]
+    Truncated(Field),
+    /// The fields end before L does.
+    #[error("{0} trailing bytes after the payload")]
+    TrailingBytes(u32),
+    /// Path, method or a metadata entry is not UTF-8.
+    #[error("{0} is not valid UTF-8")]
+    InvalidUtf8(Field),
+    /// A metadata entry runs past the metadata block.
+    #[error("metadata entry runs past the metadata block")]
+    BadMetadata,
+    /// Compress type other than none (0) and gzip (1).
+    #[error("unknown compress type {0}")]
+    UnknownCompress(u8),
+}
+
+impl DecodeError {
+    /// A short stable name, used as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::BadMagic(_) => "bad_magic",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Truncated(_) => "truncated",
+            DecodeError::TrailingBytes(_) => "trailing_bytes",
+            DecodeError::InvalidUtf8(_) => "invalid_utf8",
+            DecodeError::BadMetadata => "bad_metadata",
+            DecodeError::UnknownCompress(_) => "unknown_compress",
+        }
+    }
+}
+
+/// A decoded frame borrowing from the input buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub header: Header,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub metadata: Metadata<'a>,
+    pub payload: &'a [u8],
+}
+
+/// Looks at a frame's header. `Ok(None)`: fewer than 16 bytes so far. `Ok(Some(n))`: the whole
+/// frame is `n` bytes. Checks the magic byte and L against `max_body` before anything is buffered.
+pub fn frame_len(buf: &[u8], max_body: u32) -> Result<Option<usize>, DecodeError> {
+    if let Some(&first) = buf.first()
+        && first != MAGIC
+    {
+        return Err(DecodeError::BadMagic(first));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let body = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
+    if body > max_body {
+        return Err(DecodeError::TooLarge { len: u64::from(body), max: max_body });
+    }
+    Ok(Some(HEADER_LEN + body as usize))
+}
+
+/// Decodes one frame from the front of `buf`. `Ok(None)`: more bytes are needed.
+/// `Ok(Some((frame, n)))`: the frame used the first `n` bytes. Never reads past `buf`, never
+/// panics, and rejects a body over `max_body` from the header alone.
+pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    let Some(total) = frame_len(buf, max_body)? else {
+        return Ok(None);
+    };
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let header = Header {
+        version: buf[1],
+        flags: buf[2],
+        serialize: buf[3] >> 4,
+        seq: u64::from_be_bytes([buf[4], buf[5], buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]]),
+    };
+    if header.compress() > COMPRESS_GZIP {
+        return Err(DecodeError::UnknownCompress(header.compress()));
+    }
+    let mut body = Cursor { buf: &buf[HEADER_LEN..total] };
+    let path = body.field(Field::ServicePath)?;
+    let method = body.field(Field::ServiceMethod)?;
+    let metadata = body.field(Field::Metadata)?;
+    let payload = body.field(Field::Payload)?;
+    if !body.buf.is_empty() {
+        return Err(DecodeError::TrailingBytes(body.buf.len() as u32));
+    }
+    let frame = Frame {
+        header,
+        path: utf8(path, Field::ServicePath)?,
+        method: utf8(method, Field::ServiceMethod)?,
+        metadata: Metadata::parse(metadata)?,
+        payload,
+    };
+    Ok(Some((frame, total)))
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    /// Takes a `u32` length prefix and that many bytes.
+    fn field(&mut self, field: Field) -> Result<&'a [u8], DecodeError> {
+        let (len, rest) = self.buf.split_first_chunk::<4>().ok_or(DecodeError::Truncated(field))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(DecodeError::Truncated(field));
+        }
+        let (value, rest) = rest.split_at(len);
+        self.buf = rest;
+        Ok(value)
+    }
+}
+
+fn utf8(bytes: &[u8], field: Field) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8(field))
+}
+
+/// A validated metadata block: `[u32 klen][key][u32 vlen][val]` repeated, no count.
+/// Keys and values are UTF-8 (percore is strict where Go is not).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metadata<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Metadata<'a> {
+    /// Validates a raw block.
+    pub fn parse(raw: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
+        let mut cursor = Cursor { buf: raw };
+        while !cursor.buf.is_empty() {
+            let key = cursor.field(Field::Metadata).map_err(|_| DecodeError::BadMetadata)?;
+            let value = cursor.field(Field::Metadata).map_err(|_| DecodeError::BadMetadata)?;
+            utf8(key, Field::Metadata)?;
+            utf8(value, Field::Metadata)?;
+        }
+        Ok(Metadata { raw })
+    }
+
+    /// The block as it is on the wire (without its length prefix).
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Entries in wire order.
+    pub fn iter(&self) -> MetadataIter<'a> {
+        MetadataIter { cursor: Cursor { buf: self.raw } }
+    }
+
+    /// The value of the first entry named `key`.
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+impl fmt::Debug for Metadata<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over a validated [`Metadata`] block.
+pub struct MetadataIter<'a> {
+    cursor: Cursor<'a>,
+}
+
+impl<'a> Iterator for MetadataIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.cursor.buf.is_empty() {
+            return None;
+        }
+        // The block was validated in `Metadata::parse`; a failure here would be a bug, and
+        // ending the iteration is the harmless answer.
+        let key = self.cursor.field(Field::Metadata).ok()?;
+        let value = self.cursor.field(Field::Metadata).ok()?;
+        Some((std::str::from_utf8(key).ok()?, std::str::from_utf8(value).ok()?))
+    }
+}
+
+/// Appends one metadata entry in wire form to a metadata block being built.
+pub fn push_meta(block: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    push_bytes(block, key);
+    push_bytes(block, value);
+}
+
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Bytes a frame with these parts takes on the wire.
+pub fn encoded_len(path: &str, method: &str, metadata: &[u8], payload: &[u8]) -> usize {
+    HEADER_LEN + 16 + path.len() + method.len() + metadata.len() + payload.len()
+}
+
+/// Appends a whole frame to `out`. `metadata` is a block in wire form (see [`push_meta`]).
+pub fn encode(
+    out: &mut Vec<u8>,
+    header: &Header,
+    path: &str,
+    method: &str,
+    metadata: &[u8],
+    payload: &[u8],
+) {
+    let total = encoded_len(path, method, metadata, payload);
+    out.reserve(total);
+    out.extend_from_slice(&[MAGIC, header.version, header.flags, header.serialize << 4]);
+    out.extend_from_slice(&header.seq.to_be_bytes());
+    out.extend_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    push_bytes(out, path.as_bytes());
+    push_bytes(out, method.as_bytes());
+    push_bytes(out, metadata);
+    push_bytes(out, payload);
+}
+
+impl Frame<'_> {
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(self.path, self.method, self.metadata.raw, self.payload)
+    }
+
+    /// Appends this frame to `out`, byte for byte as it was decoded.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode(out, &self.header, self.path, self.method, self.metadata.raw, self.payload);
+    }
+
+    pub fn to_message(&self) -> Message {
+        Message {
+            header: self.header,
+            path: self.path.to_owned(),
+            method: self.method.to_owned(),
+            metadata: self.metadata.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+/// An owned frame, for clients and tests. The server works on borrowed [`Frame`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    pub header: Header,
+    pub path: String,
+    pub method: String,
+    pub metadata: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    /// The metadata block in wire form.
+    pub fn metadata_block(&self) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (k, v) in &self.metadata {
+            push_meta(&mut block, k.as_bytes(), v.as_bytes());
+        }
+        block
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let block = self.metadata_block();
+        encode(out, &self.header, &self.path, &self.method, &block, &self.payload);
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut meta = Vec::new();
+        push_meta(&mut meta, b"k1", b"v1");
+        let mut out = Vec::new();
+        encode(&mut out, &Header::request(3, 7), "Arith", "Mul", &meta, &[0x82, 0xa1, 0x41]);
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let (frame, used) = decode(&bytes, 1 << 20).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(frame.path, "Arith");
+        assert_eq!(frame.method, "Mul");
+        assert_eq!(frame.metadata.get("k1"), Some("v1"));
+        assert_eq!(frame.header.seq, 7);
+        assert_eq!(frame.header.serialize, 3);
+        let mut again = Vec::new();
+        frame.encode(&mut again);
+        assert_eq!(again, bytes);
+        assert_eq!(frame.encoded_len(), bytes.len());
+    }
+
+    #[test]
+    fn every_prefix_needs_more() {
+        let bytes = sample();
+        for n in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..n], 1 << 20), Ok(None), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn magic_and_limit_are_checked_from_the_header() {
+        assert_eq!(decode(b"H", 100), Err(DecodeError::BadMagic(b'H')));
+        let mut bytes = sample();
+        bytes[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(frame_len(&bytes[..16], 1024), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn inner_lengths_are_validated() {
+        let mut bytes = sample();
+        // Path length claims more than the body holds.
+        bytes[16..20].copy_from_slice(&1000u32.to_be_bytes());
+        assert_eq!(decode(&bytes, 1 << 20), Err(DecodeError::Truncated(Field::ServicePath)));
+
+        let mut bytes = sample();
+        bytes.push(0);
+        let body = (bytes.len() - HEADER_LEN) as u32;
+        bytes[12..16].copy_from_slice(&body.to_be_bytes());
+        assert_eq!(decode(&bytes, 1 << 20), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn reply_header_keeps_only_heartbeat_and_oneway() {
+        let mut h = Header::request(1, 9);
+        h.flags = flags::HEARTBEAT | flags::ONEWAY | 0x04 | 0x01;
+        let r = h.reply();
+        assert!(r.is_response() && r.is_heartbeat() && r.is_oneway());
+        assert_eq!(r.compress(), 0);
+        assert_eq!(r.status(), 0);
+    }
+}

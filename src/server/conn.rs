@@ -1,0 +1,463 @@
+//! The one connection loop: every transport ends here as a byte stream.
+//!
+//! A connection is two futures joined in one task: the reader reads as much as is available,
+//! decodes every complete frame, runs the handlers and appends each reply to the connection's
+//! outbox; the writer swaps the outbox for its own buffer and writes it out in one call. So
+//! pipelined load costs one read and one write per batch, not per request, and reply bytes are
+//! encoded straight into a buffer that is reused, not allocated per call.
+//!
+//! Replies whose handler asked for a delay (`Outcome::After`) are written by a small task of their
+//! own into the same outbox when their time comes, so they never hold up other calls.
+//!
+//! Bounds: a frame's header is checked before its body is buffered; a connection stops reading
+//! while its unwritten replies exceed `limits.max_pending_write_bytes` or its delayed calls reach
+//! `limits.max_calls_in_flight`; input that is not rpcx closes the connection, after the replies
+//! to the frames before it are flushed, with one log line and a metric.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use super::Core;
+use crate::codec::{self, CodecError, SerializeType};
+use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR};
+use crate::service::{Method, Outcome, Reply, Request};
+
+/// First size of a connection's read buffer; it grows to hold the largest frame in flight and
+/// shrinks back when that frame is done.
+const INITIAL_READ_BUFFER: usize = 8 << 10;
+/// A read buffer or write batch larger than this is given back once it is empty, so one large
+/// frame does not pin its memory for the life of the connection.
+const SHRINK_ABOVE: usize = 256 << 10;
+/// Once this many reply bytes are waiting, the reader lets the writer run before reading more.
+const WRITE_NUDGE: usize = 64 << 10;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer closed its side.
+    Eof,
+    /// Reading failed (reset, timeout).
+    ReadError(io::Error),
+    /// Writing failed; the reader stopped too.
+    WriteFailed,
+    /// The peer sent something that is not an rpcx frame (metric reason, description).
+    Refused(&'static str, String),
+}
+
+/// Serves rpcx frames on `stream` until the peer closes it, it breaks, or it sends bad input.
+pub(crate) async fn serve<S>(core: &Rc<Core>, stream: S, peer: SocketAddr) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = RefCell::new(stream);
+    let outbox = Rc::new(Outbox::default());
+    let reader = async {
+        let end = futures_lite::future::or(
+            read_loop(core, ReadHalf(&stream), &outbox),
+            poll_fn(|cx| outbox.poll_failed(cx)),
+        )
+        .await;
+        outbox.close();
+        end
+    };
+    let writer = write_loop(WriteHalf(&stream), &outbox, core);
+    let (end, _) = futures_lite::future::zip(reader, writer).await;
+    match &end {
+        End::Refused(reason, what) => {
+            core.metrics.bad_frame(reason);
+            warn!(core = core.index, %peer, reason, "closing connection: {what}");
+        }
+        End::ReadError(e) => debug!(core = core.index, %peer, error = %e, "connection read failed"),
+        End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
+        End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
+    }
+    end
+}
+
+/// Reply bytes waiting for the writer, shared by the reader, the writer and delayed replies.
+#[derive(Default)]
+struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    /// Bytes the writer has taken and not finished writing.
+    writing: Cell<usize>,
+    /// Delayed replies not yet pushed.
+    delayed: Cell<usize>,
+    /// The reader is done: the writer flushes what is left (and what delayed replies still
+    /// bring) and closes.
+    closed: Cell<bool>,
+    /// A write failed: the reader stops.
+    failed: Cell<bool>,
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+}
+
+impl Outbox {
+    fn pending(&self) -> usize {
+        self.buf.borrow().len() + self.writing.get()
+    }
+
+    /// Appends a finished reply from outside the connection task.
+    fn push(&self, bytes: &[u8]) {
+        if self.failed.get() {
+            return;
+        }
+        self.buf.borrow_mut().extend_from_slice(bytes);
+        wake(&self.writer);
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        wake(&self.writer);
+    }
+
+    fn fail(&self) {
+        self.failed.set(true);
+        wake(&self.reader);
+    }
+
+    fn poll_failed(&self, cx: &mut TaskContext<'_>) -> Poll<End> {
+        if self.failed.get() {
+            return Poll::Ready(End::WriteFailed);
+        }
+        park(&self.reader, cx);
+        Poll::Pending
+    }
+
+    /// Ready(true) when there is something to write, Ready(false) when the connection is done.
+    fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
+        if !self.buf.borrow().is_empty() {
+            return Poll::Ready(true);
+        }
+        if self.closed.get() && self.delayed.get() == 0 {
+            return Poll::Ready(false);
+        }
+        park(&self.writer, cx);
+        Poll::Pending
+    }
+
+    /// Ready once the reader may read again.
+    fn poll_room(&self, cx: &mut TaskContext<'_>, max_bytes: usize, max_calls: usize) -> Poll<()> {
+        if self.failed.get() || (self.pending() < max_bytes && self.delayed.get() < max_calls) {
+            return Poll::Ready(());
+        }
+        park(&self.reader, cx);
+        Poll::Pending
+    }
+}
+
+fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
+    let waker = match slot.take() {
+        Some(w) if w.will_wake(cx.waker()) => w,
+        _ => cx.waker().clone(),
+    };
+    slot.set(Some(waker));
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(w) = slot.take() {
+        w.wake();
+    }
+}
+
+/// Reusable per-connection buffers, so a call allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    meta: Vec<u8>,
+    payload: Vec<u8>,
+    inflated: Vec<u8>,
+    deflated: Vec<u8>,
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc<Outbox>) -> End {
+    let limits = &core.config.limits;
+    let mut rbuf = ReadBuf::new();
+    let mut scratch = Scratch::default();
+    loop {
+        poll_fn(|cx| outbox.poll_room(cx, limits.max_pending_write_bytes, limits.max_calls_in_flight)).await;
+        if outbox.failed.get() {
+            return End::WriteFailed;
+        }
+        let n = match rd.read(rbuf.spare()).await {
+            Ok(0) => return End::Eof,
+            Ok(n) => n,
+            Err(e) => return End::ReadError(e),
+        };
+        rbuf.filled(n);
+        core.metrics.bytes_in.add(n as u64);
+        loop {
+            let data = rbuf.data();
+            let total = match protocol::frame_len(data, limits.max_frame_bytes) {
+                Ok(Some(total)) => total,
+                Ok(None) => break,
+                Err(e) => return End::Refused(e.reason(), e.to_string()),
+            };
+            if data.len() < total {
+                rbuf.reserve_frame(total);
+                break;
+            }
+            let raw = &data[..total];
+            match protocol::decode(raw, limits.max_frame_bytes) {
+                Ok(Some((frame, _))) => {
+                    if let Err(refused) = handle(core, &frame, raw, outbox, &mut scratch) {
+                        return refused;
+                    }
+                }
+                Ok(None) => return End::Refused("truncated", "frame shorter than its header says".into()),
+                Err(e) => return End::Refused(e.reason(), e.to_string()),
+            }
+            rbuf.consume(total);
+        }
+        if outbox.buf.borrow().len() >= WRITE_NUDGE {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, core: &Core) {
+    let mut batch = Vec::new();
+    while poll_fn(|cx| outbox.poll_work(cx)).await {
+        std::mem::swap(&mut batch, &mut *outbox.buf.borrow_mut());
+        outbox.writing.set(batch.len());
+        let result = wr.write_all(&batch).await;
+        outbox.writing.set(0);
+        wake(&outbox.reader);
+        if result.is_err() {
+            outbox.fail();
+            return;
+        }
+        core.metrics.bytes_out.add(batch.len() as u64);
+        batch.clear();
+        if batch.capacity() > SHRINK_ABOVE {
+            batch = Vec::new();
+        }
+    }
+    let _ = wr.close().await;
+}
+
+/// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply.
+/// `Err` means the input is refused and the connection closes.
+fn handle(core: &Rc<Core>, frame: &Frame<'_>, raw: &[u8], outbox: &Rc<Outbox>, scratch: &mut Scratch) -> Result<(), End> {
+    let metrics = &core.metrics;
+    if frame.header.is_heartbeat() {
+        // Echo the frame unchanged but for the response bit (PROTOCOL.md §3).
+        metrics.heartbeats.inc();
+        let mut out = outbox.buf.borrow_mut();
+        let at = out.len();
+        out.extend_from_slice(raw);
+        out[at + 2] |= protocol::flags::RESPONSE;
+        return Ok(());
+    }
+    metrics.requests.inc();
+    let oneway = frame.header.is_oneway();
+    let method = match Method::lookup(frame.path, frame.method) {
+        Ok(method) => method,
+        Err(e) => {
+            if !oneway {
+                error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.text(frame.path, frame.method));
+            }
+            return Ok(());
+        }
+    };
+    let codec = match SerializeType::from_wire(frame.header.serialize) {
+        Ok(codec) => codec,
+        Err(e) => {
+            if !oneway {
+                error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.to_string());
+            }
+            return Ok(());
+        }
+    };
+    let compressed = frame.header.compress() == COMPRESS_GZIP;
+    let payload: &[u8] = if compressed {
+        let limit = core.config.limits.max_decompressed_bytes;
+        if let Err(e) = codec::gunzip(frame.payload, limit, &mut scratch.inflated) {
+            let reason = match e {
+                CodecError::TooLarge { .. } => "decompressed_too_large",
+                _ => "bad_gzip",
+            };
+            return Err(End::Refused(reason, e.to_string()));
+        }
+        &scratch.inflated
+    } else {
+        frame.payload
+    };
+    let req = Request { codec, metadata: frame.metadata, payload };
+    let mut reply = Reply::new(&mut scratch.meta, &mut scratch.payload);
+    // A panicking handler answers rpcx's internal-error text instead of taking the core down.
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| method.call(&core.services, &req, &mut reply)));
+    if oneway {
+        return Ok(());
+    }
+    match result {
+        Ok(Ok(Outcome::Ready)) => {
+            write_reply(&mut outbox.buf.borrow_mut(), frame, compressed, scratch);
+        }
+        Ok(Ok(Outcome::After(delay))) => {
+            let mut bytes = Vec::new();
+            write_reply(&mut bytes, frame, compressed, scratch);
+            delay_reply(core, outbox, frame, delay, bytes);
+        }
+        Ok(Err(e)) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.0),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error_reply(core, &mut outbox.buf.borrow_mut(), frame, &format!("[service internal error]: {what}"));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
+/// the request was and the payload is over 1024 bytes (rpcx's rule).
+fn write_reply(out: &mut Vec<u8>, frame: &Frame<'_>, compressed: bool, scratch: &mut Scratch) {
+    let mut header = frame.header.reply();
+    let mut payload: &[u8] = &scratch.payload;
+    if compressed && payload.len() > 1024 {
+        scratch.deflated.clear();
+        codec::gzip(payload, &mut scratch.deflated);
+        header.set_compress(COMPRESS_GZIP);
+        payload = &scratch.deflated;
+    }
+    protocol::encode(out, &header, frame.path, frame.method, &scratch.meta, payload);
+}
+
+fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
+    core.metrics.error_replies.inc();
+    let mut header: Header = frame.header.reply();
+    header.set_status(STATUS_ERROR);
+    let mut meta = Vec::with_capacity(META_ERROR.len() + text.len() + 8);
+    protocol::push_meta(&mut meta, META_ERROR.as_bytes(), text.as_bytes());
+    protocol::encode(out, &header, frame.path, frame.method, &meta, &[]);
+}
+
+/// Sends `bytes` after `delay`, or an error reply once the client's `__ServerTimeout` passes if
+/// that comes first.
+fn delay_reply(core: &Rc<Core>, outbox: &Rc<Outbox>, frame: &Frame<'_>, delay: Duration, bytes: Vec<u8>) {
+    let deadline = frame
+        .metadata
+        .get(META_SERVER_TIMEOUT)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let (wait, bytes) = match deadline {
+        Some(deadline) if deadline < delay => {
+            let mut out = Vec::new();
+            error_reply(core, &mut out, frame, "context deadline exceeded");
+            (deadline, out)
+        }
+        _ => (delay, bytes),
+    };
+    outbox.delayed.set(outbox.delayed.get() + 1);
+    let outbox = Rc::clone(outbox);
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(wait).await;
+        outbox.delayed.set(outbox.delayed.get() - 1);
+        outbox.push(&bytes);
+        // The writer may be waiting only for delayed replies to finish.
+        wake(&outbox.writer);
+    })
+    .detach();
+}
+
+/// The connection's input buffer: `buf[start..end]` is unread data. `buf` is always fully
+/// initialised, so reads go straight into it.
+struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn new() -> ReadBuf {
+        ReadBuf { buf: vec![0; INITIAL_READ_BUFFER], start: 0, end: 0 }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Room to read into; never empty.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.compact();
+            } else {
+                let len = self.buf.len() * 2;
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > SHRINK_ABOVE {
+                self.buf = vec![0; INITIAL_READ_BUFFER];
+            }
+        }
+    }
+
+    /// Makes room for a whole frame of `total` bytes starting at `start` (already checked
+    /// against the frame limit).
+    fn reserve_frame(&mut self, total: usize) {
+        if self.buf.len() - self.start >= total {
+            return;
+        }
+        self.compact();
+        if self.buf.len() < total {
+            self.buf.resize(total, 0);
+        }
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+}
+
+/// The read side of a stream both halves of one task use in turn.
+struct ReadHalf<'a, S>(&'a RefCell<S>);
+/// The write side; see [`ReadHalf`].
+struct WriteHalf<'a, S>(&'a RefCell<S>);
+
+// The halves are polled by one task, one at a time (the reader and writer are joined, not
+// spawned), so the `RefCell` borrow in each poll can never overlap another.
+impl<S: AsyncRead + Unpin> AsyncRead for ReadHalf<'_, S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}

@@ -1,0 +1,336 @@
+//! Executors per core, listeners, accept loops and shutdown.
+//!
+//! [`start`] binds every listener socket on the calling thread first (so a port-0 address gets
+//! one port that every core then shares, and a bind error is reported before any thread starts),
+//! then starts one glommio executor per allowed CPU, pinned to it. Each executor gets its own
+//! SO_REUSEPORT socket per TCP listen address, so the kernel spreads new connections over the
+//! cores and nothing is shared between them but the read-only config.
+
+mod conn;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metrics::CoreMetrics;
+use crate::service;
+use crate::transport;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot read the CPUs this process may run on: {0}")]
+    Affinity(std::io::Error),
+    #[error("server.cores = {wanted}, but this process may run on only {allowed} CPUs ({cpus:?})")]
+    TooManyCores { wanted: usize, allowed: usize, cpus: Vec<usize> },
+    #[error("cannot start the executor for CPU {cpu}: {message}")]
+    Executor { cpu: usize, message: String },
+    #[error("the executor for CPU {cpu} panicked")]
+    Panicked { cpu: usize },
+}
+
+/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    cpus: Vec<usize>,
+    stop: Arc<Stop>,
+    threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
+    metrics: Vec<Arc<CoreMetrics>>,
+}
+
+impl ServerHandle {
+    /// The bound address of each listen address, in config order (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The CPUs the executors are pinned to, one per core.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// Each core's counters.
+    pub fn metrics(&self) -> &[Arc<CoreMetrics>] {
+        &self.metrics
+    }
+
+    /// Starts a graceful stop: every core stops accepting, stops reading new requests, finishes
+    /// and flushes what is in flight, and closes within `server.drain_timeout`.
+    pub fn shutdown(&self) {
+        self.stop.trigger();
+    }
+
+    /// A handle that can start the shutdown from another thread (a signal handler thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stop))
+    }
+
+    /// Waits for every core to finish.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for (cpu, thread) in self.threads {
+            if thread.join().is_err() && result.is_ok() {
+                result = Err(ServerError::Panicked { cpu });
+            }
+        }
+        result
+    }
+}
+
+/// Starts a graceful shutdown of a server from any thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<Stop>);
+
+impl Stopper {
+    pub fn shutdown(&self) {
+        self.0.trigger();
+    }
+}
+
+/// Binds the listeners and starts one executor per core.
+pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let cpus = choose_cpus(config.server.cores)?;
+    let mut addrs = Vec::new();
+    // sockets[core][listener]
+    let mut sockets: Vec<Vec<OwnedFd>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    for listen in &config.server.listen {
+        let addr = listen.socket_addr().map_err(|message| {
+            ServerError::Config(crate::config::ConfigError::Invalid { key: "server.listen", message })
+        })?;
+        let (bound, fds) = transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog)
+            .map_err(|source| ServerError::Listen { addr: listen.to_string(), source })?;
+        addrs.push(bound);
+        for (core, fd) in fds.into_iter().enumerate() {
+            sockets[core].push(fd);
+        }
+    }
+
+    let config = Arc::new(config);
+    let stop = Arc::new(Stop::default());
+    let mut threads = Vec::new();
+    let mut metrics = Vec::new();
+    for (index, (&cpu, fds)) in cpus.iter().zip(sockets).enumerate() {
+        let core_metrics = Arc::new(CoreMetrics::new(index));
+        metrics.push(Arc::clone(&core_metrics));
+        let (config, stop) = (Arc::clone(&config), Arc::clone(&stop));
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("percore-core-{index}"))
+            .io_memory(config.runtime.io_memory_bytes)
+            .ring_depth(config.runtime.ring_depth);
+        let thread = builder
+            .spawn(move || run_core(index, config, core_metrics, fds, stop))
+            .map_err(|e| ServerError::Executor { cpu, message: e.to_string() })?;
+        threads.push((cpu, thread));
+    }
+    info!(cores = cpus.len(), ?cpus, listen = ?addrs, "percore serving");
+    Ok(ServerHandle { addrs, cpus, stop, threads, metrics })
+}
+
+/// The CPUs to run on: the first `wanted` of those this process may run on (all if 0).
+fn choose_cpus(wanted: usize) -> Result<Vec<usize>, ServerError> {
+    let allowed = allowed_cpus().map_err(ServerError::Affinity)?;
+    if wanted == 0 {
+        return Ok(allowed);
+    }
+    if wanted > allowed.len() {
+        return Err(ServerError::TooManyCores { wanted, allowed: allowed.len(), cpus: allowed });
+    }
+    Ok(allowed[..wanted].to_vec())
+}
+
+/// CPUs in this process's affinity mask (which the kernel keeps within the online CPUs), so
+/// `taskset`, systemd `CPUAffinity=` and container cpusets are honoured.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array; zeroed is a valid empty set, and
+    // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET only reads the bit array for indices below CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+}
+
+/// What one executor shares with its connections.
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) services: service::Context,
+    pub(crate) metrics: Arc<CoreMetrics>,
+    conns: RefCell<Conns>,
+}
+
+/// Open connections of one core, so shutdown can stop their reads and wait for them.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    fds: HashMap<u64, RawFd>,
+    idle_waker: Option<Waker>,
+}
+
+/// Removes a connection from its core's set when its task ends, however it ends.
+struct ConnGuard {
+    core: Rc<Core>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut conns = self.core.conns.borrow_mut();
+        conns.fds.remove(&self.id);
+        self.core.metrics.connections_closed.inc();
+        if conns.fds.is_empty()
+            && let Some(w) = conns.idle_waker.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+impl Core {
+    fn register(self: &Rc<Core>, fd: RawFd) -> ConnGuard {
+        let mut conns = self.conns.borrow_mut();
+        let id = conns.next;
+        conns.next += 1;
+        conns.fds.insert(id, fd);
+        self.metrics.connections_accepted.inc();
+        ConnGuard { core: Rc::clone(self), id }
+    }
+}
+
+async fn run_core(
+    index: usize,
+    config: Arc<Config>,
+    metrics: Arc<CoreMetrics>,
+    fds: Vec<OwnedFd>,
+    stop: Arc<Stop>,
+) {
+    let core = Rc::new(Core {
+        index,
+        services: service::Context { hello_delay: config.services.hello.delay },
+        config,
+        metrics,
+        conns: RefCell::new(Conns::default()),
+    });
+    let accepts: Vec<_> = fds
+        .into_iter()
+        .map(|fd| {
+            // SAFETY: the fd is a bound, listening TCP socket we own (made by
+            // transport::tcp::listen_reuseport); ownership moves into the listener.
+            let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
+            glommio::spawn_local(accept_loop(Rc::clone(&core), listener, Arc::clone(&stop)))
+        })
+        .collect();
+    for accept in accepts {
+        accept.await;
+    }
+    drain(&core).await;
+    debug!(core = index, "core stopped");
+}
+
+async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: Arc<Stop>) {
+    loop {
+        let accepted =
+            futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                stop.wait().await;
+                None
+            })
+            .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                // Out of file descriptors or memory: back off instead of spinning on accept.
+                warn!(core = core.index, error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency.
+        let _ = stream.set_nodelay(true);
+        let guard = core.register(stream.as_raw_fd());
+        debug!(core = core.index, %peer, "connection accepted");
+        let core = Rc::clone(&core);
+        glommio::spawn_local(async move {
+            let _guard = guard;
+            conn::serve(&core, stream, peer).await;
+        })
+        .detach();
+    }
+}
+
+/// Stops reading on every open connection (each reader then sees end of input, lets its calls
+/// in flight finish, flushes and closes) and waits for them, at most `server.drain_timeout`.
+async fn drain(core: &Rc<Core>) {
+    let open: Vec<RawFd> = core.conns.borrow().fds.values().copied().collect();
+    if open.is_empty() {
+        return;
+    }
+    info!(core = core.index, connections = open.len(), "draining connections");
+    for fd in open {
+        // SAFETY: the fd belongs to a connection that is still registered, so it is open.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    let idle = poll_fn(|cx| {
+        let mut conns = core.conns.borrow_mut();
+        if conns.fds.is_empty() {
+            Poll::Ready(())
+        } else {
+            conns.idle_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    });
+    let timeout = core.config.server.drain_timeout;
+    let drained = futures_lite::future::or(async { idle.await; true }, async {
+        glommio::timer::sleep(timeout).await;
+        false
+    })
+    .await;
+    if !drained {
+        warn!(core = core.index, open = core.conns.borrow().fds.len(), "drain timeout: closing connections");
+    }
+}
+
+/// A one-shot stop signal that any thread can trigger and every core can await.
+#[derive(Default)]
+struct Stop {
+    flag: AtomicBool,
+    event: event_listener::Event,
+}
+
+impl Stop {
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.event.notify(usize::MAX);
+    }
+
+    async fn wait(&self) {
+        loop {
+            if self.flag.load(Ordering::SeqCst) {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.flag.load(Ordering::SeqCst) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}

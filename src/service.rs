@@ -1,0 +1,396 @@
+//! The static service registry and the built-in services.
+//!
+//! Services are compiled in. The [`services!`] table below is the one place they are registered:
+//! it generates [`Method`], an enum with one variant per (service, method), a `lookup` that is a
+//! `match` on the two names (no reflection, no map, no allocation), and the dispatch `match`.
+//! Adding a service to a fork is: write the function, add one line to the table, rebuild.
+//!
+//! A handler is a plain function `fn(&Context, &Request, &mut Reply) -> Result<Outcome,
+//! ServiceError>`; [`typed`] adapts a function from decoded args to a reply value, decoding and
+//! encoding with the request's serialize type.
+//!
+//! Built-in services:
+//!
+//! | service.method | args → reply |
+//! |---|---|
+//! | `Arith.Mul` | `{A, B}` → `{C: A*B}` |
+//! | `Arith.Add` | `{A, B}` → `{C: A+B}` |
+//! | `Arith.Say` | string `s` → `"hello " + s` |
+//! | `Echo.Echo` | any payload, returned unchanged |
+//! | `Hello.Say` | rpcx-benchmark's protobuf `BenchmarkMessage` with field1 = "OK", field2 = 100 |
+//!
+//! Arith arithmetic **wraps** on overflow (two's complement, 64-bit for JSON and MsgPack, 32-bit
+//! for protobuf's int32 fields), which is what Go's `int` and `int32` do in rpcx's own example
+//! server; it never panics. Arith also mirrors each request metadata entry `k=v` back as
+//! `echo-k=v`, as the reference server that recorded `tests/data/rpcx-go-frames.json` does, so
+//! clients can check metadata round trips.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::codec::{self, CodecError, Payload, SerializeType};
+use crate::protocol::{Metadata, push_meta};
+
+/// What a handler sees of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub codec: SerializeType,
+    pub metadata: Metadata<'a>,
+    /// The payload, already decompressed.
+    pub payload: &'a [u8],
+}
+
+/// Where a handler writes its reply: metadata entries and payload bytes, into buffers the
+/// connection reuses from call to call.
+pub struct Reply<'s> {
+    meta: &'s mut Vec<u8>,
+    payload: &'s mut Vec<u8>,
+}
+
+impl<'s> Reply<'s> {
+    /// A reply writing into the given (cleared) buffers.
+    pub fn new(meta: &'s mut Vec<u8>, payload: &'s mut Vec<u8>) -> Reply<'s> {
+        meta.clear();
+        payload.clear();
+        Reply { meta, payload }
+    }
+
+    /// Adds a reply metadata entry.
+    pub fn meta(&mut self, key: &str, value: &str) {
+        push_meta(self.meta, key.as_bytes(), value.as_bytes());
+    }
+
+    /// The payload buffer, to append the encoded reply to.
+    pub fn payload(&mut self) -> &mut Vec<u8> {
+        self.payload
+    }
+}
+
+/// Settings the built-in services read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Simulated work added to each `Hello.Say` call (rpcx-benchmark's `delay`).
+    pub hello_delay: Duration,
+}
+
+/// What the connection does with a successful reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send it now.
+    Ready,
+    /// Send it after this much time (simulated work), without holding up other calls.
+    After(Duration),
+}
+
+/// An error a handler returns: its text goes to the client in `__rpcx_error__`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceError(pub Cow<'static, str>);
+
+impl From<CodecError> for ServiceError {
+    fn from(e: CodecError) -> Self {
+        ServiceError(Cow::Owned(e.to_string()))
+    }
+}
+
+/// A (service, method) that is not registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupError {
+    NoService,
+    NoMethod,
+}
+
+impl LookupError {
+    /// rpcx's exact error text (clients match on it).
+    pub fn text(self, path: &str, method: &str) -> String {
+        match self {
+            LookupError::NoService => format!("rpcx: can't find service {path}"),
+            LookupError::NoMethod => format!("rpcx: can't find method {method}"),
+        }
+    }
+}
+
+/// Handler signature every registry entry has.
+pub type Handler = fn(&Context, &Request<'_>, &mut Reply<'_>) -> Result<Outcome, ServiceError>;
+
+macro_rules! services {
+    ($( $service:literal { $( $method:literal => $variant:ident = $handler:expr ),* $(,)? } )*) => {
+        /// One variant per registered (service, method).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Method { $( $( $variant, )* )* }
+
+        impl Method {
+            /// Every registered method, in table order (its index is [`Method::index`]).
+            pub const ALL: &'static [Method] = &[ $( $( Method::$variant, )* )* ];
+
+            /// Finds a method by its wire names.
+            pub fn lookup(path: &str, method: &str) -> Result<Method, LookupError> {
+                match path {
+                    $( $service => match method {
+                        $( $method => Ok(Method::$variant), )*
+                        _ => Err(LookupError::NoMethod),
+                    }, )*
+                    _ => Err(LookupError::NoService),
+                }
+            }
+
+            /// (service, method) as on the wire.
+            pub fn names(self) -> (&'static str, &'static str) {
+                match self { $( $( Method::$variant => ($service, $method), )* )* }
+            }
+
+            /// Position in [`Method::ALL`], for per-method counters.
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
+            fn handler(self) -> Handler {
+                match self { $( $( Method::$variant => $handler, )* )* }
+            }
+        }
+    };
+}
+
+services! {
+    "Arith" {
+        "Mul" => ArithMul = |_, req, reply| arith(req, reply, |a| a.a.wrapping_mul(a.b)),
+        "Add" => ArithAdd = |_, req, reply| arith(req, reply, |a| a.a.wrapping_add(a.b)),
+        "Say" => ArithSay = |_, req, reply| typed(req, reply, |s: Text| Ok(Text(format!("hello {}", s.0)))),
+    }
+    "Echo" {
+        "Echo" => EchoEcho = |_, req, reply| {
+            reply.payload().extend_from_slice(req.payload);
+            Ok(Outcome::Ready)
+        },
+    }
+    "Hello" {
+        "Say" => HelloSay = hello_say,
+    }
+}
+
+impl Method {
+    /// Runs the handler. The caller has checked that the serialize type has a codec.
+    pub fn call(
+        self,
+        ctx: &Context,
+        req: &Request<'_>,
+        reply: &mut Reply<'_>,
+    ) -> Result<Outcome, ServiceError> {
+        (self.handler())(ctx, req, reply)
+    }
+}
+
+/// Decodes `A` with the request's codec, runs `f`, encodes its `R` with the same codec.
+pub fn typed<A: Payload, R: Payload>(
+    req: &Request<'_>,
+    reply: &mut Reply<'_>,
+    f: impl FnOnce(A) -> Result<R, ServiceError>,
+) -> Result<Outcome, ServiceError> {
+    let args = A::decode(req.codec, req.payload)?;
+    let value = f(args)?;
+    value.encode(req.codec, reply.payload())?;
+    Ok(Outcome::Ready)
+}
+
+/// Arguments of `Arith.Mul` and `Arith.Add`: Go's `Args{A, B int}`. Missing fields are zero,
+/// as in Go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ArithArgs {
+    #[serde(rename = "A")]
+    pub a: i64,
+    #[serde(rename = "B")]
+    pub b: i64,
+}
+
+/// Reply of `Arith.Mul` and `Arith.Add`: Go's `Reply{C int}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ArithReply {
+    #[serde(rename = "C")]
+    pub c: i64,
+}
+
+/// Protobuf form of [`ArithArgs`]: `int32 A = 1; int32 B = 2;`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArithArgsPb {
+    #[prost(int32, tag = "1")]
+    pub a: i32,
+    #[prost(int32, tag = "2")]
+    pub b: i32,
+}
+
+/// Protobuf form of [`ArithReply`]: `int32 C = 1;`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArithReplyPb {
+    #[prost(int32, tag = "1")]
+    pub c: i32,
+}
+
+impl Payload for ArithArgs {
+    fn decode(codec: SerializeType, bytes: &[u8]) -> Result<Self, CodecError> {
+        match codec {
+            SerializeType::Protobuf => {
+                let pb: ArithArgsPb = codec::decode_proto(bytes)?;
+                Ok(ArithArgs { a: pb.a.into(), b: pb.b.into() })
+            }
+            other => codec::decode_serde(other, bytes, "Arith args"),
+        }
+    }
+
+    fn encode(&self, codec: SerializeType, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match codec {
+            SerializeType::Protobuf => {
+                // int32 on the wire: keep the low 32 bits, as Go's int32 does.
+                codec::encode_proto(&ArithArgsPb { a: self.a as i32, b: self.b as i32 }, out);
+                Ok(())
+            }
+            other => codec::encode_serde(self, other, out, "Arith args"),
+        }
+    }
+}
+
+impl Payload for ArithReply {
+    fn decode(codec: SerializeType, bytes: &[u8]) -> Result<Self, CodecError> {
+        match codec {
+            SerializeType::Protobuf => {
+                let pb: ArithReplyPb = codec::decode_proto(bytes)?;
+                Ok(ArithReply { c: pb.c.into() })
+            }
+            other => codec::decode_serde(other, bytes, "Arith reply"),
+        }
+    }
+
+    fn encode(&self, codec: SerializeType, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match codec {
+            SerializeType::Protobuf => {
+                // Wrapping to 32 bits gives the same low bits as Go's int32 arithmetic.
+                codec::encode_proto(&ArithReplyPb { c: self.c as i32 }, out);
+                Ok(())
+            }
+            other => codec::encode_serde(self, other, out, "Arith reply"),
+        }
+    }
+}
+
+fn arith(
+    req: &Request<'_>,
+    reply: &mut Reply<'_>,
+    op: fn(ArithArgs) -> i64,
+) -> Result<Outcome, ServiceError> {
+    for (k, v) in req.metadata.iter() {
+        push_meta_echo(reply.meta, k, v);
+    }
+    typed(req, reply, |args: ArithArgs| Ok(ArithReply { c: op(args) }))
+}
+
+fn push_meta_echo(block: &mut Vec<u8>, key: &str, value: &str) {
+    const PREFIX: &[u8] = b"echo-";
+    block.extend_from_slice(&((PREFIX.len() + key.len()) as u32).to_be_bytes());
+    block.extend_from_slice(PREFIX);
+    block.extend_from_slice(key.as_bytes());
+    block.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    block.extend_from_slice(value.as_bytes());
+}
+
+/// A string payload (`Arith.Say`): a JSON or MsgPack string, raw UTF-8 bytes, or in protobuf
+/// a message whose field 1 is the string (like `google.protobuf.StringValue`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text(pub String);
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TextPb {
+    #[prost(string, tag = "1")]
+    value: String,
+}
+
+impl Payload for Text {
+    fn decode(codec: SerializeType, bytes: &[u8]) -> Result<Self, CodecError> {
+        match codec {
+            SerializeType::Raw => std::str::from_utf8(bytes)
+                .map(|s| Text(s.to_owned()))
+                .map_err(|_| CodecError::Decode { codec: "raw", reason: "not UTF-8".into() }),
+            SerializeType::Protobuf => Ok(Text(codec::decode_proto::<TextPb>(bytes)?.value)),
+            other => Ok(Text(codec::decode_serde(other, bytes, "a string")?)),
+        }
+    }
+
+    fn encode(&self, codec: SerializeType, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match codec {
+            SerializeType::Raw => {
+                out.extend_from_slice(self.0.as_bytes());
+                Ok(())
+            }
+            SerializeType::Protobuf => {
+                codec::encode_proto(&TextPb { value: self.0.clone() }, out);
+                Ok(())
+            }
+            other => codec::encode_serde(&self.0, other, out, "a string"),
+        }
+    }
+}
+
+/// `Hello.Say`: rewrites field 1 to "OK" and field 2 to 100 and keeps every other field as it
+/// came, without building the 39-field message (PROTOCOL.md §11).
+fn hello_say(ctx: &Context, req: &Request<'_>, reply: &mut Reply<'_>) -> Result<Outcome, ServiceError> {
+    if req.codec != SerializeType::Protobuf {
+        return Err(CodecError::Unsupported { what: "Hello.Say's BenchmarkMessage", codec: req.codec.name() }
+            .into());
+    }
+    crate::bench_message::rewrite_say(req.payload, reply.payload())?;
+    if ctx.hello_delay.is_zero() {
+        Ok(Outcome::Ready)
+    } else {
+        Ok(Outcome::After(ctx.hello_delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(method: Method, codec: SerializeType, payload: &[u8]) -> (Result<Outcome, ServiceError>, Vec<u8>, Vec<u8>) {
+        let (mut meta, mut out) = (Vec::new(), Vec::new());
+        let req = Request { codec, metadata: Metadata::default(), payload };
+        let result = method.call(&Context::default(), &req, &mut Reply::new(&mut meta, &mut out));
+        (result, meta, out)
+    }
+
+    #[test]
+    fn lookup_tells_service_from_method() {
+        assert_eq!(Method::lookup("Arith", "Mul"), Ok(Method::ArithMul));
+        assert_eq!(Method::lookup("Arith", "Div"), Err(LookupError::NoMethod));
+        assert_eq!(Method::lookup("Nope", "Mul"), Err(LookupError::NoService));
+        assert_eq!(LookupError::NoMethod.text("Arith", "Div"), "rpcx: can't find method Div");
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+            let (s, n) = m.names();
+            assert_eq!(Method::lookup(s, n), Ok(*m));
+        }
+    }
+
+    #[test]
+    fn arith_wraps_instead_of_panicking() {
+        let (r, _, out) = call(Method::ArithMul, SerializeType::Json, br#"{"A":9223372036854775807,"B":2}"#);
+        assert_eq!(r, Ok(Outcome::Ready));
+        assert_eq!(out, br#"{"C":-2}"#);
+        let (_, _, out) = call(Method::ArithAdd, SerializeType::Json, br#"{"A":9223372036854775807,"B":1}"#);
+        assert_eq!(out, br#"{"C":-9223372036854775808}"#);
+    }
+
+    #[test]
+    fn arith_say_and_echo() {
+        let (_, _, out) = call(Method::ArithSay, SerializeType::Json, br#""world""#);
+        assert_eq!(out, br#""hello world""#);
+        let (_, _, out) = call(Method::EchoEcho, SerializeType::Raw, b"\x00\x01anything");
+        assert_eq!(out, b"\x00\x01anything");
+    }
+
+    #[test]
+    fn bad_args_are_an_error_not_a_panic() {
+        let (r, _, _) = call(Method::ArithMul, SerializeType::MsgPack, b"\xc1");
+        assert!(r.unwrap_err().0.contains("msgpack"));
+        let (r, _, _) = call(Method::ArithMul, SerializeType::Raw, b"x");
+        assert_eq!(r.unwrap_err().0, "Arith args cannot be carried as raw");
+    }
+}

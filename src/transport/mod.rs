@@ -1,0 +1,3 @@
+//! Per network: how to listen and how to dial. No rpcx semantics live here.
+
+pub mod tcp;
