@@ -99,45 +99,45 @@ impl BenchmarkMessage {
     /// The message as rpcx-benchmark prepares it.
     pub fn prepared() -> BenchmarkMessage {
         BenchmarkMessage {
-        field1: SENTENCE.to_owned(),
-        field2: 100_000,
-        field3: 100_000,
-        field4: Some(SENTENCE.to_owned()),
-        field6: Some(100_000),
-        field7: Some(SENTENCE.to_owned()),
-        field9: Some(SENTENCE.to_owned()),
-        field12: Some(true),
-        field13: Some(true),
-        field14: Some(true),
-        field16: Some(100_000),
-        field17: Some(true),
-        field18: Some(SENTENCE.to_owned()),
-        field22: Some(100_000),
-        field23: Some(100_000),
-        field24: Some(true),
-        field25: Some(100_000),
-        field29: Some(100_000),
-        field30: Some(true),
-        field59: Some(true),
-        field60: Some(100_000),
-        field67: Some(100_000),
-        field68: Some(100_000),
-        field78: Some(true),
-        field80: Some(true),
-        field81: Some(true),
-        field100: Some(100_000),
-        field101: Some(100_000),
-        field102: Some(SENTENCE.to_owned()),
-        field103: Some(SENTENCE.to_owned()),
-        field104: Some(100_000),
-        field128: Some(100_000),
-        field129: Some(SENTENCE.to_owned()),
-        field130: Some(100_000),
-        field131: Some(100_000),
-        field150: Some(100_000),
-        field271: Some(100_000),
-        field272: Some(100_000),
-        field280: Some(100_000),
+            field1: SENTENCE.to_owned(),
+            field2: 100_000,
+            field3: 100_000,
+            field4: Some(SENTENCE.to_owned()),
+            field6: Some(100_000),
+            field7: Some(SENTENCE.to_owned()),
+            field9: Some(SENTENCE.to_owned()),
+            field12: Some(true),
+            field13: Some(true),
+            field14: Some(true),
+            field16: Some(100_000),
+            field17: Some(true),
+            field18: Some(SENTENCE.to_owned()),
+            field22: Some(100_000),
+            field23: Some(100_000),
+            field24: Some(true),
+            field25: Some(100_000),
+            field29: Some(100_000),
+            field30: Some(true),
+            field59: Some(true),
+            field60: Some(100_000),
+            field67: Some(100_000),
+            field68: Some(100_000),
+            field78: Some(true),
+            field80: Some(true),
+            field81: Some(true),
+            field100: Some(100_000),
+            field101: Some(100_000),
+            field102: Some(SENTENCE.to_owned()),
+            field103: Some(SENTENCE.to_owned()),
+            field104: Some(100_000),
+            field128: Some(100_000),
+            field129: Some(SENTENCE.to_owned()),
+            field130: Some(100_000),
+            field131: Some(100_000),
+            field150: Some(100_000),
+            field271: Some(100_000),
+            field272: Some(100_000),
+            field280: Some(100_000),
             field5: Vec::new(),
         }
     }
@@ -161,12 +161,18 @@ pub fn rewrite_say(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
             1 => 8,
             2 => {
                 let (len, n) = varint(&rest[key_len..])?;
-                usize::try_from(len).ok().and_then(|len| len.checked_add(n)).ok_or_else(|| malformed("length overflow"))?
+                usize::try_from(len)
+                    .ok()
+                    .and_then(|len| len.checked_add(n))
+                    .ok_or_else(|| malformed("length overflow"))?
             }
             5 => 4,
             _ => return Err(malformed("unsupported wire type")),
         };
-        let total = key_len.checked_add(value_len).filter(|&t| t <= rest.len()).ok_or_else(|| malformed("field runs past the end"))?;
+        let total = key_len
+            .checked_add(value_len)
+            .filter(|&t| t <= rest.len())
+            .ok_or_else(|| malformed("field runs past the end"))?;
         if field != 1 && field != 2 {
             out.extend_from_slice(&rest[..total]);
         }
@@ -176,7 +182,10 @@ pub fn rewrite_say(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
 }
 
 fn malformed(reason: &str) -> CodecError {
-    CodecError::Decode { codec: "protobuf", reason: reason.to_owned() }
+    CodecError::Decode {
+        codec: "protobuf",
+        reason: reason.to_owned(),
+    }
 }
 
 /// Reads a base-128 varint: (value, bytes used).
@@ -200,7 +209,11 @@ mod tests {
     fn rewrite_matches_setting_the_fields() {
         let msg = BenchmarkMessage::prepared();
         let bytes = msg.encode_to_vec();
-        assert!((560..=600).contains(&bytes.len()), "prepared message is {} bytes", bytes.len());
+        assert!(
+            (560..=600).contains(&bytes.len()),
+            "prepared message is {} bytes",
+            bytes.len()
+        );
         let mut out = Vec::new();
         rewrite_say(&bytes, &mut out).unwrap();
         let got = BenchmarkMessage::decode(out.as_slice()).unwrap();

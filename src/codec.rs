@@ -57,7 +57,9 @@ impl std::str::FromStr for SerializeType {
             "json" | "1" => Ok(SerializeType::Json),
             "protobuf" | "pb" | "2" => Ok(SerializeType::Protobuf),
             "msgpack" | "3" => Ok(SerializeType::MsgPack),
-            _ => Err(format!("unknown codec {s:?} (expected raw, json, protobuf or msgpack)")),
+            _ => Err(format!(
+                "unknown codec {s:?} (expected raw, json, protobuf or msgpack)"
+            )),
         }
     }
 }
@@ -71,7 +73,10 @@ pub enum CodecError {
     NoCodec(u8),
     /// The type has no form in this serialize type (for example a struct as raw bytes).
     #[error("{what} cannot be carried as {codec}")]
-    Unsupported { what: &'static str, codec: &'static str },
+    Unsupported {
+        what: &'static str,
+        codec: &'static str,
+    },
     #[error("bad {codec} payload: {reason}")]
     Decode { codec: &'static str, reason: String },
     #[error("cannot encode as {codec}: {reason}")]
@@ -98,11 +103,18 @@ pub fn decode_serde<T: DeserializeOwned>(
     what: &'static str,
 ) -> Result<T, CodecError> {
     match codec {
-        SerializeType::Json => serde_json::from_slice(bytes)
-            .map_err(|e| CodecError::Decode { codec: "json", reason: e.to_string() }),
-        SerializeType::MsgPack => rmp_serde::from_slice(bytes)
-            .map_err(|e| CodecError::Decode { codec: "msgpack", reason: e.to_string() }),
-        other => Err(CodecError::Unsupported { what, codec: other.name() }),
+        SerializeType::Json => serde_json::from_slice(bytes).map_err(|e| CodecError::Decode {
+            codec: "json",
+            reason: e.to_string(),
+        }),
+        SerializeType::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| CodecError::Decode {
+            codec: "msgpack",
+            reason: e.to_string(),
+        }),
+        other => Err(CodecError::Unsupported {
+            what,
+            codec: other.name(),
+        }),
     }
 }
 
@@ -114,18 +126,29 @@ pub fn encode_serde<T: Serialize>(
     what: &'static str,
 ) -> Result<(), CodecError> {
     match codec {
-        SerializeType::Json => serde_json::to_writer(out, value)
-            .map_err(|e| CodecError::Encode { codec: "json", reason: e.to_string() }),
+        SerializeType::Json => serde_json::to_writer(out, value).map_err(|e| CodecError::Encode {
+            codec: "json",
+            reason: e.to_string(),
+        }),
         SerializeType::MsgPack => value
             .serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
-            .map_err(|e| CodecError::Encode { codec: "msgpack", reason: e.to_string() }),
-        other => Err(CodecError::Unsupported { what, codec: other.name() }),
+            .map_err(|e| CodecError::Encode {
+                codec: "msgpack",
+                reason: e.to_string(),
+            }),
+        other => Err(CodecError::Unsupported {
+            what,
+            codec: other.name(),
+        }),
     }
 }
 
 /// Decodes a protobuf message with prost.
 pub fn decode_proto<T: prost::Message + Default>(bytes: &[u8]) -> Result<T, CodecError> {
-    T::decode(bytes).map_err(|e| CodecError::Decode { codec: "protobuf", reason: e.to_string() })
+    T::decode(bytes).map_err(|e| CodecError::Decode {
+        codec: "protobuf",
+        reason: e.to_string(),
+    })
 }
 
 /// Appends a protobuf message encoded with prost.
@@ -174,7 +197,13 @@ mod tests {
     #[test]
     fn msgpack_is_a_map_keyed_by_go_field_names() {
         let mut out = Vec::new();
-        encode_serde(&Args { a: 10, b: 20 }, SerializeType::MsgPack, &mut out, "args").unwrap();
+        encode_serde(
+            &Args { a: 10, b: 20 },
+            SerializeType::MsgPack,
+            &mut out,
+            "args",
+        )
+        .unwrap();
         assert_eq!(out, [0x82, 0xa1, 0x41, 0x0a, 0xa1, 0x42, 0x14]);
     }
 
@@ -183,8 +212,14 @@ mod tests {
         let map = [0x82, 0xa1, 0x41, 0x0a, 0xa1, 0x42, 0x14];
         let array = [0x92, 0x0a, 0x14];
         let want = Args { a: 10, b: 20 };
-        assert_eq!(decode_serde::<Args>(SerializeType::MsgPack, &map, "args").unwrap(), want);
-        assert_eq!(decode_serde::<Args>(SerializeType::MsgPack, &array, "args").unwrap(), want);
+        assert_eq!(
+            decode_serde::<Args>(SerializeType::MsgPack, &map, "args").unwrap(),
+            want
+        );
+        assert_eq!(
+            decode_serde::<Args>(SerializeType::MsgPack, &array, "args").unwrap(),
+            want
+        );
     }
 
     #[test]
@@ -195,12 +230,21 @@ mod tests {
         let mut out = Vec::new();
         gunzip(&packed, 10_000, &mut out).unwrap();
         assert_eq!(out, data);
-        assert_eq!(gunzip(&packed, 9_999, &mut out), Err(CodecError::TooLarge { limit: 9_999 }));
-        assert!(matches!(gunzip(b"not gzip", 100, &mut out), Err(CodecError::Gzip(_))));
+        assert_eq!(
+            gunzip(&packed, 9_999, &mut out),
+            Err(CodecError::TooLarge { limit: 9_999 })
+        );
+        assert!(matches!(
+            gunzip(b"not gzip", 100, &mut out),
+            Err(CodecError::Gzip(_))
+        ));
     }
 
     #[test]
     fn unknown_types_use_rpcx_text() {
-        assert_eq!(SerializeType::from_wire(4).unwrap_err().to_string(), "can not find codec for 4");
+        assert_eq!(
+            SerializeType::from_wire(4).unwrap_err().to_string(),
+            "can not find codec for 4"
+        );
     }
 }

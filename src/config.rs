@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The whole server configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -105,22 +105,13 @@ pub enum LogFormat {
     Json,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            limits: Limits::default(),
-            runtime: Runtime::default(),
-            services: Services::default(),
-            log: Log::default(),
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![ListenAddr { network: Network::Tcp, address: "127.0.0.1:8972".into() }],
+            listen: vec![ListenAddr {
+                network: Network::Tcp,
+                address: "127.0.0.1:8972".into(),
+            }],
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
@@ -141,13 +132,19 @@ impl Default for Limits {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { io_memory_bytes: 512 << 10, ring_depth: 256 }
+        Runtime {
+            io_memory_bytes: 512 << 10,
+            ring_depth: 256,
+        }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into(), format: LogFormat::Text }
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -179,9 +176,12 @@ pub struct ListenAddr {
 impl ListenAddr {
     /// The socket address of a TCP-family listener.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        self.address
-            .parse()
-            .map_err(|_| format!("{self}: {:?} is not an IP address with a port", self.address))
+        self.address.parse().map_err(|_| {
+            format!(
+                "{self}: {:?} is not an IP address with a port",
+                self.address
+            )
+        })
     }
 }
 
@@ -194,13 +194,20 @@ impl FromStr for ListenAddr {
             "tcp" | "tcp4" | "tcp6" => Network::Tcp,
             "reuseport" => Network::Reuseport,
             "unix" | "http" | "quic" | "kcp" => {
-                return Err(format!("network {network:?} in {s:?} is not served yet (tcp and reuseport are)"));
+                return Err(format!(
+                    "network {network:?} in {s:?} is not served yet (tcp and reuseport are)"
+                ));
             }
             other => {
-                return Err(format!("unknown network {other:?} in {s:?} (expected tcp or reuseport)"));
+                return Err(format!(
+                    "unknown network {other:?} in {s:?} (expected tcp or reuseport)"
+                ));
             }
         };
-        let addr = ListenAddr { network, address: address.to_owned() };
+        let addr = ListenAddr {
+            network,
+            address: address.to_owned(),
+        };
         addr.socket_addr()?;
         Ok(addr)
     }
@@ -229,7 +236,10 @@ impl<'de> Deserialize<'de> for ListenAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
@@ -242,36 +252,57 @@ pub const EXIT_CONFIG: i32 = 78;
 impl Config {
     /// Reads a TOML file; unknown keys are errors that name the key, line and column.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
     }
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         Ok(config)
     }
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.is_empty() {
-            return Err(ConfigError::Invalid { key: "server.listen", message: "no listen address".into() });
+            return Err(ConfigError::Invalid {
+                key: "server.listen",
+                message: "no listen address".into(),
+            });
         }
         if self.server.backlog == 0 {
-            return Err(ConfigError::Invalid { key: "server.backlog", message: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "server.backlog",
+                message: "must be at least 1".into(),
+            });
         }
         if self.limits.max_frame_bytes < 64 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_frame_bytes",
-                message: format!("{} is too small for any rpcx frame (at least 64)", self.limits.max_frame_bytes),
+                message: format!(
+                    "{} is too small for any rpcx frame (at least 64)",
+                    self.limits.max_frame_bytes
+                ),
             });
         }
         if self.limits.max_calls_in_flight == 0 {
-            return Err(ConfigError::Invalid { key: "limits.max_calls_in_flight", message: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "limits.max_calls_in_flight",
+                message: "must be at least 1".into(),
+            });
         }
         if self.limits.max_pending_write_bytes == 0 {
-            return Err(ConfigError::Invalid { key: "limits.max_pending_write_bytes", message: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                key: "limits.max_pending_write_bytes",
+                message: "must be at least 1".into(),
+            });
         }
         if self.runtime.ring_depth == 0 || !self.runtime.ring_depth.is_power_of_two() {
             return Err(ConfigError::Invalid {
@@ -280,7 +311,10 @@ impl Config {
             });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::Invalid { key: "log.level", message: format!("{:?}: {e}", self.log.level) });
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                message: format!("{:?}: {e}", self.log.level),
+            });
         }
         Ok(())
     }
@@ -314,7 +348,12 @@ mod tests {
         assert_eq!(a.network, Network::Reuseport);
         let b: ListenAddr = "127.0.0.1:9".parse().unwrap();
         assert_eq!(b.to_string(), "tcp@127.0.0.1:9");
-        assert!("udp@1.2.3.4:5".parse::<ListenAddr>().unwrap_err().contains("udp"));
+        assert!(
+            "udp@1.2.3.4:5"
+                .parse::<ListenAddr>()
+                .unwrap_err()
+                .contains("udp")
+        );
         assert!("tcp@localhost".parse::<ListenAddr>().is_err());
     }
 

@@ -11,7 +11,11 @@ use percore::config::{Config, EXIT_CONFIG, ListenAddr, LogFormat};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "percore", version, about = "A thread-per-core, rpcx-compatible RPC server")]
+#[command(
+    name = "percore",
+    version,
+    about = "A thread-per-core, rpcx-compatible RPC server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,8 +102,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "listening");
     }
     let stopper = server.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("percore-signals".into())
         .spawn(move || {
@@ -107,7 +114,10 @@ fn run(config: Config) -> anyhow::Result<()> {
             for signal in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    tracing::info!(signal, "shutting down: draining connections (signal again to exit at once)");
+                    tracing::info!(
+                        signal,
+                        "shutting down: draining connections (signal again to exit at once)"
+                    );
                     stopper.shutdown();
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
@@ -126,7 +136,9 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match (config.log.format, journald) {
         (LogFormat::Json, _) => builder.json().init(),
         (LogFormat::Text, true) => builder.without_time().init(),

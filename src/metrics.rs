@@ -14,7 +14,10 @@ impl Counter {
     /// Adds `n`. Only the owning core calls this, so load + store cannot lose an update.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -84,6 +87,8 @@ impl CoreMetrics {
 
     /// Connections currently open on this core.
     pub fn connections_open(&self) -> u64 {
-        self.connections_accepted.get().saturating_sub(self.connections_closed.get())
+        self.connections_accepted
+            .get()
+            .saturating_sub(self.connections_closed.get())
     }
 }

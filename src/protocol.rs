@@ -70,7 +70,12 @@ pub struct Header {
 impl Header {
     /// A request header with the given serialize type and seq.
     pub fn request(serialize: u8, seq: u64) -> Header {
-        Header { version: 0, flags: 0, serialize: serialize & 0x0F, seq }
+        Header {
+            version: 0,
+            flags: 0,
+            serialize: serialize & 0x0F,
+            seq,
+        }
     }
 
     pub fn is_response(&self) -> bool {
@@ -204,7 +209,10 @@ pub fn frame_len(buf: &[u8], max_body: u32) -> Result<Option<usize>, DecodeError
     }
     let body = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
     if body > max_body {
-        return Err(DecodeError::TooLarge { len: u64::from(body), max: max_body });
+        return Err(DecodeError::TooLarge {
+            len: u64::from(body),
+            max: max_body,
+        });
     }
     Ok(Some(HEADER_LEN + body as usize))
 }
@@ -223,12 +231,16 @@ pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, D
         version: buf[1],
         flags: buf[2],
         serialize: buf[3] >> 4,
-        seq: u64::from_be_bytes([buf[4], buf[5], buf[6], buf[7], buf[8], buf[9], buf[10], buf[11]]),
+        seq: u64::from_be_bytes([
+            buf[4], buf[5], buf[6], buf[7], buf[8], buf[9], buf[10], buf[11],
+        ]),
     };
     if header.compress() > COMPRESS_GZIP {
         return Err(DecodeError::UnknownCompress(header.compress()));
     }
-    let mut body = Cursor { buf: &buf[HEADER_LEN..total] };
+    let mut body = Cursor {
+        buf: &buf[HEADER_LEN..total],
+    };
     let path = body.field(Field::ServicePath)?;
     let method = body.field(Field::ServiceMethod)?;
     let metadata = body.field(Field::Metadata)?;
@@ -253,7 +265,10 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// Takes a `u32` length prefix and that many bytes.
     fn field(&mut self, field: Field) -> Result<&'a [u8], DecodeError> {
-        let (len, rest) = self.buf.split_first_chunk::<4>().ok_or(DecodeError::Truncated(field))?;
+        let (len, rest) = self
+            .buf
+            .split_first_chunk::<4>()
+            .ok_or(DecodeError::Truncated(field))?;
         let len = u32::from_be_bytes(*len) as usize;
         if rest.len() < len {
             return Err(DecodeError::Truncated(field));
@@ -280,8 +295,12 @@ impl<'a> Metadata<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
         let mut cursor = Cursor { buf: raw };
         while !cursor.buf.is_empty() {
-            let key = cursor.field(Field::Metadata).map_err(|_| DecodeError::BadMetadata)?;
-            let value = cursor.field(Field::Metadata).map_err(|_| DecodeError::BadMetadata)?;
+            let key = cursor
+                .field(Field::Metadata)
+                .map_err(|_| DecodeError::BadMetadata)?;
+            let value = cursor
+                .field(Field::Metadata)
+                .map_err(|_| DecodeError::BadMetadata)?;
             utf8(key, Field::Metadata)?;
             utf8(value, Field::Metadata)?;
         }
@@ -299,7 +318,9 @@ impl<'a> Metadata<'a> {
 
     /// Entries in wire order.
     pub fn iter(&self) -> MetadataIter<'a> {
-        MetadataIter { cursor: Cursor { buf: self.raw } }
+        MetadataIter {
+            cursor: Cursor { buf: self.raw },
+        }
     }
 
     /// The value of the first entry named `key`.
@@ -330,7 +351,10 @@ impl<'a> Iterator for MetadataIter<'a> {
         // ending the iteration is the harmless answer.
         let key = self.cursor.field(Field::Metadata).ok()?;
         let value = self.cursor.field(Field::Metadata).ok()?;
-        Some((std::str::from_utf8(key).ok()?, std::str::from_utf8(value).ok()?))
+        Some((
+            std::str::from_utf8(key).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
     }
 }
 
@@ -377,7 +401,14 @@ impl Frame<'_> {
 
     /// Appends this frame to `out`, byte for byte as it was decoded.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        encode(out, &self.header, self.path, self.method, self.metadata.raw, self.payload);
+        encode(
+            out,
+            &self.header,
+            self.path,
+            self.method,
+            self.metadata.raw,
+            self.payload,
+        );
     }
 
     pub fn to_message(&self) -> Message {
@@ -385,7 +416,11 @@ impl Frame<'_> {
             header: self.header,
             path: self.path.to_owned(),
             method: self.method.to_owned(),
-            metadata: self.metadata.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             payload: self.payload.to_vec(),
         }
     }
@@ -412,12 +447,22 @@ impl Message {
     }
 
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         let block = self.metadata_block();
-        encode(out, &self.header, &self.path, &self.method, &block, &self.payload);
+        encode(
+            out,
+            &self.header,
+            &self.path,
+            &self.method,
+            &block,
+            &self.payload,
+        );
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -435,7 +480,14 @@ mod tests {
         let mut meta = Vec::new();
         push_meta(&mut meta, b"k1", b"v1");
         let mut out = Vec::new();
-        encode(&mut out, &Header::request(3, 7), "Arith", "Mul", &meta, &[0x82, 0xa1, 0x41]);
+        encode(
+            &mut out,
+            &Header::request(3, 7),
+            "Arith",
+            "Mul",
+            &meta,
+            &[0x82, 0xa1, 0x41],
+        );
         out
     }
 
@@ -468,7 +520,10 @@ mod tests {
         assert_eq!(decode(b"H", 100), Err(DecodeError::BadMagic(b'H')));
         let mut bytes = sample();
         bytes[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(frame_len(&bytes[..16], 1024), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            frame_len(&bytes[..16], 1024),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -476,7 +531,10 @@ mod tests {
         let mut bytes = sample();
         // Path length claims more than the body holds.
         bytes[16..20].copy_from_slice(&1000u32.to_be_bytes());
-        assert_eq!(decode(&bytes, 1 << 20), Err(DecodeError::Truncated(Field::ServicePath)));
+        assert_eq!(
+            decode(&bytes, 1 << 20),
+            Err(DecodeError::Truncated(Field::ServicePath))
+        );
 
         let mut bytes = sample();
         bytes.push(0);

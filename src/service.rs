@@ -232,7 +232,10 @@ impl Payload for ArithArgs {
         match codec {
             SerializeType::Protobuf => {
                 let pb: ArithArgsPb = codec::decode_proto(bytes)?;
-                Ok(ArithArgs { a: pb.a.into(), b: pb.b.into() })
+                Ok(ArithArgs {
+                    a: pb.a.into(),
+                    b: pb.b.into(),
+                })
             }
             other => codec::decode_serde(other, bytes, "Arith args"),
         }
@@ -242,7 +245,13 @@ impl Payload for ArithArgs {
         match codec {
             SerializeType::Protobuf => {
                 // int32 on the wire: keep the low 32 bits, as Go's int32 does.
-                codec::encode_proto(&ArithArgsPb { a: self.a as i32, b: self.b as i32 }, out);
+                codec::encode_proto(
+                    &ArithArgsPb {
+                        a: self.a as i32,
+                        b: self.b as i32,
+                    },
+                    out,
+                );
                 Ok(())
             }
             other => codec::encode_serde(self, other, out, "Arith args"),
@@ -309,7 +318,10 @@ impl Payload for Text {
         match codec {
             SerializeType::Raw => std::str::from_utf8(bytes)
                 .map(|s| Text(s.to_owned()))
-                .map_err(|_| CodecError::Decode { codec: "raw", reason: "not UTF-8".into() }),
+                .map_err(|_| CodecError::Decode {
+                    codec: "raw",
+                    reason: "not UTF-8".into(),
+                }),
             SerializeType::Protobuf => Ok(Text(codec::decode_proto::<TextPb>(bytes)?.value)),
             other => Ok(Text(codec::decode_serde(other, bytes, "a string")?)),
         }
@@ -322,7 +334,12 @@ impl Payload for Text {
                 Ok(())
             }
             SerializeType::Protobuf => {
-                codec::encode_proto(&TextPb { value: self.0.clone() }, out);
+                codec::encode_proto(
+                    &TextPb {
+                        value: self.0.clone(),
+                    },
+                    out,
+                );
                 Ok(())
             }
             other => codec::encode_serde(&self.0, other, out, "a string"),
@@ -332,10 +349,17 @@ impl Payload for Text {
 
 /// `Hello.Say`: rewrites field 1 to "OK" and field 2 to 100 and keeps every other field as it
 /// came, without building the 39-field message (PROTOCOL.md §11).
-fn hello_say(ctx: &Context, req: &Request<'_>, reply: &mut Reply<'_>) -> Result<Outcome, ServiceError> {
+fn hello_say(
+    ctx: &Context,
+    req: &Request<'_>,
+    reply: &mut Reply<'_>,
+) -> Result<Outcome, ServiceError> {
     if req.codec != SerializeType::Protobuf {
-        return Err(CodecError::Unsupported { what: "Hello.Say's BenchmarkMessage", codec: req.codec.name() }
-            .into());
+        return Err(CodecError::Unsupported {
+            what: "Hello.Say's BenchmarkMessage",
+            codec: req.codec.name(),
+        }
+        .into());
     }
     crate::bench_message::rewrite_say(req.payload, reply.payload())?;
     if ctx.hello_delay.is_zero() {
@@ -349,10 +373,22 @@ fn hello_say(ctx: &Context, req: &Request<'_>, reply: &mut Reply<'_>) -> Result<
 mod tests {
     use super::*;
 
-    fn call(method: Method, codec: SerializeType, payload: &[u8]) -> (Result<Outcome, ServiceError>, Vec<u8>, Vec<u8>) {
+    fn call(
+        method: Method,
+        codec: SerializeType,
+        payload: &[u8],
+    ) -> (Result<Outcome, ServiceError>, Vec<u8>, Vec<u8>) {
         let (mut meta, mut out) = (Vec::new(), Vec::new());
-        let req = Request { codec, metadata: Metadata::default(), payload };
-        let result = method.call(&Context::default(), &req, &mut Reply::new(&mut meta, &mut out));
+        let req = Request {
+            codec,
+            metadata: Metadata::default(),
+            payload,
+        };
+        let result = method.call(
+            &Context::default(),
+            &req,
+            &mut Reply::new(&mut meta, &mut out),
+        );
         (result, meta, out)
     }
 
@@ -361,7 +397,10 @@ mod tests {
         assert_eq!(Method::lookup("Arith", "Mul"), Ok(Method::ArithMul));
         assert_eq!(Method::lookup("Arith", "Div"), Err(LookupError::NoMethod));
         assert_eq!(Method::lookup("Nope", "Mul"), Err(LookupError::NoService));
-        assert_eq!(LookupError::NoMethod.text("Arith", "Div"), "rpcx: can't find method Div");
+        assert_eq!(
+            LookupError::NoMethod.text("Arith", "Div"),
+            "rpcx: can't find method Div"
+        );
         for (i, m) in Method::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);
             let (s, n) = m.names();
@@ -371,10 +410,18 @@ mod tests {
 
     #[test]
     fn arith_wraps_instead_of_panicking() {
-        let (r, _, out) = call(Method::ArithMul, SerializeType::Json, br#"{"A":9223372036854775807,"B":2}"#);
+        let (r, _, out) = call(
+            Method::ArithMul,
+            SerializeType::Json,
+            br#"{"A":9223372036854775807,"B":2}"#,
+        );
         assert_eq!(r, Ok(Outcome::Ready));
         assert_eq!(out, br#"{"C":-2}"#);
-        let (_, _, out) = call(Method::ArithAdd, SerializeType::Json, br#"{"A":9223372036854775807,"B":1}"#);
+        let (_, _, out) = call(
+            Method::ArithAdd,
+            SerializeType::Json,
+            br#"{"A":9223372036854775807,"B":1}"#,
+        );
         assert_eq!(out, br#"{"C":-9223372036854775808}"#);
     }
 

@@ -29,7 +29,9 @@ use tracing::{debug, warn};
 
 use super::Core;
 use crate::codec::{self, CodecError, SerializeType};
-use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR};
+use crate::protocol::{
+    self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
+};
 use crate::service::{Method, Outcome, Reply, Request};
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
@@ -67,21 +69,24 @@ where
             poll_fn(|cx| outbox.poll_failed(cx)),
         )
         .await;
+        // Counted and logged before the writer closes the socket, so whoever sees the close
+        // also sees the count.
+        match &end {
+            End::Refused(reason, what) => {
+                core.metrics.bad_frame(reason);
+                warn!(core = core.index, %peer, reason, "closing connection: {what}");
+            }
+            End::ReadError(e) => {
+                debug!(core = core.index, %peer, error = %e, "connection read failed")
+            }
+            End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
+            End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
+        }
         outbox.close();
         end
     };
     let writer = write_loop(WriteHalf(&stream), &outbox, core);
-    let (end, _) = futures_lite::future::zip(reader, writer).await;
-    match &end {
-        End::Refused(reason, what) => {
-            core.metrics.bad_frame(reason);
-            warn!(core = core.index, %peer, reason, "closing connection: {what}");
-        }
-        End::ReadError(e) => debug!(core = core.index, %peer, error = %e, "connection read failed"),
-        End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
-        End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
-    }
-    end
+    futures_lite::future::zip(reader, writer).await.0
 }
 
 /// Reply bytes waiting for the writer, shared by the reader, the writer and delayed replies.
@@ -183,7 +188,14 @@ async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc
     let mut rbuf = ReadBuf::new();
     let mut scratch = Scratch::default();
     loop {
-        poll_fn(|cx| outbox.poll_room(cx, limits.max_pending_write_bytes, limits.max_calls_in_flight)).await;
+        poll_fn(|cx| {
+            outbox.poll_room(
+                cx,
+                limits.max_pending_write_bytes,
+                limits.max_calls_in_flight,
+            )
+        })
+        .await;
         if outbox.failed.get() {
             return End::WriteFailed;
         }
@@ -212,7 +224,9 @@ async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc
                         return refused;
                     }
                 }
-                Ok(None) => return End::Refused("truncated", "frame shorter than its header says".into()),
+                Ok(None) => {
+                    return End::Refused("truncated", "frame shorter than its header says".into());
+                }
                 Err(e) => return End::Refused(e.reason(), e.to_string()),
             }
             rbuf.consume(total);
@@ -246,7 +260,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, core: &Co
 
 /// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply.
 /// `Err` means the input is refused and the connection closes.
-fn handle(core: &Rc<Core>, frame: &Frame<'_>, raw: &[u8], outbox: &Rc<Outbox>, scratch: &mut Scratch) -> Result<(), End> {
+fn handle(
+    core: &Rc<Core>,
+    frame: &Frame<'_>,
+    raw: &[u8],
+    outbox: &Rc<Outbox>,
+    scratch: &mut Scratch,
+) -> Result<(), End> {
     let metrics = &core.metrics;
     if frame.header.is_heartbeat() {
         // Echo the frame unchanged but for the response bit (PROTOCOL.md §3).
@@ -263,7 +283,12 @@ fn handle(core: &Rc<Core>, frame: &Frame<'_>, raw: &[u8], outbox: &Rc<Outbox>, s
         Ok(method) => method,
         Err(e) => {
             if !oneway {
-                error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.text(frame.path, frame.method));
+                error_reply(
+                    core,
+                    &mut outbox.buf.borrow_mut(),
+                    frame,
+                    &e.text(frame.path, frame.method),
+                );
             }
             return Ok(());
         }
@@ -291,10 +316,16 @@ fn handle(core: &Rc<Core>, frame: &Frame<'_>, raw: &[u8], outbox: &Rc<Outbox>, s
     } else {
         frame.payload
     };
-    let req = Request { codec, metadata: frame.metadata, payload };
+    let req = Request {
+        codec,
+        metadata: frame.metadata,
+        payload,
+    };
     let mut reply = Reply::new(&mut scratch.meta, &mut scratch.payload);
     // A panicking handler answers rpcx's internal-error text instead of taking the core down.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| method.call(&core.services, &req, &mut reply)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        method.call(&core.services, &req, &mut reply)
+    }));
     if oneway {
         return Ok(());
     }
@@ -314,7 +345,12 @@ fn handle(core: &Rc<Core>, frame: &Frame<'_>, raw: &[u8], outbox: &Rc<Outbox>, s
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            error_reply(core, &mut outbox.buf.borrow_mut(), frame, &format!("[service internal error]: {what}"));
+            error_reply(
+                core,
+                &mut outbox.buf.borrow_mut(),
+                frame,
+                &format!("[service internal error]: {what}"),
+            );
         }
     }
     Ok(())
@@ -331,7 +367,14 @@ fn write_reply(out: &mut Vec<u8>, frame: &Frame<'_>, compressed: bool, scratch: 
         header.set_compress(COMPRESS_GZIP);
         payload = &scratch.deflated;
     }
-    protocol::encode(out, &header, frame.path, frame.method, &scratch.meta, payload);
+    protocol::encode(
+        out,
+        &header,
+        frame.path,
+        frame.method,
+        &scratch.meta,
+        payload,
+    );
 }
 
 fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
@@ -345,7 +388,13 @@ fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
 
 /// Sends `bytes` after `delay`, or an error reply once the client's `__ServerTimeout` passes if
 /// that comes first.
-fn delay_reply(core: &Rc<Core>, outbox: &Rc<Outbox>, frame: &Frame<'_>, delay: Duration, bytes: Vec<u8>) {
+fn delay_reply(
+    core: &Rc<Core>,
+    outbox: &Rc<Outbox>,
+    frame: &Frame<'_>,
+    delay: Duration,
+    bytes: Vec<u8>,
+) {
     let deadline = frame
         .metadata
         .get(META_SERVER_TIMEOUT)
@@ -381,7 +430,11 @@ struct ReadBuf {
 
 impl ReadBuf {
     fn new() -> ReadBuf {
-        ReadBuf { buf: vec![0; INITIAL_READ_BUFFER], start: 0, end: 0 }
+        ReadBuf {
+            buf: vec![0; INITIAL_READ_BUFFER],
+            start: 0,
+            end: 0,
+        }
     }
 
     fn data(&self) -> &[u8] {
@@ -443,13 +496,21 @@ struct WriteHalf<'a, S>(&'a RefCell<S>);
 // The halves are polled by one task, one at a time (the reader and writer are joined, not
 // spawned), so the `RefCell` borrow in each poll can never overlap another.
 impl<S: AsyncRead + Unpin> AsyncRead for ReadHalf<'_, S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
     }
 

@@ -32,11 +32,18 @@ pub enum ServerError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the CPUs this process may run on: {0}")]
     Affinity(std::io::Error),
     #[error("server.cores = {wanted}, but this process may run on only {allowed} CPUs ({cpus:?})")]
-    TooManyCores { wanted: usize, allowed: usize, cpus: Vec<usize> },
+    TooManyCores {
+        wanted: usize,
+        allowed: usize,
+        cpus: Vec<usize>,
+    },
     #[error("cannot start the executor for CPU {cpu}: {message}")]
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
@@ -110,10 +117,18 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let mut sockets: Vec<Vec<OwnedFd>> = (0..cpus.len()).map(|_| Vec::new()).collect();
     for listen in &config.server.listen {
         let addr = listen.socket_addr().map_err(|message| {
-            ServerError::Config(crate::config::ConfigError::Invalid { key: "server.listen", message })
+            ServerError::Config(crate::config::ConfigError::Invalid {
+                key: "server.listen",
+                message,
+            })
         })?;
-        let (bound, fds) = transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog)
-            .map_err(|source| ServerError::Listen { addr: listen.to_string(), source })?;
+        let (bound, fds) =
+            transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog).map_err(
+                |source| ServerError::Listen {
+                    addr: listen.to_string(),
+                    source,
+                },
+            )?;
         addrs.push(bound);
         for (core, fd) in fds.into_iter().enumerate() {
             sockets[core].push(fd);
@@ -134,11 +149,20 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             .ring_depth(config.runtime.ring_depth);
         let thread = builder
             .spawn(move || run_core(index, config, core_metrics, fds, stop))
-            .map_err(|e| ServerError::Executor { cpu, message: e.to_string() })?;
+            .map_err(|e| ServerError::Executor {
+                cpu,
+                message: e.to_string(),
+            })?;
         threads.push((cpu, thread));
     }
     info!(cores = cpus.len(), ?cpus, listen = ?addrs, "percore serving");
-    Ok(ServerHandle { addrs, cpus, stop, threads, metrics })
+    Ok(ServerHandle {
+        addrs,
+        cpus,
+        stop,
+        threads,
+        metrics,
+    })
 }
 
 /// The CPUs to run on: the first `wanted` of those this process may run on (all if 0).
@@ -148,7 +172,11 @@ fn choose_cpus(wanted: usize) -> Result<Vec<usize>, ServerError> {
         return Ok(allowed);
     }
     if wanted > allowed.len() {
-        return Err(ServerError::TooManyCores { wanted, allowed: allowed.len(), cpus: allowed });
+        return Err(ServerError::TooManyCores {
+            wanted,
+            allowed: allowed.len(),
+            cpus: allowed,
+        });
     }
     Ok(allowed[..wanted].to_vec())
 }
@@ -159,12 +187,15 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is a plain bit array; zeroed is a valid empty set, and
     // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: CPU_ISSET only reads the bit array for indices below CPU_SETSIZE.
-    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// What one executor shares with its connections.
@@ -210,7 +241,10 @@ impl Core {
         conns.next += 1;
         conns.fds.insert(id, fd);
         self.metrics.connections_accepted.inc();
-        ConnGuard { core: Rc::clone(self), id }
+        ConnGuard {
+            core: Rc::clone(self),
+            id,
+        }
     }
 }
 
@@ -223,7 +257,9 @@ async fn run_core(
 ) {
     let core = Rc::new(Core {
         index,
-        services: service::Context { hello_delay: config.services.hello.delay },
+        services: service::Context {
+            hello_delay: config.services.hello.delay,
+        },
         config,
         metrics,
         conns: RefCell::new(Conns::default()),
@@ -246,12 +282,11 @@ async fn run_core(
 
 async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: Arc<Stop>) {
     loop {
-        let accepted =
-            futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                stop.wait().await;
-                None
-            })
-            .await;
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.wait().await;
+            None
+        })
+        .await;
         let stream = match accepted {
             None => return,
             Some(Ok(stream)) => stream,
@@ -262,7 +297,9 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
                 continue;
             }
         };
-        let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency.
         let _ = stream.set_nodelay(true);
         let guard = core.register(stream.as_raw_fd());
@@ -283,7 +320,11 @@ async fn drain(core: &Rc<Core>) {
     if open.is_empty() {
         return;
     }
-    info!(core = core.index, connections = open.len(), "draining connections");
+    info!(
+        core = core.index,
+        connections = open.len(),
+        "draining connections"
+    );
     for fd in open {
         // SAFETY: the fd belongs to a connection that is still registered, so it is open.
         unsafe { libc::shutdown(fd, libc::SHUT_RD) };
@@ -298,13 +339,23 @@ async fn drain(core: &Rc<Core>) {
         }
     });
     let timeout = core.config.server.drain_timeout;
-    let drained = futures_lite::future::or(async { idle.await; true }, async {
-        glommio::timer::sleep(timeout).await;
-        false
-    })
+    let drained = futures_lite::future::or(
+        async {
+            idle.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(timeout).await;
+            false
+        },
+    )
     .await;
     if !drained {
-        warn!(core = core.index, open = core.conns.borrow().fds.len(), "drain timeout: closing connections");
+        warn!(
+            core = core.index,
+            open = core.conns.borrow().fds.len(),
+            "drain timeout: closing connections"
+        );
     }
 }
 

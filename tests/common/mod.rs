@@ -1,0 +1,114 @@
+//! Helpers shared by the integration tests: an in-process server on a free loopback port and a
+//! blocking raw-bytes rpcx peer with timeouts.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use percore::config::Config;
+use percore::protocol::{self, Header, Message};
+use percore::server::ServerHandle;
+
+/// Reads and writes give up after this long, so a broken server fails a test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server on 127.0.0.1 with an OS-chosen port and `cores` executors.
+pub fn start(cores: usize) -> ServerHandle {
+    start_with(cores, |_| {})
+}
+
+pub fn start_with(cores: usize, tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut config = Config::default();
+    config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
+    config.server.cores = cores;
+    tweak(&mut config);
+    percore::server::start(config).expect("server starts")
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads one whole frame; panics on timeout or close.
+pub fn read_frame(s: &mut TcpStream) -> Message {
+    try_read_frame(s).expect("a frame")
+}
+
+/// Reads one whole frame; `None` if the peer closed the connection first.
+pub fn try_read_frame(s: &mut TcpStream) -> Option<Message> {
+    let mut header = [0u8; protocol::HEADER_LEN];
+    if let Err(e) = s.read_exact(&mut header) {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "read failed: {e}"
+        );
+        return None;
+    }
+    let total = protocol::frame_len(&header, u32::MAX).unwrap().unwrap();
+    let mut buf = header.to_vec();
+    buf.resize(total, 0);
+    s.read_exact(&mut buf[protocol::HEADER_LEN..])
+        .expect("frame body");
+    let (frame, used) = protocol::decode(&buf, u32::MAX).unwrap().unwrap();
+    assert_eq!(used, total);
+    Some(frame.to_message())
+}
+
+/// True if the server closes the connection (EOF or reset) without sending anything more.
+pub fn closed_without_reply(s: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+pub fn request(serialize: u8, seq: u64, path: &str, method: &str, payload: &[u8]) -> Message {
+    Message {
+        header: Header::request(serialize, seq),
+        path: path.into(),
+        method: method.into(),
+        metadata: Vec::new(),
+        payload: payload.to_vec(),
+    }
+}
+
+/// MsgPack `{A: a, B: b}` as the Go client sends it.
+pub fn msgpack_args(a: i64, b: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    percore::codec::encode_serde(
+        &percore::service::ArithArgs { a, b },
+        percore::codec::SerializeType::MsgPack,
+        &mut out,
+        "args",
+    )
+    .unwrap();
+    out
+}
+
+pub fn msgpack_reply(payload: &[u8]) -> i64 {
+    let r: percore::service::ArithReply =
+        percore::codec::decode_serde(percore::codec::SerializeType::MsgPack, payload, "reply")
+            .unwrap();
+    r.c
+}
+
+pub fn send(s: &mut TcpStream, msg: &Message) {
+    s.write_all(&msg.to_bytes()).unwrap();
+}
+
+/// Stops a server and waits for it.
+pub fn stop(server: ServerHandle) {
+    server.shutdown();
+    server.join().unwrap();
+}
