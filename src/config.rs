@@ -57,6 +57,9 @@ pub struct Limits {
     /// that may be outstanding at once; at the limit the connection stops reading until one is
     /// answered.
     pub max_calls_in_flight: usize,
+    /// A new connection that sends nothing for this long is closed, e.g. "10s".
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 /// `[runtime]`: glommio executor settings.
@@ -126,6 +129,7 @@ impl Default for Limits {
             max_decompressed_bytes: 64 << 20,
             max_pending_write_bytes: 4 << 20,
             max_calls_in_flight: 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct CoreMetrics {
     pub requests: Counter,
     pub heartbeats: Counter,
     pub error_replies: Counter,
+    /// Connections closed because they sent nothing within the handshake timeout.
+    pub handshake_timeouts: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Indexed like [`BAD_FRAME_REASONS`].
@@ -68,6 +70,7 @@ impl CoreMetrics {
             requests: Counter::default(),
             heartbeats: Counter::default(),
             error_replies: Counter::default(),
+            handshake_timeouts: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             bad_frames: Default::default(),

@@ -312,3 +312,25 @@ fn shutdown_finishes_calls_in_flight_and_refuses_new_connections() {
         "new connections are refused"
     );
 }
+
+#[test]
+fn http_on_the_rpcx_port_gets_an_http_error_not_a_hang() {
+    let server = common::start(1);
+    let mut s = connect(server.local_addrs()[0]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
+    common::stop(server);
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let server = common::start_with(1, |c| {
+        c.limits.handshake_timeout = Duration::from_millis(200)
+    });
+    let mut s = connect(server.local_addrs()[0]);
+    assert!(common::closed_without_reply(&mut s));
+    assert_eq!(server.metrics()[0].handshake_timeouts.get(), 1);
+    common::stop(server);
+}

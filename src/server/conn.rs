@@ -18,7 +18,6 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -28,11 +27,11 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::Core;
-use crate::codec::{self, CodecError, SerializeType};
+use super::dispatch::{self, Invoked};
+use crate::codec::{self, CodecError};
 use crate::protocol::{
     self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
 };
-use crate::service::{Method, Outcome, Reply, Request};
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done.
@@ -278,30 +277,6 @@ fn handle(
         return Ok(());
     }
     metrics.requests.inc();
-    let oneway = frame.header.is_oneway();
-    let method = match Method::lookup(frame.path, frame.method) {
-        Ok(method) => method,
-        Err(e) => {
-            if !oneway {
-                error_reply(
-                    core,
-                    &mut outbox.buf.borrow_mut(),
-                    frame,
-                    &e.text(frame.path, frame.method),
-                );
-            }
-            return Ok(());
-        }
-    };
-    let codec = match SerializeType::from_wire(frame.header.serialize) {
-        Ok(codec) => codec,
-        Err(e) => {
-            if !oneway {
-                error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.to_string());
-            }
-            return Ok(());
-        }
-    };
     let compressed = frame.header.compress() == COMPRESS_GZIP;
     let payload: &[u8] = if compressed {
         let limit = core.config.limits.max_decompressed_bytes;
@@ -316,42 +291,27 @@ fn handle(
     } else {
         frame.payload
     };
-    let req = Request {
-        codec,
-        metadata: frame.metadata,
+    let invoked = dispatch::invoke(
+        core,
+        frame.path,
+        frame.method,
+        frame.header.serialize,
+        frame.metadata,
         payload,
-    };
-    let mut reply = Reply::new(&mut scratch.meta, &mut scratch.payload);
-    // A panicking handler answers rpcx's internal-error text instead of taking the core down.
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        method.call(&core.services, &req, &mut reply)
-    }));
-    if oneway {
+        &mut scratch.meta,
+        &mut scratch.payload,
+    );
+    if frame.header.is_oneway() {
         return Ok(());
     }
-    match result {
-        Ok(Ok(Outcome::Ready)) => {
-            write_reply(&mut outbox.buf.borrow_mut(), frame, compressed, scratch);
-        }
-        Ok(Ok(Outcome::After(delay))) => {
+    match invoked {
+        Invoked::Ready => write_reply(&mut outbox.buf.borrow_mut(), frame, compressed, scratch),
+        Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, compressed, scratch);
             delay_reply(core, outbox, frame, delay, bytes);
         }
-        Ok(Err(e)) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &e.0),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            error_reply(
-                core,
-                &mut outbox.buf.borrow_mut(),
-                frame,
-                &format!("[service internal error]: {what}"),
-            );
-        }
+        Invoked::Failed(text) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &text),
     }
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! cores and nothing is shared between them but the read-only config.
 
 mod conn;
+mod dispatch;
+mod sniff;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -307,7 +309,7 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
         let core = Rc::clone(&core);
         glommio::spawn_local(async move {
             let _guard = guard;
-            conn::serve(&core, stream, peer).await;
+            sniff::route_tcp(&core, stream, peer).await;
         })
         .detach();
     }
