@@ -7,6 +7,8 @@
 //! cores and nothing is shared between them but the read-only config.
 
 mod conn;
+#[cfg(feature = "alloc-audit")]
+pub use conn::audit::in_request_path;
 mod dispatch;
 mod sniff;
 
