@@ -8,6 +8,8 @@
 
 mod conn;
 mod dispatch;
+mod gateway;
+mod jsonrpc;
 mod sniff;
 
 use std::cell::RefCell;
