@@ -259,7 +259,8 @@ fn get_and_put_are_served_other_methods_get_405() {
 #[test]
 fn missing_or_bad_headers_are_200_with_rpcx_texts() {
     let (server, addr) = server();
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         (
             "/",
             &[
@@ -791,5 +792,94 @@ fn rpcx_frames_still_work_next_to_http() {
         &[],
     );
     assert_eq!(http.body, MUL_REPLY);
+    common::stop(server);
+}
+
+#[test]
+fn http10_expect_continue_and_timeouts() {
+    let server = common::start_with(1, |c| {
+        c.gateway.idle_timeout = std::time::Duration::from_millis(200);
+        c.gateway.request_timeout = std::time::Duration::from_millis(200);
+    });
+    let addr = server.local_addrs()[0];
+    let call = "X-RPCX-ServiceMethod: Mul\r\nX-RPCX-SerializeType: 3\r\nContent-Length: 7\r\n";
+
+    // HTTP/1.0 keeps the connection only when asked, and then says so.
+    let mut s = connect(addr);
+    for _ in 0..2 {
+        s.write_all(
+            format!("POST /Arith HTTP/1.0\r\nConnection: keep-alive\r\n{call}\r\n").as_bytes(),
+        )
+        .unwrap();
+        s.write_all(MUL_ARGS).unwrap();
+        let reply = read_reply(&mut s);
+        assert_eq!(reply.body, MUL_REPLY);
+        assert_eq!(reply.header("Connection"), Some("keep-alive"));
+    }
+    let mut s = connect(addr);
+    s.write_all(format!("POST /Arith HTTP/1.0\r\n{call}\r\n").as_bytes())
+        .unwrap();
+    s.write_all(MUL_ARGS).unwrap();
+    assert_eq!(read_reply(&mut s).body, MUL_REPLY);
+    assert!(common::closed_without_reply(&mut s));
+    let reply = curl(
+        addr,
+        "/Arith",
+        &[
+            ("X-RPCX-ServiceMethod", "Mul"),
+            ("X-RPCX-SerializeType", "3"),
+        ],
+        Some(MUL_ARGS),
+        &["--http1.0"],
+    );
+    assert_eq!(reply.body, MUL_REPLY);
+
+    // Expect: 100-continue gets its interim reply before the body is sent.
+    let mut s = connect(addr);
+    s.write_all(format!("POST /Arith HTTP/1.1\r\nExpect: 100-continue\r\n{call}\r\n").as_bytes())
+        .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(MUL_ARGS).unwrap();
+    assert_eq!(read_reply(&mut s).body, MUL_REPLY);
+
+    // An idle keep-alive connection is closed; a request that stalls half-way gets 408.
+    assert!(common::closed_without_reply(&mut s));
+    let mut s = connect(addr);
+    s.write_all(b"POST /Arith HTTP/1.1\r\nX-RPCX-Ser").unwrap();
+    let reply = read_reply(&mut s);
+    assert_eq!(reply.status, 408);
+    assert!(common::closed_without_reply(&mut s));
+    common::stop(server);
+}
+
+#[test]
+fn delayed_replies_keep_their_order_and_honour_server_timeout() {
+    let server = common::start_with(1, |c| {
+        c.services.hello.delay = std::time::Duration::from_millis(50);
+    });
+    let addr = server.local_addrs()[0];
+    let hello = |meta: &str| {
+        format!(
+            "POST /Hello HTTP/1.1\r\nX-RPCX-ServiceMethod: Say\r\nX-RPCX-SerializeType: 2\r\n\
+             X-RPCX-Meta: {meta}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mul = "POST /Arith HTTP/1.1\r\nX-RPCX-ServiceMethod: Mul\r\nX-RPCX-SerializeType: 3\r\n\
+               Content-Length: 7\r\n\r\n";
+    let mut s = connect(addr);
+    let mut batch = hello("").into_bytes();
+    batch.extend_from_slice(mul.as_bytes());
+    batch.extend_from_slice(MUL_ARGS);
+    batch.extend_from_slice(hello("__ServerTimeout=1").as_bytes());
+    s.write_all(&batch).unwrap();
+    let first = read_reply(&mut s);
+    first.assert_ok();
+    assert_eq!(first.header("X-RPCX-ServicePath"), Some("Hello"));
+    assert!(!first.body.is_empty());
+    let second = read_reply(&mut s);
+    assert_eq!(second.body, MUL_REPLY);
+    read_reply(&mut s).assert_error(500, "context deadline exceeded");
     common::stop(server);
 }

@@ -155,6 +155,8 @@ pub(crate) struct Head {
     /// The request target as sent (path and query).
     pub(crate) target: String,
     pub(crate) keep_alive: bool,
+    /// HTTP/1.0: keep-alive must be said in the reply.
+    http10: bool,
     expect_continue: bool,
     content_length: Option<usize>,
     chunked: bool,
@@ -191,6 +193,8 @@ pub(crate) struct Scratch {
     pub(crate) meta_in: Vec<u8>,
     pub(crate) meta_out: Vec<u8>,
     pub(crate) payload: Vec<u8>,
+    /// A JSON-RPC reply body.
+    pub(crate) json: Vec<u8>,
 }
 
 async fn run<S>(core: &Rc<Core>, stream: &mut S) -> Close
@@ -426,6 +430,7 @@ fn parse_head(
     };
     head.target.push_str(req.path.unwrap_or_default());
     let http10 = req.version == Some(0);
+    head.http10 = http10;
     let mut close = false;
     let mut keep_alive = false;
     for h in req.headers.iter() {
@@ -612,21 +617,22 @@ fn serve_request(
             meta_in,
             meta_out,
             payload,
+            json,
             ..
         } = scratch;
         request_metadata(head, meta_in);
-        let mut reply = Vec::new();
-        let delay = jsonrpc::serve(core, body, meta_in, meta_out, payload, &mut reply);
-        let mut resp = Response::start(out, 200, head.keep_alive);
-        if !reply.is_empty() {
+        let delay = jsonrpc::serve(core, body, meta_in, meta_out, payload, json);
+        let mut resp = Response::start(out, 200, head);
+        if !json.is_empty() {
             resp.header("Content-Type", b"application/json");
         }
-        resp.finish(&reply);
+        resp.finish(json);
+        shrink(json);
         return delay;
     }
     if head.method == HttpMethod::Other {
         core.metrics.gateway_errors.inc();
-        let mut resp = Response::start(out, 405, head.keep_alive);
+        let mut resp = Response::start(out, 405, head);
         resp.header("Allow", b"GET, POST, PUT");
         resp.finish(b"");
         return None;
@@ -686,7 +692,7 @@ fn gateway(core: &Core, head: &Head, scratch: &mut Scratch, out: &mut Vec<u8>) -
     if let Some(text) = bad {
         // rpcx answers these with 200, the request's X-RPCX-* headers and the error headers.
         core.metrics.gateway_errors.inc();
-        let mut resp = Response::start(out, 200, head.keep_alive);
+        let mut resp = Response::start(out, 200, head);
         resp.raw_headers(&head.echo);
         if from_url && !service_path.is_empty() {
             resp.header_text(X_SERVICE_PATH, &service_path);
@@ -816,7 +822,7 @@ fn reply_meta(block: &[u8]) -> String {
 
 /// Starts a reply with the headers of rpcx's success path.
 fn success<'o>(out: &'o mut Vec<u8>, head: &Head, service_path: &str) -> Response<'o> {
-    let mut resp = Response::start(out, 200, head.keep_alive);
+    let mut resp = Response::start(out, 200, head);
     rpcx_headers(&mut resp, head, service_path);
     resp
 }
@@ -831,7 +837,7 @@ fn failed(
     out: &mut Vec<u8>,
 ) {
     core.metrics.gateway_errors.inc();
-    let mut resp = Response::start(out, status, head.keep_alive);
+    let mut resp = Response::start(out, status, head);
     rpcx_headers(&mut resp, head, service_path);
     resp.error(text);
     resp.finish(b"");
@@ -866,15 +872,18 @@ pub(crate) struct Response<'o> {
 }
 
 impl<'o> Response<'o> {
-    pub(crate) fn start(out: &'o mut Vec<u8>, status: u16, keep_alive: bool) -> Response<'o> {
+    /// The status line, and `Connection` when the request's HTTP version needs it said.
+    pub(crate) fn start(out: &'o mut Vec<u8>, status: u16, head: &Head) -> Response<'o> {
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.to_string().as_bytes());
         out.push(b' ');
         out.extend_from_slice(reason(status).as_bytes());
         out.extend_from_slice(b"\r\n");
         let mut resp = Response { out };
-        if !keep_alive {
+        if !head.keep_alive {
             resp.header("Connection", b"close");
+        } else if head.http10 {
+            resp.header("Connection", b"keep-alive");
         }
         resp
     }
@@ -925,7 +934,8 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 fn write_refusal(out: &mut Vec<u8>, refusal: &Refusal) {
     let mut body = refusal.what.clone().into_bytes();
     body.push(b'\n');
-    let mut resp = Response::start(out, refusal.status, false);
+    let close = Head::default(); // keep_alive false: the connection closes.
+    let mut resp = Response::start(out, refusal.status, &close);
     resp.header("Content-Type", b"text/plain; charset=utf-8");
     resp.finish(&body);
 }
@@ -1110,7 +1120,11 @@ mod tests {
     #[test]
     fn error_text_is_percent_encoded() {
         let mut out = Vec::new();
-        let mut resp = Response::start(&mut out, 500, true);
+        let head = Head {
+            keep_alive: true,
+            ..Head::default()
+        };
+        let mut resp = Response::start(&mut out, 500, &head);
         resp.error("can't find service Ärith\r\nX: y 100%");
         resp.finish(b"");
         let text = String::from_utf8(out).unwrap();
