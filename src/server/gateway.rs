@@ -36,6 +36,7 @@ use super::Core;
 use super::dispatch::{self, Invoked};
 use super::jsonrpc;
 use crate::codec;
+use crate::config::Gateway;
 use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata, push_meta};
 
 /// First size of a connection's read buffer; it grows to hold a request head and shrinks back.
@@ -218,7 +219,7 @@ where
             if started.is_none() && !rbuf.data().is_empty() {
                 started = Some(Instant::now());
             }
-            let step = match advance(core, &mut state, &mut head, &mut rbuf, &mut scratch) {
+            let step = match advance(cfg, &mut state, &mut head, &mut rbuf, &mut scratch.body) {
                 Ok(step) => step,
                 Err(refusal) => {
                     write_refusal(&mut out, &refusal);
@@ -243,8 +244,7 @@ where
                     let delay = serve_request(core, &head, jsonrpc_conn, &mut scratch, &mut out);
                     if let Some(delay) = delay {
                         // Replies go out in order: flush the ones before this, then wait.
-                        let ready: Vec<u8> = out.drain(..before).collect();
-                        let mut ready = ready;
+                        let mut ready: Vec<u8> = out.drain(..before).collect();
                         if write_out(core, stream, &mut ready).await.is_err() {
                             return Close::WriteFailed;
                         }
@@ -327,15 +327,14 @@ enum Step {
     Request,
 }
 
-/// Moves the current request forward with the buffered bytes.
+/// Moves the current request forward with the buffered bytes (sans-IO: no reads, no writes).
 fn advance(
-    core: &Core,
+    cfg: &Gateway,
     state: &mut State,
     head: &mut Head,
     rbuf: &mut ReadBuf,
-    scratch: &mut Scratch,
+    body: &mut Vec<u8>,
 ) -> Result<Step, Refusal> {
-    let cfg = &core.config.gateway;
     match state {
         State::Head => {
             let Some(used) = parse_head(rbuf.data(), cfg.max_headers, cfg.max_header_bytes, head)?
@@ -343,7 +342,7 @@ fn advance(
                 return Ok(Step::NeedMore);
             };
             rbuf.consume(used);
-            scratch.body.clear();
+            body.clear();
             *state = if head.chunked {
                 State::Chunked(Chunk::Size)
             } else {
@@ -364,7 +363,7 @@ fn advance(
         }
         State::Length(left) => {
             let take = (*left).min(rbuf.data().len());
-            scratch.body.extend_from_slice(&rbuf.data()[..take]);
+            body.extend_from_slice(&rbuf.data()[..take]);
             rbuf.consume(take);
             *left -= take;
             if *left > 0 {
@@ -374,13 +373,7 @@ fn advance(
             Ok(Step::Request)
         }
         State::Chunked(chunk) => {
-            if dechunk(
-                chunk,
-                rbuf,
-                &mut scratch.body,
-                cfg.max_body_bytes,
-                cfg.max_header_bytes,
-            )? {
+            if dechunk(chunk, rbuf, body, cfg.max_body_bytes, cfg.max_header_bytes)? {
                 *state = State::Head;
                 return Ok(Step::Request);
             }
@@ -1115,6 +1108,48 @@ mod tests {
         let entries: Vec<_> = meta.iter().collect();
         assert_eq!(entries, [("b", "2"), ("a", "é x"), ("__AUTH", "Bearer t")]);
         assert_eq!(reply_meta(&block), "__AUTH=Bearer+t&a=%C3%A9+x&b=2");
+    }
+
+    proptest::proptest! {
+        /// Any bytes, split anywhere, never panic the request reader, and it never holds more
+        /// than the head limit plus one read in its buffer or more than the body limit.
+        #[test]
+        fn request_reader_takes_any_input(
+            prefix in proptest::sample::select(vec![
+                &b""[..],
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ]),
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(1usize..64, 1..20),
+        ) {
+            let cfg = Gateway { max_header_bytes: 256, max_headers: 8, max_body_bytes: 300, ..Gateway::default() };
+            let mut wire = prefix.to_vec();
+            wire.extend_from_slice(&input);
+            let (mut state, mut head, mut rbuf, mut body) = (State::Head, Head::default(), ReadBuf::new(), Vec::new());
+            let mut at = 0;
+            'feed: for cut in cuts.iter().cycle() {
+                if at >= wire.len() {
+                    break;
+                }
+                let n = (*cut).min(wire.len() - at);
+                rbuf.spare()[..n].copy_from_slice(&wire[at..at + n]);
+                rbuf.filled(n);
+                at += n;
+                loop {
+                    match advance(&cfg, &mut state, &mut head, &mut rbuf, &mut body) {
+                        Ok(Step::NeedMore) => break,
+                        Ok(_) => {}
+                        Err(r) => {
+                            proptest::prop_assert!(matches!(r.status, 400 | 413 | 431 | 501));
+                            break 'feed;
+                        }
+                    }
+                    proptest::prop_assert!(body.len() <= cfg.max_body_bytes);
+                }
+                proptest::prop_assert!(rbuf.data().len() <= cfg.max_header_bytes + 64);
+            }
+        }
     }
 
     #[test]
