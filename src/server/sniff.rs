@@ -5,7 +5,7 @@
 //! | `0x08` | rpcx frames |
 //! | `0x16` | a TLS ClientHello |
 //! | `C` | HTTP `CONNECT` (rpcx's `http` network) |
-//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE` |
+//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE`: the gateway and JSON-RPC (`gateway`), or a 404 with `gateway.enabled = false` |
 //!
 //! Anything else is refused as rpcx refuses it (`wrong magic number: N`). A connection that sends
 //! nothing within `limits.handshake_timeout` is closed.
@@ -16,7 +16,7 @@ use std::rc::Rc;
 use futures_lite::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::{Core, conn};
+use super::{Core, conn, gateway};
 
 /// What a connection's first byte announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,9 @@ pub(crate) async fn route_tcp(
     match kind {
         Kind::Rpcx => {
             conn::serve(core, stream, peer).await;
+        }
+        Kind::Http if core.config.gateway.enabled => {
+            gateway::serve(core, stream, peer).await;
         }
         Kind::Http | Kind::Connect => {
             core.metrics.bad_frame("bad_magic");
