@@ -518,7 +518,10 @@ fn connect_on_the_rpcx_port_and_on_http_listeners() {
 #[test]
 fn connect_bytes_are_exactly_rpcx_s_and_crlf_is_tolerated() {
     let server = common::start(1);
-    for head in [&CONNECT_REQUEST[..], b"CONNECT /_rpcx_ HTTP/1.0\r\n\r\n"] {
+    for head in [
+        CONNECT_REQUEST,
+        b"CONNECT /_rpcx_ HTTP/1.0\r\n\r\n".as_slice(),
+    ] {
         let mut s = common::connect(server.local_addrs()[0]);
         // The first frame may follow the head at once.
         let mut bytes = head.to_vec();
