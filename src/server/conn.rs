@@ -217,6 +217,7 @@ async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc
                 break;
             }
             let raw = &data[..total];
+            let _audit = audit::RequestPath::enter();
             match protocol::decode(raw, limits.max_frame_bytes) {
                 Ok(Some((frame, _))) => {
                     if let Err(refused) = handle(core, &frame, raw, outbox, &mut scratch) {
@@ -480,5 +481,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// The allocation audit: with the `alloc-audit` feature, a thread-local flag is set while a
+/// frame is decoded, dispatched and its reply encoded, so a counting allocator can tell
+/// percore's own per-request allocations from the runtime's per-wait ones. Without the feature
+/// it compiles to nothing.
+pub mod audit {
+    #[cfg(feature = "alloc-audit")]
+    thread_local! {
+        static IN_REQUEST_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// True while this thread is on the request path.
+    #[cfg(feature = "alloc-audit")]
+    pub fn in_request_path() -> bool {
+        IN_REQUEST_PATH.with(|f| f.get())
+    }
+
+    /// Marks the request path for as long as it lives.
+    pub(crate) struct RequestPath;
+
+    impl RequestPath {
+        #[inline]
+        pub(crate) fn enter() -> RequestPath {
+            #[cfg(feature = "alloc-audit")]
+            IN_REQUEST_PATH.with(|f| f.set(true));
+            RequestPath
+        }
+    }
+
+    impl Drop for RequestPath {
+        #[inline]
+        fn drop(&mut self) {
+            #[cfg(feature = "alloc-audit")]
+            IN_REQUEST_PATH.with(|f| f.set(false));
+        }
     }
 }

@@ -13,6 +13,8 @@
 //! frames, TLS, HTTP CONNECT or HTTP.
 
 mod conn;
+#[cfg(feature = "alloc-audit")]
+pub use conn::audit::in_request_path;
 mod dispatch;
 mod sniff;
 
