@@ -432,6 +432,16 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_are_valid() {
+        for text in [
+            include_str!("../configs/tls.toml"),
+            include_str!("../configs/unix.toml"),
+        ] {
+            Config::from_toml(text).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml("[server]\ncorez = 2\n").unwrap_err();
         assert!(err.contains("corez"), "{err}");

@@ -32,8 +32,8 @@ struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address `network@host:port` (tcp or reuseport); repeat for several. Replaces
-    /// server.listen.
+    /// Listen address `network@address` (tcp, reuseport, http or unix, e.g.
+    /// `unix@/run/percore.sock`); repeat for several. Replaces server.listen.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<ListenAddr>,
     /// Executors to run, one per allowed CPU (0 = all). Replaces server.cores.
