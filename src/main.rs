@@ -98,7 +98,7 @@ fn effective_config(args: &ServeArgs) -> Result<Config, percore::config::ConfigE
 
 fn run(config: Config) -> anyhow::Result<()> {
     let server = percore::server::start(config).context("starting the server")?;
-    for addr in server.local_addrs() {
+    for addr in server.listen_addrs() {
         tracing::info!(%addr, "listening");
     }
     let stopper = server.stopper();
