@@ -93,6 +93,8 @@ fn effective_config(args: &ServeArgs) -> Result<Config, percore::config::ConfigE
         config.server.cores = cores;
     }
     config.validate()?;
+    // The certificates are read here too, so --check-config catches a bad TLS file.
+    percore::transport::tls::server_config(&config.tls)?;
     Ok(config)
 }
 

@@ -251,6 +251,47 @@ fn a_path_that_is_not_a_socket_is_refused_and_kept() {
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
 
+#[test]
+fn bad_input_on_a_unix_socket_closes_only_that_connection() {
+    let dir = test_dir("unix-bad");
+    let path = dir.join("bad.sock");
+    let listen = format!("unix@{}", path.display());
+    let server = common::start_with(1, |c| c.server.listen = vec![listen.parse().unwrap()]);
+    let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    bad.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    bad.write_all(b"\x09 not rpcx").unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(bad.read(&mut byte), Ok(0) | Err(_)), "closed");
+    wait_for(|| server.metrics()[0].bad_frames_total() == 1);
+    assert!(dial_and_call(&listen, dial_options(None), 1).is_ok());
+    common::stop(server);
+}
+
+#[test]
+fn shutdown_closes_open_tls_and_unix_connections() {
+    let dir = test_dir("shutdown");
+    let pki = pki(&dir);
+    let sock = dir.join("drain.sock");
+    let server = start_tls(
+        &pki,
+        &["tcp@127.0.0.1:0".into(), format!("unix@{}", sock.display())],
+        |_| {},
+    );
+    let mut tls = blocking_tls(&pki, server.local_addrs()[0], &rustls::version::TLS13);
+    tls.write_all(&request(3, 1, "Arith", "Mul", &msgpack_args(2, 2)).to_bytes())
+        .unwrap();
+    assert_eq!(msgpack_reply(&read_frame_blocking(&mut tls).payload), 4);
+    let mut unix = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    unix.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Inside the handshake window: nothing sent yet.
+    common::stop(server);
+    let mut rest = Vec::new();
+    assert!(matches!(tls.read_to_end(&mut rest), Ok(0) | Err(_)));
+    let mut byte = [0u8; 1];
+    assert!(matches!(unix.read(&mut byte), Ok(0) | Err(_)));
+    assert!(!sock.exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS
 
@@ -475,6 +516,31 @@ fn tls_certificate_errors_name_the_key_and_file() {
     config.tls.key = Some(pki.server_key.clone());
     let err = percore::server::start(config).err().unwrap().to_string();
     assert!(err.contains("no CERTIFICATE block"), "{err}");
+}
+
+#[test]
+fn check_config_reads_the_tls_files_and_exits_78() {
+    let dir = test_dir("tls-check");
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = \"{0}/nope.pem\"\nkey = \"{0}/nope.key\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tls.cert: ") && stderr.contains("nope.pem"),
+        "{stderr}"
+    );
 }
 
 #[test]

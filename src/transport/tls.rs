@@ -87,6 +87,19 @@ fn load_roots(key: &'static str, path: &Path) -> Result<RootCertStore, TlsError>
     Ok(roots)
 }
 
+impl From<TlsError> for crate::config::ConfigError {
+    fn from(e: TlsError) -> Self {
+        let message = match &e.path {
+            Some(path) => format!("{}: {}", path.display(), e.message),
+            None => e.message,
+        };
+        crate::config::ConfigError::Invalid {
+            key: e.key,
+            message,
+        }
+    }
+}
+
 /// The server's rustls config for `[tls]`, or `None` when TLS is off.
 pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     let (Some(cert_path), Some(key_path)) = (&tls.cert, &tls.key) else {
