@@ -70,7 +70,25 @@ pub struct CoreMetrics {
     pub bytes_out: Counter,
     /// Indexed like [`BAD_FRAME_REASONS`].
     pub bad_frames: [Counter; 9],
+    /// HTTP gateway requests (X-RPCX-* headers) answered, errors included.
+    pub gateway_requests: Counter,
+    /// JSON-RPC 2.0 calls and notifications (each element of a batch counts).
+    pub jsonrpc_calls: Counter,
+    /// Gateway and JSON-RPC replies that carry an error (rpcx error headers or a JSON-RPC error).
+    pub gateway_errors: Counter,
+    /// HTTP input refused with a 4xx/5xx and a closed connection (unparsable request, header or
+    /// body limits, bad chunking), indexed like [`BAD_HTTP_REASONS`].
+    pub bad_http: [Counter; 5],
 }
+
+/// Why an HTTP connection's input was refused (the `reason` label of bad-HTTP counts).
+pub const BAD_HTTP_REASONS: &[&str] = &[
+    "malformed",
+    "headers_too_large",
+    "body_too_large",
+    "unsupported",
+    "timeout",
+];
 
 impl CoreMetrics {
     pub fn new(core: usize) -> CoreMetrics {
@@ -90,6 +108,10 @@ impl CoreMetrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             bad_frames: Default::default(),
+            gateway_requests: Counter::default(),
+            jsonrpc_calls: Counter::default(),
+            gateway_errors: Counter::default(),
+            bad_http: Default::default(),
         }
     }
 
@@ -98,6 +120,17 @@ impl CoreMetrics {
         if let Some(i) = BAD_FRAME_REASONS.iter().position(|r| *r == reason) {
             self.bad_frames[i].inc();
         }
+    }
+
+    /// Counts a refused HTTP input by its reason name (one of [`BAD_HTTP_REASONS`]).
+    pub fn bad_http(&self, reason: &str) {
+        if let Some(i) = BAD_HTTP_REASONS.iter().position(|r| *r == reason) {
+            self.bad_http[i].inc();
+        }
+    }
+
+    pub fn bad_http_total(&self) -> u64 {
+        self.bad_http.iter().map(Counter::get).sum()
     }
 
     pub fn bad_frames_total(&self) -> u64 {

@@ -467,7 +467,7 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
 }
 
 #[test]
-fn tls_1_2_and_1_3_both_work_and_http_inside_tls_is_routed() {
+fn tls_1_2_and_1_3_both_work_and_http_inside_tls_reaches_the_gateway() {
     let dir = test_dir("tls-versions");
     let pki = pki(&dir);
     let server = start_tls(&pki, &["tcp@127.0.0.1:0".into()], |_| {});
@@ -479,7 +479,28 @@ fn tls_1_2_and_1_3_both_work_and_http_inside_tls_is_routed() {
         assert_eq!(msgpack_reply(&reply.payload), 42);
         assert_eq!(s.conn.protocol_version(), Some(version.version));
     }
-    // Plain HTTP inside TLS reaches the HTTP seam (a 404 until the gateway exists).
+    // HTTP inside TLS reaches the gateway.
+    let mut s = blocking_tls(&pki, server.local_addrs()[0], &rustls::version::TLS13);
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\
+          X-RPCX-SerializeType: 3\r\nX-RPCX-ServicePath: Arith\r\nX-RPCX-ServiceMethod: Mul\r\n\r\n",
+    )
+    .unwrap();
+    s.write_all(&msgpack_args(10, 20)).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
+    assert!(
+        reply.ends_with(&[0x81, 0xa1, 0x43, 0xcc, 0xc8]),
+        "{reply:?}"
+    );
+    assert_eq!(server.metrics()[0].gateway_requests.get(), 1);
+    common::stop(server);
+
+    // With the gateway off, HTTP inside TLS gets the short 404.
+    let server = start_tls(&pki, &["tcp@127.0.0.1:0".into()], |c| {
+        c.gateway.enabled = false;
+    });
     let mut s = blocking_tls(&pki, server.local_addrs()[0], &rustls::version::TLS13);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut text = String::new();

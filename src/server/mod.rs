@@ -16,6 +16,8 @@ mod conn;
 #[cfg(feature = "alloc-audit")]
 pub use conn::audit::in_request_path;
 mod dispatch;
+mod gateway;
+mod jsonrpc;
 mod sniff;
 
 use std::cell::RefCell;

@@ -6,12 +6,12 @@
 //! | `0x08` | rpcx frames |
 //! | `0x16` | a TLS ClientHello: handshake, then route again on the first bytes inside TLS |
 //! | `C` | HTTP `CONNECT /_rpcx_` (rpcx's `http` network), then rpcx frames |
-//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE` |
+//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE`: the gateway and JSON-RPC (`gateway`), or a 404 with `gateway.enabled = false` |
 //!
 //! Anything else is refused as rpcx refuses it (`wrong magic number: N`). With `[tls]` set and
 //! `tls.allow_plaintext = false`, only TLS is served. On an `http` listener, plain HTTP other
-//! than `CONNECT /_rpcx_` gets rpcx's `405 must CONNECT`; elsewhere it goes to
-//! [`http_not_served`], the seam where the HTTP gateway plugs in.
+//! than `CONNECT /_rpcx_` gets rpcx's `405 must CONNECT` (as rpcx's own `http` listener does);
+//! elsewhere it goes to the gateway, or to [`http_not_served`] when the gateway is off.
 //!
 //! Everything before the first rpcx frame (the first byte, the TLS handshake, the CONNECT head)
 //! must arrive within `limits.handshake_timeout` of the accept, or the connection is closed.
@@ -27,7 +27,7 @@ use std::time::Instant;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use super::{Core, conn};
+use super::{Core, conn, gateway};
 use crate::config::Network;
 use crate::transport::http_connect;
 use crate::transport::prefixed::Prefixed;
@@ -99,6 +99,10 @@ pub(crate) async fn route<S: Socket>(
             conn::serve(core, stream, peer).await;
         }
         Kind::Tls => serve_tls(core, stream, peer, network, deadline).await,
+        // The plaintext gateway also gets the bare socket.
+        Kind::Http if network != Network::Http && core.config.gateway.enabled => {
+            gateway::serve(core, stream, peer).await;
+        }
         kind => route_boxed(core, kind, Box::new(stream), peer, network, deadline).await,
     }
 }
@@ -118,6 +122,7 @@ async fn route_boxed(
         }
         Kind::Connect => serve_connect(core, stream, peer, deadline).await,
         Kind::Http if network == Network::Http => serve_connect(core, stream, peer, deadline).await,
+        Kind::Http if core.config.gateway.enabled => gateway::serve(core, stream, peer).await,
         Kind::Http => http_not_served(core, stream, peer).await,
         Kind::Tls => {
             core.metrics.bad_frame("bad_magic");
@@ -213,8 +218,7 @@ async fn serve_connect(
     conn::serve(core, Prefixed::new(rest, stream), peer).await;
 }
 
-/// Plain HTTP on an rpcx listener. **The HTTP gateway (PROTOCOL.md §5, §6) replaces this
-/// function**; `stream` still holds the whole request. Until then: a short 404 and close.
+/// Plain HTTP on an rpcx listener with `gateway.enabled = false`: a short 404 and close.
 pub(crate) async fn http_not_served(core: &Rc<Core>, mut stream: Box<dyn Io>, peer: SocketAddr) {
     core.metrics.bad_frame("bad_magic");
     debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");
