@@ -674,6 +674,21 @@ fn the_dialer_reports_a_refused_connect() {
 }
 
 #[test]
+fn a_dial_that_gets_no_answer_times_out_naming_the_target() {
+    // Accepts (the kernel does, from the backlog) but never answers the CONNECT.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("http@{}", listener.local_addr().unwrap());
+    let options = DialOptions {
+        timeout: Duration::from_millis(200),
+        tls: None,
+    };
+    let err = dial_and_call(&target, options, 1).unwrap_err();
+    assert!(matches!(err, DialError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains(&target), "{err}");
+    drop(listener);
+}
+
+#[test]
 fn a_bad_or_endless_connect_head_is_closed() {
     let server = common::start_with(1, |c| {
         c.limits.handshake_timeout = Duration::from_millis(300);
