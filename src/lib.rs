@@ -22,7 +22,11 @@
 //!
 //! ```text
 //!            one glommio executor per allowed CPU, pinned; shared: read-only config only
-//! client ─► SO_REUSEPORT listener (one socket per core) ─► accept ─► connection task
+//! client ─► SO_REUSEPORT listener (one socket per core) ─┐
+//! client ─► unix socket (one socket, accepted by every core) ─┴► accept ─► sniff (first bytes)
+//!   sniff: 0x08 rpcx ─► connection task (the bare socket: the hot path has no wrapper)
+//!          0x16 TLS (rustls) ─► sniff again inside TLS
+//!          `C`  HTTP CONNECT /_rpcx_ ─► connection task;  HTTP ─► the gateway seam
 //!
 //! connection task: the first byte routes it (server::sniff)
 //!   0x08 ─► the rpcx frame loop below

@@ -32,8 +32,8 @@ struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address `network@host:port` (tcp or reuseport); repeat for several. Replaces
-    /// server.listen.
+    /// Listen address `network@address` (tcp, reuseport, http or unix, e.g.
+    /// `unix@/run/percore.sock`); repeat for several. Replaces server.listen.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<ListenAddr>,
     /// Executors to run, one per allowed CPU (0 = all). Replaces server.cores.
@@ -93,12 +93,14 @@ fn effective_config(args: &ServeArgs) -> Result<Config, percore::config::ConfigE
         config.server.cores = cores;
     }
     config.validate()?;
+    // The certificates are read here too, so --check-config catches a bad TLS file.
+    percore::transport::tls::server_config(&config.tls)?;
     Ok(config)
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
     let server = percore::server::start(config).context("starting the server")?;
-    for addr in server.local_addrs() {
+    for addr in server.listen_addrs() {
         tracing::info!(%addr, "listening");
     }
     let stopper = server.stopper();

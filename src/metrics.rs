@@ -53,8 +53,19 @@ pub struct CoreMetrics {
     pub requests: Counter,
     pub heartbeats: Counter,
     pub error_replies: Counter,
-    /// Connections closed because they sent nothing within the handshake timeout.
+    /// Connections closed because they did not finish their handshake (first bytes, TLS,
+    /// HTTP CONNECT) within the handshake timeout.
     pub handshake_timeouts: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// Connections closed because their TLS handshake failed (bad certificate, not TLS...).
+    pub tls_handshake_failures: Counter,
+    /// Plaintext connections closed because TLS is required (`tls.allow_plaintext = false`).
+    pub plaintext_refused: Counter,
+    /// HTTP CONNECT handshakes accepted (`CONNECT /_rpcx_`).
+    pub http_connects: Counter,
+    /// HTTP requests refused with `405 must CONNECT`, or heads that were malformed or too long.
+    pub http_connect_refused: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     /// Indexed like [`BAD_FRAME_REASONS`].
@@ -89,6 +100,11 @@ impl CoreMetrics {
             heartbeats: Counter::default(),
             error_replies: Counter::default(),
             handshake_timeouts: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            plaintext_refused: Counter::default(),
+            http_connects: Counter::default(),
+            http_connect_refused: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             bad_frames: Default::default(),
