@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use percore::config::{Config, EXIT_CONFIG, ListenAddr, LogFormat};
+use percore::config::{
+    self, Config, ConfigError, EXIT_CONFIG, ListenAddr, LogFormat, Origin, Overrides,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,18 +29,32 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// Precedence: defaults < config file < environment (PERCORE_LISTEN, PERCORE_CORES,
+/// PERCORE_DRAIN_TIMEOUT, PERCORE_LOG, PERCORE_LOG_FORMAT, PERCORE_ADMIN_LISTEN,
+/// PERCORE_AUTH_TOKEN_FILE) < flags.
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
+    /// Default: $PERCORE_CONFIG, else the embedded defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address `network@host:port` (tcp or reuseport); repeat for several. Replaces
     /// server.listen.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<ListenAddr>,
-    /// Executors to run, one per allowed CPU (0 = all). Replaces server.cores.
+    /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
+    /// Admin endpoint address (/metrics, /healthz, /readyz), "" for off. Sets admin.listen.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Log filter such as "info" or "percore=debug". Sets log.level (RUST_LOG still wins).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Set any config key, e.g. `--set limits.idle_timeout=5m` or `--set server.backlog=4096`;
+    /// repeatable, applied last. The value is TOML, or plain text for a string.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Validate the configuration and exit: 0 if it is good, 78 with the bad key if not.
     #[arg(long)]
     check_config: bool,
@@ -81,19 +97,53 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn effective_config(args: &ServeArgs) -> Result<Config, percore::config::ConfigError> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
+    config::load(&overrides(args)?, |name| std::env::var(name).ok())
+}
+
+/// The flags as config keys, in precedence order (later wins).
+fn overrides(args: &ServeArgs) -> Result<Overrides, ConfigError> {
+    let mut flags = Overrides {
+        config: args.config.clone(),
+        sets: Vec::new(),
     };
+    let mut set = |key: &str, value: toml::Value, flag: &str| {
+        flags.sets.push((key.to_owned(), value, flag.to_owned()))
+    };
+    let text = |s: &str| toml::Value::String(s.to_owned());
     if !args.listen.is_empty() {
-        config.server.listen = args.listen.clone();
+        let list = args.listen.iter().map(|a| text(&a.to_string())).collect();
+        set("server.listen", toml::Value::Array(list), "--listen");
     }
     if let Some(cores) = args.cores {
-        config.server.cores = cores;
+        set(
+            "server.cores",
+            toml::Value::Integer(cores as i64),
+            "--cores",
+        );
     }
-    config.validate()?;
-    Ok(config)
+    if let Some(addr) = &args.admin_listen {
+        set("admin.listen", text(addr), "--admin-listen");
+    }
+    if let Some(level) = &args.log_level {
+        set("log.level", text(level), "--log-level");
+    }
+    for kv in &args.set {
+        let Some((key, value)) = kv.split_once('=') else {
+            return Err(ConfigError::Override {
+                key: kv.clone(),
+                origin: Origin::Flag("--set".into()),
+                message: "expected KEY=VALUE".into(),
+            });
+        };
+        let key = key.trim();
+        set(
+            key,
+            config::text_value(value.trim()),
+            &format!("--set {key}"),
+        );
+    }
+    Ok(flags)
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
