@@ -17,6 +17,7 @@ use futures_lite::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use super::{Core, conn};
+use crate::metrics::{Close, Transport};
 
 /// What a connection's first byte announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,12 +39,13 @@ pub(crate) fn classify(first: u8) -> Kind {
     }
 }
 
-/// Serves an accepted TCP connection by what its first byte announces.
+/// Serves an accepted TCP connection by what its first byte announces; returns why it closed.
 pub(crate) async fn route_tcp(
     core: &Rc<Core>,
     mut stream: glommio::net::TcpStream,
     peer: SocketAddr,
-) {
+) -> Close {
+    let tcp = core.metrics.transport(Transport::TCP);
     let mut first = [0u8; 1];
     let timeout = core.config.limits.handshake_timeout;
     let peeked = futures_lite::future::or(async { Some(stream.peek(&mut first).await) }, async {
@@ -53,30 +55,32 @@ pub(crate) async fn route_tcp(
     .await;
     let kind = match peeked {
         None => {
-            core.metrics.handshake_timeouts.inc();
             debug!(core = core.index, %peer, "closing connection: nothing sent within the handshake timeout");
-            return;
+            return Close::HandshakeTimeout;
         }
-        Some(Ok(0)) | Some(Err(_)) => return,
+        Some(Ok(0)) if core.draining.get() => return Close::Shutdown,
+        Some(Ok(0)) => return Close::Eof,
+        Some(Err(_)) => return Close::ReadError,
         Some(Ok(_)) => classify(first[0]),
     };
     match kind {
-        Kind::Rpcx => {
-            conn::serve(core, stream, peer).await;
-        }
+        Kind::Rpcx => conn::serve(core, stream, peer).await.close(core),
         Kind::Http | Kind::Connect => {
-            core.metrics.bad_frame("bad_magic");
+            tcp.bad_frame("bad_magic");
             debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");
             let _ = stream.write_all(HTTP_NOT_SERVED).await;
             let _ = stream.close().await;
+            Close::BadFrame
         }
         Kind::Tls => {
-            core.metrics.bad_frame("bad_magic");
+            tcp.bad_frame("bad_magic");
             warn!(core = core.index, %peer, "closing connection: TLS ClientHello, but TLS is not configured");
+            Close::BadFrame
         }
         Kind::Unknown(byte) => {
-            core.metrics.bad_frame("bad_magic");
+            tcp.bad_frame("bad_magic");
             warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
+            Close::BadFrame
         }
     }
 }
