@@ -13,8 +13,10 @@
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
 //! | [`server`] | executors per core, listeners, accept loops, the connection loop, shutdown |
 //! | [`transport`] | per network, how to listen (and, for the client, dial) |
-//! | [`config`] | typed configuration: TOML with unknown keys rejected, flags on top |
-//! | [`metrics`] | per-core counters, single writer each, summed when read |
+//! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
+//! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
+//! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
 //!
 //! `main.rs` only parses the command line and calls into these.
 //!
@@ -36,10 +38,12 @@
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
 //! reads past its input.
 
+pub mod admin;
 pub mod bench_message;
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod service;

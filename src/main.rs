@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use percore::config::{
     self, Config, ConfigError, EXIT_CONFIG, ListenAddr, LogFormat, Origin, Overrides,
 };
+use percore::notify;
+use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,8 +73,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let config = match effective_config(&args) {
-        Ok(config) => config,
+    let loaded = overrides(&args).and_then(|flags| Ok((load(&flags)?, flags)));
+    let (config, flags) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("percore: {e}");
             return ExitCode::from(EXIT_CONFIG as u8);
@@ -86,8 +89,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
-    match run(config) {
+    let log = init_logging(&config);
+    match run(config, flags, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -97,8 +100,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn effective_config(args: &ServeArgs) -> Result<Config, ConfigError> {
-    config::load(&overrides(args)?, |name| std::env::var(name).ok())
+/// The effective configuration: defaults < file < environment < flags.
+fn load(flags: &Overrides) -> Result<Config, ConfigError> {
+    config::load(flags, |name| std::env::var(name).ok())
 }
 
 /// The flags as config keys, in precedence order (later wins).
@@ -146,15 +150,33 @@ fn overrides(args: &ServeArgs) -> Result<Overrides, ConfigError> {
     Ok(flags)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    let server = percore::server::start(config).context("starting the server")?;
+fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
+    let server = percore::server::start(config.clone()).context("starting the server")?;
+    if let Some(addr) = config.admin.listen {
+        percore::admin::start(addr, &server)
+            .with_context(|| format!("starting the admin endpoint on {addr} (admin.listen)"))?;
+    }
+    server.wait_ready();
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
     }
+    let served: Vec<String> = config
+        .server
+        .listen
+        .iter()
+        .zip(server.local_addrs())
+        .map(|(listen, bound)| format!("{}@{bound}", listen.network.name()))
+        .collect();
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} on {} cores",
+        served.join(", "),
+        server.cpus().len()
+    ));
     let stopper = server.stopper();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     std::thread::Builder::new()
@@ -162,12 +184,17 @@ fn run(config: Config) -> anyhow::Result<()> {
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == signal_hook::consts::SIGHUP {
+                    reload_log_level(&flags, &log);
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(
                         signal,
                         "shutting down: draining connections (signal again to exit at once)"
                     );
+                    notify::notify("STOPPING=1\nSTATUS=draining connections");
                     stopper.shutdown();
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
@@ -181,17 +208,37 @@ fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+/// Changes the log filter at run time (SIGHUP).
+type LogReload = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The filter: `RUST_LOG` if set, else `log.level`.
+fn log_filter(config: &Config) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level))
+}
+
+fn init_logging(config: &Config) -> LogReload {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(config));
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match (config.log.format, journald) {
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, true) => builder.without_time().init(),
-        (LogFormat::Text, false) => builder.init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match (config.log.format, journald) {
+        (LogFormat::Json, _) => fmt.json().boxed(),
+        (LogFormat::Text, true) => fmt.without_time().boxed(),
+        (LogFormat::Text, false) => fmt.boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    handle
+}
+
+/// SIGHUP: reads the configuration again (file, environment, flags) and applies its log level;
+/// the rest of it needs a restart. A configuration that no longer loads keeps the old level.
+fn reload_log_level(flags: &Overrides, log: &LogReload) {
+    match load(flags) {
+        Ok(config) => match log.reload(log_filter(&config)) {
+            Ok(()) => tracing::info!(level = %config.log.level, "SIGHUP: log level reloaded"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot reload the log level"),
+        },
+        Err(e) => tracing::warn!("SIGHUP: configuration not reloaded: {e}"),
     }
 }
