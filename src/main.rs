@@ -151,6 +151,13 @@ fn overrides(args: &ServeArgs) -> Result<Overrides, ConfigError> {
 }
 
 fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
+    // Installed first, so a signal during start-up is queued, not the default action.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
     let server = percore::server::start(config.clone()).context("starting the server")?;
     if let Some(addr) = config.admin.listen {
         percore::admin::start(addr, &server)
@@ -173,12 +180,6 @@ fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
         server.cpus().len()
     ));
     let stopper = server.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("percore-signals".into())
         .spawn(move || {

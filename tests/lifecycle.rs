@@ -192,3 +192,60 @@ fn sigterm_drains_calls_in_flight_on_every_core_then_exits_zero() {
     };
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+#[test]
+fn sighup_applies_the_log_level_from_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("percore-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("server.toml");
+    std::fs::write(&config, "[log]\nlevel = \"info\"\n").unwrap();
+    let log = dir.join("stderr.log");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(["serve", "--cores", "1", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("tcp@{addr}")])
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::eventually("the server listens", || text().contains("listening"));
+    // At info, a connection is not logged.
+    let mut s = connect(addr);
+    send(
+        &mut s,
+        &request(3, 1, "Arith", "Mul", &common::msgpack_args(2, 3)),
+    );
+    read_frame(&mut s);
+    drop(s);
+    std::fs::write(&config, "[log]\nlevel = \"debug\"\n").unwrap();
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGHUP) };
+    common::eventually("the reload is logged", || {
+        text().contains("SIGHUP: log level reloaded")
+    });
+    assert!(!text().contains("connection accepted"), "{}", text());
+    // At debug, it is.
+    let mut s = connect(addr);
+    send(
+        &mut s,
+        &request(3, 2, "Arith", "Mul", &common::msgpack_args(2, 3)),
+    );
+    read_frame(&mut s);
+    common::eventually("a connection is logged at debug", || {
+        text().contains("connection accepted")
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < IO_TIMEOUT, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
