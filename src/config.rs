@@ -60,12 +60,15 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Largest payload a gzip request may inflate to; past it the connection is closed.
     pub max_decompressed_bytes: usize,
-    /// Reply bytes a connection may have waiting to be written before it stops reading
-    /// requests (a peer that sends but does not read is slowed, not buffered for).
+    /// Reply bytes a connection may have waiting to be written before it stops taking requests
+    /// (a peer that sends but does not read is slowed, not buffered for). Checked before each
+    /// request, so a batch already read can overshoot it by at most one reply.
     pub max_pending_write_bytes: usize,
-    /// Calls of one connection whose replies are delayed (a `Hello.Say` with a configured delay)
-    /// that may be outstanding at once; at the limit the connection stops reading until one is
-    /// answered.
+    /// Calls of one connection that may be in flight at once: decoded, reply not yet queued.
+    /// Synchronous handlers finish inside the read that brought them, so these are the calls
+    /// that wait (a `Hello.Say` with a configured delay). At the limit the connection stops
+    /// taking requests, including ones already read into its buffer, until a reply is queued;
+    /// further requests wait in the socket, and TCP flow control slows the peer.
     pub max_calls_in_flight: usize,
     /// A new connection that sends nothing for this long is closed, e.g. "10s".
     #[serde(with = "humantime_serde")]
@@ -605,6 +608,15 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// This configuration with every auth token replaced by `<redacted>`, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for t in &mut c.auth.tokens {
+            *t = "<redacted>".into();
+        }
+        c
     }
 
     /// The effective configuration as TOML (`--print-config`).

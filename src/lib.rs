@@ -34,6 +34,11 @@
 //!   writer: swap the outbox out, one write for the whole batch
 //! ```
 //!
+//! Other threads stay off that path: `percore-admin` (when `admin.listen` is set) answers
+//! `/metrics`, `/healthz` and `/readyz` with blocking std I/O, reading the cores' single-writer
+//! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
+//! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
 //! reads past its input.

@@ -60,7 +60,7 @@ struct ServeArgs {
     /// Validate the configuration and exit: 0 if it is good, 78 with the bad key if not.
     #[arg(long)]
     check_config: bool,
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML (auth tokens redacted) and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -86,7 +86,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.print_config {
-        print!("{}", config.to_toml());
+        // Tokens are secrets: shown as `<redacted>`, so the output can be pasted safely.
+        print!("{}", config.redacted().to_toml());
         return ExitCode::SUCCESS;
     }
     let log = init_logging(&config);

@@ -227,3 +227,22 @@ fn a_bad_environment_value_exits_78_naming_the_variable() {
         "{stderr}"
     );
 }
+
+#[test]
+fn print_config_does_not_show_auth_tokens() {
+    let out = percore()
+        .args([
+            "serve",
+            "--print-config",
+            "--set",
+            r#"auth.tokens=["s3cret"]"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("s3cret") && stdout.contains("<redacted>"),
+        "{stdout}"
+    );
+}
