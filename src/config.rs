@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: ServerConfig,
     pub limits: Limits,
+    pub gateway: Gateway,
     pub runtime: Runtime,
     pub services: Services,
     pub log: Log,
@@ -81,6 +82,31 @@ pub struct Limits {
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
     /// peers that would wait forever. 0 means no limit.
     pub max_connections_per_core: usize,
+}
+
+/// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
+/// first byte is an HTTP method's (PROTOCOL.md §4–6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    /// Serve HTTP on the rpcx port. When false, an HTTP request gets a 404 and the connection
+    /// is closed.
+    pub enabled: bool,
+    /// Largest request line plus headers; a request whose head is longer gets 431 and the
+    /// connection is closed.
+    pub max_header_bytes: usize,
+    /// Most header lines in one request; more gets 431 and the connection is closed.
+    pub max_headers: usize,
+    /// Largest request body (after de-chunking, before gunzip); a larger `Content-Length`
+    /// gets 413 before any of the body is read, and the connection is closed.
+    pub max_body_bytes: usize,
+    /// A keep-alive connection with no request in progress is closed after this long, e.g. "60s".
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request must arrive whole (head and body) within this long of its first byte, or the
+    /// connection is closed (so a client trickling bytes cannot hold it forever), e.g. "30s".
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// `[runtime]`: glommio executor settings.
@@ -179,6 +205,19 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             max_connections_per_core: 0,
+        }
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            enabled: true,
+            max_header_bytes: 64 << 10,
+            max_headers: 64,
+            max_body_bytes: 16 << 20,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -582,6 +621,21 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_pending_write_bytes",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.gateway.max_headers == 0 {
+            return Err(ConfigError::Invalid {
+                key: "gateway.max_headers",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.gateway.max_header_bytes < 64 {
+            return Err(ConfigError::Invalid {
+                key: "gateway.max_header_bytes",
+                message: format!(
+                    "{} is too small for any HTTP request head (at least 64)",
+                    self.gateway.max_header_bytes
+                ),
             });
         }
         if self.runtime.ring_depth == 0 || !self.runtime.ring_depth.is_power_of_two() {

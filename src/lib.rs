@@ -11,7 +11,7 @@
 //! | [`codec`] | payload serialization (raw, JSON, protobuf, MsgPack) and gzip with a size cap |
 //! | [`service`] | the static registry (`Arith`, `Echo`, `Hello`) and the typed-handler adapter |
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
-//! | [`server`] | executors per core, listeners, accept loops, the connection loop, shutdown |
+//! | [`server`] | executors per core, listeners, accept loops, first-byte routing, the connection loop, the HTTP gateway and JSON-RPC, shutdown |
 //! | [`transport`] | per network, how to listen (and, for the client, dial) |
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
@@ -26,7 +26,12 @@
 //!            one glommio executor per allowed CPU, pinned; shared: read-only config only
 //! client ─► SO_REUSEPORT listener (one socket per core) ─► accept ─► connection task
 //!
-//! connection task = reader ⨝ writer (two futures joined in one task)
+//! connection task: the first byte routes it (server::sniff)
+//!   0x08 ─► the rpcx frame loop below
+//!   an HTTP method ─► server::gateway: httparse, one request after another (replies in order),
+//!                     X-RPCX-* headers or JSON-RPC 2.0 ─► the same dispatch as rpcx frames
+//!
+//! rpcx frame loop = reader ⨝ writer (two futures joined in one task)
 //!   reader: read as much as is there ─► protocol::frame_len (header check, before buffering)
 //!           ─► protocol::decode (borrowed views) ─► heartbeat? echo
 //!           ─► service::Method::lookup (a match) ─► codec decode ─► handler ─► codec encode

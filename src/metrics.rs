@@ -58,6 +58,15 @@ pub const BAD_FRAME_REASONS: &[&str] = &[
     "decompressed_too_large",
 ];
 
+/// Why an HTTP connection's input was refused (the `reason` label of bad-HTTP counts).
+pub const BAD_HTTP_REASONS: &[&str] = &[
+    "malformed",
+    "headers_too_large",
+    "body_too_large",
+    "unsupported",
+    "timeout",
+];
+
 /// The `transport` label values, indexed by [`Transport`]. A new transport adds its name here
 /// and a constant on [`Transport`], and passes it to the connection loop.
 pub const TRANSPORTS: &[&str] = &["tcp"];
@@ -215,6 +224,15 @@ pub struct CoreMetrics {
     pub error_replies: Counter,
     /// Calls refused by the auth check (their connections are closed).
     pub auth_failures: Counter,
+    /// HTTP gateway requests (X-RPCX-* headers) answered, errors included.
+    pub gateway_requests: Counter,
+    /// JSON-RPC 2.0 calls and notifications (each element of a batch counts).
+    pub jsonrpc_calls: Counter,
+    /// Gateway and JSON-RPC replies that carry an error (rpcx error headers or a JSON-RPC error).
+    pub gateway_errors: Counter,
+    /// HTTP input refused with a 4xx/5xx and a closed connection (unparsable request, header or
+    /// body limits, bad chunking), indexed like [`BAD_HTTP_REASONS`].
+    pub bad_http: [Counter; 5],
     /// Indexed by [`Transport`].
     pub transports: Box<[TransportMetrics]>,
     /// Indexed by [`Method::index`], then one more for unknown service or method.
@@ -229,6 +247,10 @@ impl CoreMetrics {
             heartbeats: Counter::default(),
             error_replies: Counter::default(),
             auth_failures: Counter::default(),
+            gateway_requests: Counter::default(),
+            jsonrpc_calls: Counter::default(),
+            gateway_errors: Counter::default(),
+            bad_http: Default::default(),
             transports: TRANSPORTS.iter().map(|_| Default::default()).collect(),
             methods: (0..=Method::ALL.len())
                 .map(|_| Default::default())
@@ -251,6 +273,17 @@ impl CoreMetrics {
     #[inline]
     pub fn unknown_method(&self) -> &MethodMetrics {
         &self.methods[Method::ALL.len()]
+    }
+
+    /// Counts a refused HTTP input by its reason name (one of [`BAD_HTTP_REASONS`]).
+    pub fn bad_http(&self, reason: &str) {
+        if let Some(i) = BAD_HTTP_REASONS.iter().position(|r| *r == reason) {
+            self.bad_http[i].inc();
+        }
+    }
+
+    pub fn bad_http_total(&self) -> u64 {
+        self.bad_http.iter().map(Counter::get).sum()
     }
 
     /// Refused inputs, every transport and reason.
@@ -406,6 +439,50 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
         "rpcx_server_auth_failures_total {}",
         sum(&|c| c.auth_failures.get())
     );
+
+    header(
+        &mut out,
+        "rpcx_server_gateway_requests_total",
+        "counter",
+        "HTTP gateway requests answered, errors included.",
+    );
+    let _ = writeln!(
+        out,
+        "rpcx_server_gateway_requests_total {}",
+        sum(&|c| c.gateway_requests.get())
+    );
+    header(
+        &mut out,
+        "rpcx_server_jsonrpc_calls_total",
+        "counter",
+        "JSON-RPC 2.0 calls and notifications (each element of a batch).",
+    );
+    let _ = writeln!(
+        out,
+        "rpcx_server_jsonrpc_calls_total {}",
+        sum(&|c| c.jsonrpc_calls.get())
+    );
+    header(
+        &mut out,
+        "rpcx_server_gateway_errors_total",
+        "counter",
+        "Gateway and JSON-RPC replies that carry an error.",
+    );
+    let _ = writeln!(
+        out,
+        "rpcx_server_gateway_errors_total {}",
+        sum(&|c| c.gateway_errors.get())
+    );
+    header(
+        &mut out,
+        "rpcx_server_bad_http_total",
+        "counter",
+        "HTTP inputs refused (4xx/5xx, connection closed), by reason.",
+    );
+    for (r, reason) in BAD_HTTP_REASONS.iter().enumerate() {
+        let n = sum(&|c| c.bad_http[r].get());
+        let _ = writeln!(out, "rpcx_server_bad_http_total{{reason=\"{reason}\"}} {n}");
+    }
 
     let per_transport = |out: &mut String,
                          name: &str,

@@ -315,7 +315,8 @@ fn shutdown_finishes_calls_in_flight_and_refuses_new_connections() {
 
 #[test]
 fn http_on_the_rpcx_port_gets_an_http_error_not_a_hang() {
-    let server = common::start(1);
+    // With the gateway on, HTTP is served (tests/gateway.rs); off, it gets a 404 and a close.
+    let server = common::start_with(1, |c| c.gateway.enabled = false);
     let mut s = connect(server.local_addrs()[0]);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut reply = String::new();

@@ -66,11 +66,10 @@ pub(crate) enum End {
 }
 
 impl End {
-    /// The `reason` label of the close.
-    pub(crate) fn close(&self, core: &Core) -> Close {
+    /// The `reason` label of the close (the accept loop turns `Eof` during a drain into
+    /// `Shutdown`).
+    pub(crate) fn close(&self) -> Close {
         match self {
-            // End of input after shutdown started is the drain's own SHUT_RD.
-            End::Eof if core.draining.get() => Close::Shutdown,
             End::Eof => Close::Eof,
             End::ReadError(_) => Close::ReadError,
             End::WriteFailed => Close::WriteError,
@@ -322,6 +321,7 @@ fn take_frames(
             return Ok(Taken::Paused);
         }
         let raw = &data[..total];
+        let _audit = audit::RequestPath::enter();
         match protocol::decode(raw, limits.max_frame_bytes) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
@@ -594,5 +594,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// The allocation audit: with the `alloc-audit` feature, a thread-local flag is set while a
+/// frame is decoded, dispatched and its reply encoded, so a counting allocator can tell
+/// percore's own per-request allocations from the runtime's per-wait ones. Without the feature
+/// it compiles to nothing.
+pub mod audit {
+    #[cfg(feature = "alloc-audit")]
+    thread_local! {
+        static IN_REQUEST_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// True while this thread is on the request path.
+    #[cfg(feature = "alloc-audit")]
+    pub fn in_request_path() -> bool {
+        IN_REQUEST_PATH.with(|f| f.get())
+    }
+
+    /// Marks the request path for as long as it lives.
+    pub(crate) struct RequestPath;
+
+    impl RequestPath {
+        #[inline]
+        pub(crate) fn enter() -> RequestPath {
+            #[cfg(feature = "alloc-audit")]
+            IN_REQUEST_PATH.with(|f| f.set(true));
+            RequestPath
+        }
+    }
+
+    impl Drop for RequestPath {
+        #[inline]
+        fn drop(&mut self) {
+            #[cfg(feature = "alloc-audit")]
+            IN_REQUEST_PATH.with(|f| f.set(false));
+        }
     }
 }

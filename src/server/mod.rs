@@ -7,7 +7,11 @@
 //! cores and nothing is shared between them but the read-only config.
 
 mod conn;
+#[cfg(feature = "alloc-audit")]
+pub use conn::audit::in_request_path;
 mod dispatch;
+mod gateway;
+mod jsonrpc;
 mod sniff;
 
 use std::cell::{Cell, RefCell};
@@ -419,7 +423,11 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
         debug!(core = core.index, %peer, "connection accepted");
         let core = Rc::clone(&core);
         glommio::spawn_local(async move {
-            let close = sniff::route_tcp(&core, stream, peer).await;
+            let close = match sniff::route_tcp(&core, stream, peer).await {
+                // End of input after shutdown started is the drain's own SHUT_RD.
+                Close::Eof if core.draining.get() => Close::Shutdown,
+                close => close,
+            };
             guard.closed(close);
         })
         .detach();

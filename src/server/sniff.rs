@@ -5,7 +5,7 @@
 //! | `0x08` | rpcx frames |
 //! | `0x16` | a TLS ClientHello |
 //! | `C` | HTTP `CONNECT` (rpcx's `http` network) |
-//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE` |
+//! | `G P D H O T` | HTTP: `GET`, `POST`/`PUT`/`PATCH`, `DELETE`, `HEAD`, `OPTIONS`, `TRACE`: the gateway and JSON-RPC (`gateway`), or a 404 with `gateway.enabled = false` |
 //!
 //! Anything else is refused as rpcx refuses it (`wrong magic number: N`). A connection that sends
 //! nothing within `limits.handshake_timeout` is closed.
@@ -16,7 +16,7 @@ use std::rc::Rc;
 use futures_lite::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use super::{Core, conn};
+use super::{Core, conn, gateway};
 use crate::metrics::{Close, Transport};
 
 /// What a connection's first byte announces.
@@ -58,13 +58,13 @@ pub(crate) async fn route_tcp(
             debug!(core = core.index, %peer, "closing connection: nothing sent within the handshake timeout");
             return Close::HandshakeTimeout;
         }
-        Some(Ok(0)) if core.draining.get() => return Close::Shutdown,
         Some(Ok(0)) => return Close::Eof,
         Some(Err(_)) => return Close::ReadError,
         Some(Ok(_)) => classify(first[0]),
     };
     match kind {
-        Kind::Rpcx => conn::serve(core, stream, peer).await.close(core),
+        Kind::Rpcx => conn::serve(core, stream, peer).await.close(),
+        Kind::Http if core.config.gateway.enabled => gateway::serve(core, stream, peer).await,
         Kind::Http | Kind::Connect => {
             tcp.bad_frame("bad_magic");
             debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Drives Arith.Mul MsgPack {A:10,B:20} at an rpcx server: N requests in batches of B pipelined
+calls on one connection, checking every reply's length. A deterministic, dependency-free load for
+benches/instructions.sh (the server runs under callgrind, so the driver's own speed is irrelevant).
+
+usage: drive_arith.py HOST PORT N BATCH
+"""
+import socket
+import sys
+import time
+
+host, port, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# The Go client's bytes for Arith.Mul {A:10, B:20}, MsgPack, seq 1 (tests/data/rpcx-go-frames.json).
+req = bytes.fromhex("0800003000000000000000010000001f000000054172697468000000034d756c000000000000000782a1410aa14214")
+resp_len = 45
+for _ in range(150):
+    try:
+        s = socket.create_connection((host, port))
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    raise SystemExit(f"cannot connect to {host}:{port}")
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(60)
+out = req * batch
+for _ in range(n // batch):
+    s.sendall(out)
+    need = resp_len * batch
+    while need:
+        d = s.recv(need)
+        if not d:
+            raise SystemExit("server closed the connection")
+        need -= len(d)

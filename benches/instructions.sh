@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# User-space instructions per request on the server, counted by valgrind's callgrind (it counts
+# instructions, not time, so the number is stable on a noisy machine).
+#
+#   bash benches/instructions.sh            # percore, Arith.Mul MsgPack, 1 in flight and 32 pipelined
+#   REQUESTS=20000 bash benches/instructions.sh
+#
+# Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
+# (callgrind_control -z), drive REQUESTS calls with benches/drive_arith.py, dump the counters
+# (callgrind_control -d); instructions per request = the dump's total / REQUESTS. The top
+# functions by self cost are printed too. Needs valgrind (apt-get install valgrind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REQUESTS=${REQUESTS:-10000}
+PORT=${PORT:-19111}
+BIN=${BIN:-target/release/percore}
+[ -x "$BIN" ] || cargo build --release --locked
+out=$(mktemp -d)
+trap 'pkill -9 -f "valgrind.*--listen 127.0.0.1:$PORT" 2>/dev/null || true; rm -rf "$out"' EXIT
+
+measure() { # $1 = batch size (calls pipelined per write)
+    local batch=$1
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 \
+        --listen "127.0.0.1:$PORT" >"$out/log.$batch" 2>&1 &
+    local pid=$!
+    python3 benches/drive_arith.py 127.0.0.1 "$PORT" 640 "$batch"
+    callgrind_control -z "$pid" >/dev/null
+    python3 benches/drive_arith.py 127.0.0.1 "$PORT" "$REQUESTS" "$batch"
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local dump
+    dump=$(ls "$out"/cg."$batch".* | head -n 1)
+    local total
+    total=$(grep '^summary:' "$dump" | awk '{print $2}')
+    printf '%-28s %12s instructions  %8.0f per request\n' "Arith.Mul msgpack x$batch" "$total" "$(echo "$total / $REQUESTS" | bc -l)"
+    callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' \
+        | grep -vE 'clone.S|start_thread|__rust_begin_short_backtrace|thread_start|call_once\{\{vtable' | head -n 8 \
+        | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-150
+}
+
+echo "callgrind, user-space instructions on the server, $REQUESTS requests per run"
+[ "${ONLY:-}" = 32 ] || measure 1
+measure 32
