@@ -332,3 +332,41 @@ fn metrics_endpoint_counts_known_traffic() {
     );
     server.join().unwrap();
 }
+
+/// One HTTP gateway call to `Arith.Mul {A:2, B:3}` with `auth` as the Authorization header:
+/// (status code, the whole response).
+fn gateway_call(addr: SocketAddr, auth: Option<&str>) -> (u16, String) {
+    let body = r#"{"A":2,"B":3}"#;
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let mut s = connect(addr);
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-RPCX-SerializeType: 1\r\n\
+         X-RPCX-ServicePath: Arith\r\nX-RPCX-ServiceMethod: Mul\r\n{auth}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, text)
+}
+
+#[test]
+fn the_http_gateway_checks_the_authorization_header() {
+    let server = common::start_with(1, |c| c.auth.tokens = vec!["s3cret".into()]);
+    let addr = server.local_addrs()[0];
+    let (code, text) = gateway_call(addr, Some("Bearer s3cret"));
+    assert_eq!(code, 200, "{text}");
+    assert!(text.ends_with(r#"{"C":6}"#), "{text}");
+    for auth in [Some("Bearer wrong"), None] {
+        let (code, text) = gateway_call(addr, auth);
+        assert_eq!(code, 401, "{text}");
+        assert!(text.contains("invalid token"), "{text}");
+    }
+    assert_eq!(server.metrics()[0].auth_failures.get(), 2);
+    common::stop(server);
+}
