@@ -1,7 +1,15 @@
-//! Typed configuration: TOML with unknown keys rejected, overridden by command-line flags.
+//! Typed configuration: TOML with unknown keys rejected, then environment variables, then flags.
 //!
 //! Every key is documented here and, with its default, in `configs/server.toml`; a test checks
 //! that file parses to exactly [`Config::default`], so the documented defaults cannot drift.
+//!
+//! # Layers
+//!
+//! [`load`] builds the effective configuration as defaults < file < environment < flags. The
+//! file is `--config`, else `$PERCORE_CONFIG`, else none (the embedded defaults). Each later
+//! layer sets single keys ([`ENV_VARS`] names the variables; `--set KEY=VALUE` reaches any key),
+//! and an error names the key and where its value came from: the file path, the variable or the
+//! flag.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,6 +30,8 @@ pub struct Config {
     pub services: Services,
     pub tls: TlsConfig,
     pub log: Log,
+    pub admin: Admin,
+    pub auth: Auth,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -53,16 +63,27 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Largest payload a gzip request may inflate to; past it the connection is closed.
     pub max_decompressed_bytes: usize,
-    /// Reply bytes a connection may have waiting to be written before it stops reading
-    /// requests (a peer that sends but does not read is slowed, not buffered for).
+    /// Reply bytes a connection may have waiting to be written before it stops taking requests
+    /// (a peer that sends but does not read is slowed, not buffered for). Checked before each
+    /// request, so a batch already read can overshoot it by at most one reply.
     pub max_pending_write_bytes: usize,
-    /// Calls of one connection whose replies are delayed (a `Hello.Say` with a configured delay)
-    /// that may be outstanding at once; at the limit the connection stops reading until one is
-    /// answered.
+    /// Calls of one connection that may be in flight at once: decoded, reply not yet queued.
+    /// Synchronous handlers finish inside the read that brought them, so these are the calls
+    /// that wait (a `Hello.Say` with a configured delay). At the limit the connection stops
+    /// taking requests, including ones already read into its buffer, until a reply is queued;
+    /// further requests wait in the socket, and TCP flow control slows the peer.
     pub max_calls_in_flight: usize,
     /// A new connection that sends nothing for this long is closed, e.g. "10s".
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// A connection that sends no request for this long, with no reply still owed to it, is
+    /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections one core keeps open at once. A connection past it is accepted and closed at
+    /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
+    /// peers that would wait forever. 0 means no limit.
+    pub max_connections_per_core: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -155,6 +176,32 @@ pub struct Log {
     pub format: LogFormat,
 }
 
+/// `[admin]`: the operator's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin endpoint, e.g. "127.0.0.1:9090". Unset (the default) means off. It
+    /// is served by one plain thread, never by the cores; keep it off public interfaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[auth]`: optional static bearer tokens, checked against each call's `__AUTH` metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Accepted tokens. A call's `__AUTH` must equal one of them, or be `Bearer ` followed by
+    /// one (the HTTP gateway copies the `Authorization` header there). Heartbeats skip the check.
+    /// A call that fails it gets an error reply (none if oneway) and its connection is closed.
+    /// No tokens (here or in `token_file`) means no check.
+    pub tokens: Vec<String>,
+    /// A file with more tokens, one per line; blank lines and lines starting with `#` are
+    /// skipped. Read at start (and by `--check-config`); keeps secrets out of the config file,
+    /// e.g. a systemd credential: "/run/credentials/percore.service/tokens".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -185,6 +232,8 @@ impl Default for Limits {
             max_pending_write_bytes: 4 << 20,
             max_calls_in_flight: 1024,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+            max_connections_per_core: 0,
         }
     }
 }
@@ -361,6 +410,161 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key set by an environment variable or a flag has a bad value or does not exist.
+    #[error("{key} (set {origin}): {message}")]
+    Override {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
+    /// A value that failed [`Config::validate`], with the layer that set it.
+    #[error("{error} (set {origin})")]
+    From {
+        origin: Origin,
+        error: Box<ConfigError>,
+    },
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    /// An environment variable, by name.
+    Env(&'static str),
+    /// A command-line flag, as typed (`--cores`, `--set limits.idle_timeout`).
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("by default"),
+            Origin::File(path) => write!(f, "in config file {}", path.display()),
+            Origin::Env(name) => write!(f, "by environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "by flag {flag}"),
+        }
+    }
+}
+
+/// The deploy-time knobs read from the environment: (variable, key it sets). `PERCORE_CONFIG`
+/// names the file instead. `PERCORE_LISTEN` is comma-separated.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("PERCORE_LISTEN", "server.listen"),
+    ("PERCORE_CORES", "server.cores"),
+    ("PERCORE_DRAIN_TIMEOUT", "server.drain_timeout"),
+    ("PERCORE_LOG", "log.level"),
+    ("PERCORE_LOG_FORMAT", "log.format"),
+    ("PERCORE_ADMIN_LISTEN", "admin.listen"),
+    ("PERCORE_AUTH_TOKEN_FILE", "auth.token_file"),
+];
+
+/// The config file variable (`--config` wins over it).
+pub const ENV_CONFIG: &str = "PERCORE_CONFIG";
+
+/// What the flags set: the config file, then keys in the order given (later wins) as
+/// (key, value, the flag that set it).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub sets: Vec<(String, toml::Value, String)>,
+}
+
+/// The effective configuration from every layer: defaults < file < environment < flags.
+/// `env` looks a variable up (`|name| std::env::var(name).ok()` in the binary). The result is
+/// validated, and the token file (if any) is readable and not empty.
+pub fn load(
+    flags: &Overrides,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let file = flags
+        .config
+        .clone()
+        .or_else(|| env(ENV_CONFIG).filter(|v| !v.is_empty()).map(PathBuf::from));
+    let (mut config, file_keys) = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let parse = |message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            };
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e: toml::de::Error| parse(e.to_string().trim_end().to_owned()))?;
+            (Config::from_toml(&text).map_err(parse)?, table)
+        }
+        None => (Config::default(), toml::Table::new()),
+    };
+    let mut origins: Vec<(String, Origin)> = Vec::new();
+    for &(var, key) in ENV_VARS {
+        let Some(text) = env(var) else { continue };
+        let origin = Origin::Env(var);
+        let value = match key {
+            "server.listen" => toml::Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            "server.cores" => text_value(&text),
+            _ => toml::Value::String(text),
+        };
+        config = config.with(key, value, &origin)?;
+        origins.push((key.to_owned(), origin));
+    }
+    for (key, value, flag) in &flags.sets {
+        let origin = Origin::Flag(flag.clone());
+        config = config.with(key, value.clone(), &origin)?;
+        origins.push((key.clone(), origin));
+    }
+    let origin_of = |key: &str| {
+        if let Some((_, origin)) = origins.iter().rev().find(|(k, _)| k == key) {
+            return origin.clone();
+        }
+        match &file {
+            Some(path) if lookup(&file_keys, key).is_some() => Origin::File(path.clone()),
+            _ => Origin::Default,
+        }
+    };
+    let checked = config
+        .validate()
+        .and_then(|()| config.auth_tokens().map(drop));
+    match checked {
+        Ok(()) => Ok(config),
+        Err(ConfigError::Invalid { key, message }) => match origin_of(key) {
+            Origin::Default => Err(ConfigError::Invalid { key, message }),
+            origin => Err(ConfigError::From {
+                origin,
+                error: Box::new(ConfigError::Invalid { key, message }),
+            }),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// A value given as text (an environment variable, `--set`): TOML if it parses as a TOML
+/// value (`2`, `true`, `["a", "b"]`, `"quoted"`), else the text as a string (`10s`, `info`).
+pub fn text_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let (head, rest) = match key.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (key, None),
+    };
+    let value = table.get(head)?;
+    match (rest, value) {
+        (None, v) => Some(v),
+        (Some(rest), toml::Value::Table(t)) => lookup(t, rest),
+        _ => None,
+    }
 }
 
 /// The exit status for a bad configuration (EX_CONFIG from sysexits.h).
@@ -384,6 +588,78 @@ impl Config {
         let config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         Ok(config)
+    }
+
+    /// This configuration with one dotted key (`limits.idle_timeout`) set to `value`; an unknown
+    /// key or a value of the wrong type is an error naming the key and `origin`.
+    pub fn with(
+        &self,
+        key: &str,
+        value: toml::Value,
+        origin: &Origin,
+    ) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError::Override {
+            key: key.to_owned(),
+            origin: origin.clone(),
+            message,
+        };
+        let mut table = match toml::Value::try_from(self) {
+            Ok(toml::Value::Table(t)) => t,
+            Ok(_) => toml::Table::new(),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let mut parts = key.split('.').peekable();
+        let mut at = &mut table;
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                at.insert(part.to_owned(), value);
+                break;
+            }
+            let next = at
+                .entry(part.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = match next {
+                toml::Value::Table(t) => t,
+                _ => return Err(err("is not a table of settings".into())),
+            };
+        }
+        // Unset optional keys (admin.listen) may be given as "" to mean unset.
+        if let Some(toml::Value::String(s)) = lookup(&table, key)
+            && s.is_empty()
+            && matches!(key, "admin.listen" | "auth.token_file")
+        {
+            remove(&mut table, key);
+        }
+        toml::Value::Table(table).try_into::<Config>().map_err(|e| {
+            let text = e.to_string();
+            err(text.trim_end().replace('\n', " "))
+        })
+    }
+
+    /// Every accepted auth token: `auth.tokens` and the lines of `auth.token_file`.
+    pub fn auth_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut tokens = self.auth.tokens.clone();
+        if let Some(path) = &self.auth.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key: "auth.token_file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let before = tokens.len();
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+            if tokens.len() == before {
+                // An empty file would silently turn auth off.
+                return Err(ConfigError::Invalid {
+                    key: "auth.token_file",
+                    message: format!("{} holds no token", path.display()),
+                });
+            }
+        }
+        Ok(tokens)
     }
 
     /// Checks what types alone cannot.
@@ -459,6 +735,17 @@ impl Config {
                 message: "mutual TLS needs tls.cert and tls.key too".into(),
             });
         }
+        if self
+            .auth
+            .tokens
+            .iter()
+            .any(|t| t.trim().is_empty() || t.trim() != t)
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.tokens",
+                message: "a token is empty or has surrounding spaces".into(),
+            });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 key: "log.level",
@@ -468,10 +755,32 @@ impl Config {
         Ok(())
     }
 
+    /// This configuration with every auth token replaced by `<redacted>`, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for t in &mut c.auth.tokens {
+            *t = "<redacted>".into();
+        }
+        c
+    }
+
     /// The effective configuration as TOML (`--print-config`).
     pub fn to_toml(&self) -> String {
         // Every field is a plain value, string, list or table: serialization cannot fail.
         toml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn remove(table: &mut toml::Table, key: &str) {
+    match key.split_once('.') {
+        None => {
+            table.remove(key);
+        }
+        Some((head, rest)) => {
+            if let Some(toml::Value::Table(t)) = table.get_mut(head) {
+                remove(t, rest);
+            }
+        }
     }
 }
 
@@ -537,6 +846,122 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("tls.client_ca")
+        );
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    fn flag(key: &str, value: &str) -> Overrides {
+        Overrides {
+            config: None,
+            sets: vec![(key.into(), text_value(value), format!("--set {key}"))],
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("percore-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        let file = temp_file("layers.toml", "[server]\ncores = 1\nbacklog = 7\n");
+        let vars = [
+            ("PERCORE_CONFIG", file.to_str().unwrap()),
+            ("PERCORE_CORES", "2"),
+            ("PERCORE_LISTEN", "tcp@127.0.0.1:1, 127.0.0.1:2"),
+            ("PERCORE_ADMIN_LISTEN", "127.0.0.1:9"),
+        ];
+        let c = load(&flag("server.cores", "3"), env(&vars)).unwrap();
+        assert_eq!(c.server.backlog, 7, "file over default");
+        assert_eq!(c.server.cores, 3, "flag over env over file");
+        assert_eq!(c.server.listen.len(), 2, "env list is comma-separated");
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9".parse().unwrap()));
+        let c = load(&Overrides::default(), env(&vars)).unwrap();
+        assert_eq!(c.server.cores, 2, "env over file");
+        // `--config` wins over PERCORE_CONFIG; "" turns an optional key off again.
+        let other = temp_file("other.toml", "[server]\nbacklog = 9\n");
+        let flags = Overrides {
+            config: Some(other),
+            sets: vec![(
+                "admin.listen".into(),
+                text_value(""),
+                "--admin-listen".into(),
+            )],
+        };
+        let c = load(&flags, env(&vars)).unwrap();
+        assert_eq!(c.server.backlog, 9);
+        assert_eq!(c.admin.listen, None);
+        assert_eq!(
+            load(&Overrides::default(), env(&[])).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_source() {
+        let err = load(&Overrides::default(), env(&[("PERCORE_CORES", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.cores") && err.contains("PERCORE_CORES"),
+            "{err}"
+        );
+        let err = load(&flag("limits.nope", "1"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope") && err.contains("--set limits.nope"),
+            "{err}"
+        );
+        let err = load(&flag("runtime.ring_depth", "3"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runtime.ring_depth") && err.contains("--set runtime.ring_depth"),
+            "{err}"
+        );
+        let file = temp_file("bad-level.toml", "[log]\nlevel = \"=[\"\n");
+        let flags = Overrides {
+            config: Some(file.clone()),
+            sets: Vec::new(),
+        };
+        let err = load(&flags, env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("log.level") && err.contains(file.to_str().unwrap()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_file_adds_tokens_and_an_empty_one_is_an_error() {
+        let file = temp_file("tokens", "# ops\n\nsecret-1\n  secret-2  \n");
+        let mut c = Config::default();
+        c.auth.tokens = vec!["inline".into()];
+        c.auth.token_file = Some(file);
+        assert_eq!(c.auth_tokens().unwrap(), ["inline", "secret-1", "secret-2"]);
+        c.auth.token_file = Some(temp_file("empty-tokens", "# none\n"));
+        let err = load(
+            &flag(
+                "auth.token_file",
+                c.auth.token_file.as_ref().unwrap().to_str().unwrap(),
+            ),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("auth.token_file") && err.contains("no token"),
+            "{err}"
         );
     }
 

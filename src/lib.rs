@@ -13,8 +13,10 @@
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
 //! | [`server`] | executors per core, listeners, accept loops, first-byte routing, the connection loop, the HTTP gateway and JSON-RPC, shutdown |
 //! | [`transport`] | per network, how to listen (and, for the client, dial) |
-//! | [`config`] | typed configuration: TOML with unknown keys rejected, flags on top |
-//! | [`metrics`] | per-core counters, single writer each, summed when read |
+//! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
+//! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
+//! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
 //!
 //! `main.rs` only parses the command line and calls into these.
 //!
@@ -41,14 +43,21 @@
 //!   writer: swap the outbox out, one write for the whole batch
 //! ```
 //!
+//! Other threads stay off that path: `percore-admin` (when `admin.listen` is set) answers
+//! `/metrics`, `/healthz` and `/readyz` with blocking std I/O, reading the cores' single-writer
+//! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
+//! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
 //! reads past its input.
 
+pub mod admin;
 pub mod bench_message;
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod service;

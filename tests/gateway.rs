@@ -496,7 +496,10 @@ fn hundred_keep_alive_requests_on_one_connection() {
         assert_eq!(reply.json(), serde_json::json!({"C": i * 2}));
     }
     let m = &server.metrics()[0];
-    assert_eq!(m.connections_accepted.get(), 1);
+    assert_eq!(
+        m.transport(percore::metrics::Transport::TCP).accepted.get(),
+        1
+    );
     assert_eq!(m.gateway_requests.get(), 200);
     // Connection: close is honoured after the reply.
     s.write_all(

@@ -161,3 +161,88 @@ fn serve_answers_calls_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn environment_sits_between_the_file_and_the_flags() {
+    let path = temp_config(
+        "env.toml",
+        "[server]\ncores = 1\nbacklog = 77\nlisten = [\"tcp@127.0.0.1:1\"]\n",
+    );
+    let out = percore()
+        .args(["serve", "--print-config", "--cores", "2"])
+        .env("PERCORE_CONFIG", &path)
+        .env("PERCORE_CORES", "3")
+        .env("PERCORE_LISTEN", "tcp@127.0.0.1:2,reuseport@127.0.0.1:3")
+        .env("PERCORE_LOG", "debug")
+        .args(["--set", "limits.idle_timeout=5m"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed =
+        percore::config::Config::from_toml(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(printed.server.backlog, 77, "PERCORE_CONFIG names the file");
+    assert_eq!(
+        printed.server.cores, 2,
+        "the flag wins over the environment"
+    );
+    assert_eq!(
+        printed.server.listen.len(),
+        2,
+        "the environment wins over the file"
+    );
+    assert_eq!(printed.log.level, "debug");
+    assert_eq!(printed.limits.idle_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn a_bad_environment_value_exits_78_naming_the_variable() {
+    let out = percore()
+        .args(["serve", "--check-config"])
+        .env("PERCORE_CORES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.cores") && stderr.contains("PERCORE_CORES"),
+        "{stderr}"
+    );
+    let out = percore()
+        .args([
+            "serve",
+            "--check-config",
+            "--set",
+            "limits.max_calls_in_flight=0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("limits.max_calls_in_flight") && stderr.contains("--set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn print_config_does_not_show_auth_tokens() {
+    let out = percore()
+        .args([
+            "serve",
+            "--print-config",
+            "--set",
+            r#"auth.tokens=["s3cret"]"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("s3cret") && stdout.contains("<redacted>"),
+        "{stdout}"
+    );
+}

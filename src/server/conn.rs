@@ -9,10 +9,15 @@
 //! Replies whose handler asked for a delay (`Outcome::After`) are written by a small task of their
 //! own into the same outbox when their time comes, so they never hold up other calls.
 //!
-//! Bounds: a frame's header is checked before its body is buffered; a connection stops reading
-//! while its unwritten replies exceed `limits.max_pending_write_bytes` or its delayed calls reach
-//! `limits.max_calls_in_flight`; input that is not rpcx closes the connection, after the replies
-//! to the frames before it are flushed, with one log line and a metric.
+//! Bounds: a frame's header is checked before its body is buffered; a connection stops taking
+//! requests, even ones already read into its buffer, while its unwritten replies exceed
+//! `limits.max_pending_write_bytes` or its calls in flight reach `limits.max_calls_in_flight`
+//! (a call is in flight from its decode until its reply is queued; synchronous handlers finish
+//! inside the batch that read them, so in practice those are delayed calls), and resumes as
+//! replies drain; a connection that sends no request for `limits.idle_timeout` while owed no
+//! reply is closed; input that is not rpcx, or a call that fails the auth check, closes the
+//! connection after the replies to the frames before it (and the auth error reply) are
+//! flushed, with one log line and a metric.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -27,8 +32,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::Core;
-use super::dispatch::{self, Invoked};
+use super::dispatch::{self, Invoked, UNAUTHENTICATED};
 use crate::codec::{self, CodecError};
+use crate::metrics::{Close, Transport};
 use crate::protocol::{
     self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
 };
@@ -53,10 +59,36 @@ pub(crate) enum End {
     WriteFailed,
     /// The peer sent something that is not an rpcx frame (metric reason, description).
     Refused(&'static str, String),
+    /// No request for `limits.idle_timeout`, and no reply owed.
+    IdleTimeout,
+    /// A call failed the auth check.
+    Unauthenticated,
 }
 
-/// Serves rpcx frames on `stream` until the peer closes it, it breaks, or it sends bad input.
-pub(crate) async fn serve<S>(core: &Rc<Core>, stream: S, peer: SocketAddr) -> End
+impl End {
+    /// The `reason` label of the close (the accept loop turns `Eof` during a drain into
+    /// `Shutdown`).
+    pub(crate) fn close(&self) -> Close {
+        match self {
+            End::Eof => Close::Eof,
+            End::ReadError(_) => Close::ReadError,
+            End::WriteFailed => Close::WriteError,
+            End::Refused(..) => Close::BadFrame,
+            End::IdleTimeout => Close::IdleTimeout,
+            End::Unauthenticated => Close::Unauthenticated,
+        }
+    }
+}
+
+/// Serves rpcx frames on `stream` until the peer closes it, it breaks, it idles past the idle
+/// timeout, or it sends bad input or a bad token. Bytes and refusals are counted under
+/// `transport`.
+pub(crate) async fn serve_on<S>(
+    core: &Rc<Core>,
+    stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -68,13 +100,19 @@ where
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(core, ReadHalf(&stream), &outbox).await;
+        let end = read_loop(core, ReadHalf(&stream), &outbox, transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
         match &end {
             End::Refused(reason, what) => {
-                core.metrics.bad_frame(reason);
+                core.metrics.transport(transport).bad_frame(reason);
                 warn!(core = core.index, %peer, reason, "closing connection: {what}");
+            }
+            End::Unauthenticated => {
+                warn!(core = core.index, %peer, "closing connection: a call failed the auth check")
+            }
+            End::IdleTimeout => {
+                debug!(core = core.index, %peer, "closing connection: idle timeout")
             }
             End::ReadError(e) => {
                 debug!(core = core.index, %peer, error = %e, "connection read failed")
@@ -85,7 +123,7 @@ where
         outbox.close();
         end
     };
-    let writer = write_loop(WriteHalf(&stream), &outbox, core);
+    let writer = write_loop(WriteHalf(&stream), &outbox, core, transport);
     futures_lite::future::zip(reader, writer).await.0
 }
 
@@ -177,8 +215,14 @@ struct Scratch {
     deflated: Vec<u8>,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc<Outbox>) -> End {
+async fn read_loop<R: AsyncRead + Unpin>(
+    core: &Rc<Core>,
+    mut rd: R,
+    outbox: &Rc<Outbox>,
+    transport: Transport,
+) -> End {
     let limits = &core.config.limits;
+    let counts = core.metrics.transport(transport);
     let mut rbuf = ReadBuf::new();
     let mut scratch = Scratch::default();
     loop {
@@ -193,7 +237,35 @@ async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc
         if outbox.failed.get() {
             return End::WriteFailed;
         }
-        let n = match rd.read(rbuf.spare()).await {
+        // Frames already buffered are taken first, as far as the limits allow.
+        match take_frames(core, &mut rbuf, outbox, &mut scratch) {
+            Ok(Taken::Paused) => continue,
+            Ok(Taken::NeedMore) => {}
+            Err(end) => return end,
+        }
+        if outbox.buf.borrow().len() >= WRITE_NUDGE {
+            futures_lite::future::yield_now().await;
+        }
+        let read = if limits.idle_timeout.is_zero() {
+            rd.read(rbuf.spare()).await
+        } else {
+            let timeout = limits.idle_timeout;
+            let read =
+                futures_lite::future::or(async { Some(rd.read(rbuf.spare()).await) }, async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                })
+                .await;
+            match read {
+                Some(read) => read,
+                // Idle only if nothing is owed to the peer either.
+                None if outbox.delayed.get() == 0 && outbox.pending() == 0 => {
+                    return End::IdleTimeout;
+                }
+                None => continue,
+            }
+        };
+        let n = match read {
             Ok(0) => return End::Eof,
             Ok(n) => n,
             Err(e) => return End::ReadError(e),
@@ -202,40 +274,64 @@ async fn read_loop<R: AsyncRead + Unpin>(core: &Rc<Core>, mut rd: R, outbox: &Rc
             return End::WriteFailed;
         }
         rbuf.filled(n);
-        core.metrics.bytes_in.add(n as u64);
-        loop {
-            let data = rbuf.data();
-            let total = match protocol::frame_len(data, limits.max_frame_bytes) {
-                Ok(Some(total)) => total,
-                Ok(None) => break,
-                Err(e) => return End::Refused(e.reason(), e.to_string()),
-            };
-            if data.len() < total {
-                rbuf.reserve_frame(total);
-                break;
-            }
-            let raw = &data[..total];
-            let _audit = audit::RequestPath::enter();
-            match protocol::decode(raw, limits.max_frame_bytes) {
-                Ok(Some((frame, _))) => {
-                    if let Err(refused) = handle(core, &frame, raw, outbox, &mut scratch) {
-                        return refused;
-                    }
-                }
-                Ok(None) => {
-                    return End::Refused("truncated", "frame shorter than its header says".into());
-                }
-                Err(e) => return End::Refused(e.reason(), e.to_string()),
-            }
-            rbuf.consume(total);
-        }
-        if outbox.buf.borrow().len() >= WRITE_NUDGE {
-            futures_lite::future::yield_now().await;
-        }
+        counts.bytes_in.add(n as u64);
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, core: &Core) {
+/// How [`take_frames`] stopped.
+enum Taken {
+    /// The buffer holds no whole frame: read more.
+    NeedMore,
+    /// A limit is reached with frames still buffered: wait for room, then take again.
+    Paused,
+}
+
+/// Decodes and handles every whole frame in `rbuf` while the connection's limits allow.
+fn take_frames(
+    core: &Rc<Core>,
+    rbuf: &mut ReadBuf,
+    outbox: &Rc<Outbox>,
+    scratch: &mut Scratch,
+) -> Result<Taken, End> {
+    let limits = &core.config.limits;
+    loop {
+        let data = rbuf.data();
+        let total = match protocol::frame_len(data, limits.max_frame_bytes) {
+            Ok(Some(total)) => total,
+            Ok(None) => return Ok(Taken::NeedMore),
+            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+        };
+        if data.len() < total {
+            rbuf.reserve_frame(total);
+            return Ok(Taken::NeedMore);
+        }
+        if outbox.delayed.get() >= limits.max_calls_in_flight
+            || outbox.pending() >= limits.max_pending_write_bytes
+        {
+            return Ok(Taken::Paused);
+        }
+        let raw = &data[..total];
+        let _audit = audit::RequestPath::enter();
+        match protocol::decode(raw, limits.max_frame_bytes) {
+            Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
+            Ok(None) => {
+                return Err(End::Refused(
+                    "truncated",
+                    "frame shorter than its header says".into(),
+                ));
+            }
+            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+        }
+        rbuf.consume(total);
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    outbox: &Outbox,
+    core: &Core,
+    transport: Transport,
+) {
     let mut batch = Vec::new();
     while poll_fn(|cx| outbox.poll_work(cx)).await {
         std::mem::swap(&mut batch, &mut *outbox.buf.borrow_mut());
@@ -247,7 +343,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, outbox: &Outbox, core: &Co
             outbox.fail();
             return;
         }
-        core.metrics.bytes_out.add(batch.len() as u64);
+        core.metrics
+            .transport(transport)
+            .bytes_out
+            .add(batch.len() as u64);
         batch.clear();
         if batch.capacity() > SHRINK_ABOVE {
             batch = Vec::new();
@@ -300,10 +399,16 @@ fn handle(
         &mut scratch.meta,
         &mut scratch.payload,
     );
-    if frame.header.is_oneway() {
-        return Ok(());
-    }
+    let oneway = frame.header.is_oneway();
     match invoked {
+        // rpcx: an error reply unless oneway, then the connection closes.
+        Invoked::Unauthenticated => {
+            if !oneway {
+                error_reply(core, &mut outbox.buf.borrow_mut(), frame, UNAUTHENTICATED);
+            }
+            return Err(End::Unauthenticated);
+        }
+        _ if oneway => {}
         Invoked::Ready => write_reply(&mut outbox.buf.borrow_mut(), frame, compressed, scratch),
         Invoked::After(delay) => {
             let mut bytes = Vec::new();

@@ -1,15 +1,16 @@
 //! From a decoded call to a reply, whatever carried it: rpcx frames, the HTTP gateway, JSON-RPC.
 //!
-//! [`invoke`] looks the method up, checks the serialize type has a codec, and runs the handler
-//! with panics caught; every transport-specific loop turns the [`Invoked`] into its own reply.
+//! [`invoke`] checks the caller's token (when `[auth]` has any), looks the method up, checks the
+//! serialize type has a codec, and runs the handler with panics caught, counting the call per
+//! method; every transport-specific loop turns the [`Invoked`] into its own reply.
 
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Core;
 use crate::codec::SerializeType;
-use crate::protocol::Metadata;
+use crate::protocol::{META_AUTH, Metadata};
 use crate::service::{Method, Outcome, Reply, Request};
 
 /// What became of a call.
@@ -21,7 +22,14 @@ pub(crate) enum Invoked {
     After(Duration),
     /// Send an error reply with this text (rpcx's exact texts for lookup and codec errors).
     Failed(Cow<'static, str>),
+    /// The call's `__AUTH` token is missing or not accepted: send an error reply with
+    /// [`UNAUTHENTICATED`] (none if oneway), then close the connection (rpcx's behaviour).
+    /// The handler did not run.
+    Unauthenticated,
 }
+
+/// The error text of a call that failed the auth check (rpcx's example `AuthFunc` text).
+pub(crate) const UNAUTHENTICATED: &str = "invalid token";
 
 /// Runs `path.method` on an already decompressed payload. On `Ready`/`After` the reply's
 /// metadata block (wire form) is in `meta_out` and its payload in `payload_out`; both are
@@ -37,10 +45,69 @@ pub(crate) fn invoke(
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
-    let method = match Method::lookup(path, method) {
+    if !core.auth.is_empty() && !authorized(&core.auth, metadata.get(META_AUTH)) {
+        core.metrics.auth_failures.inc();
+        return Invoked::Unauthenticated;
+    }
+    let metrics = &core.metrics;
+    let found = match Method::lookup(path, method) {
         Ok(method) => method,
-        Err(e) => return Invoked::Failed(Cow::Owned(e.text(path, method))),
+        Err(e) => {
+            let unknown = metrics.unknown_method();
+            unknown.started.inc();
+            unknown.handled(false, Duration::ZERO);
+            return Invoked::Failed(Cow::Owned(e.text(path, method)));
+        }
     };
+    let counts = metrics.method(found);
+    counts.started.inc();
+    let started = Instant::now();
+    let invoked = run(
+        core,
+        found,
+        serialize,
+        metadata,
+        payload,
+        meta_out,
+        payload_out,
+    );
+    let took = started.elapsed();
+    match &invoked {
+        Invoked::After(delay) => counts.handled(true, took + *delay),
+        other => counts.handled(*other == Invoked::Ready, took),
+    }
+    invoked
+}
+
+/// True if `token` is one of `accepted`, bare or as `Bearer <token>` (the gateway's
+/// `Authorization` header). Every accepted token is compared in full, without an early exit on
+/// the first differing byte.
+fn authorized(accepted: &[Box<[u8]>], token: Option<&str>) -> bool {
+    let Some(token) = token else { return false };
+    let token = token.trim();
+    let bare = match token.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => token[7..].trim_start(),
+        _ => token,
+    };
+    accepted
+        .iter()
+        .fold(false, |found, t| found | same_bytes(t, bare.as_bytes()))
+}
+
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The call itself, once it is known to be allowed and registered.
+fn run(
+    core: &Core,
+    method: Method,
+    serialize: u8,
+    metadata: Metadata<'_>,
+    payload: &[u8],
+    meta_out: &mut Vec<u8>,
+    payload_out: &mut Vec<u8>,
+) -> Invoked {
     let codec = match SerializeType::from_wire(serialize) {
         Ok(codec) => codec,
         Err(e) => return Invoked::Failed(Cow::Owned(e.to_string())),
@@ -66,5 +133,23 @@ pub(crate) fn invoke(
                 .unwrap_or_default();
             Invoked::Failed(Cow::Owned(format!("[service internal error]: {what}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_bare_or_as_bearer_and_nothing_else() {
+        let accepted: Vec<Box<[u8]>> = vec![Box::from(&b"s3cret"[..]), Box::from(&b"other"[..])];
+        assert!(authorized(&accepted, Some("s3cret")));
+        assert!(authorized(&accepted, Some("Bearer other")));
+        assert!(authorized(&accepted, Some("bearer s3cret")));
+        assert!(!authorized(&accepted, None));
+        assert!(!authorized(&accepted, Some("")));
+        assert!(!authorized(&accepted, Some("s3cre")));
+        assert!(!authorized(&accepted, Some("s3crett")));
+        assert!(!authorized(&accepted, Some("Basic s3cret")));
     }
 }

@@ -33,10 +33,11 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use tracing::{debug, warn};
 
 use super::Core;
-use super::dispatch::{self, Invoked};
+use super::dispatch::{self, Invoked, UNAUTHENTICATED};
 use super::jsonrpc;
 use crate::codec;
 use crate::config::Gateway;
+use crate::metrics::Transport;
 use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata, push_meta};
 
 /// First size of a connection's read buffer; it grows to hold a request head and shrinks back.
@@ -103,7 +104,11 @@ impl Refusal {
 
 /// Serves HTTP requests on `stream` until the peer closes it, asks to, idles out, or sends
 /// input that is refused.
-pub(crate) async fn serve<S>(core: &Rc<Core>, mut stream: S, peer: SocketAddr)
+pub(crate) async fn serve<S>(
+    core: &Rc<Core>,
+    mut stream: S,
+    peer: SocketAddr,
+) -> crate::metrics::Close
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -124,6 +129,22 @@ where
         Close::Eof => debug!(core = core.index, %peer, "HTTP connection closed by peer"),
     }
     let _ = stream.close().await;
+    close.reason()
+}
+
+impl Close {
+    /// The `reason` label of the connection close.
+    fn reason(&self) -> crate::metrics::Close {
+        use crate::metrics::Close as Reason;
+        match self {
+            Close::Refused(_) => Reason::BadFrame,
+            Close::Idle => Reason::IdleTimeout,
+            // Asked for by the peer (`Connection: close`), as good as the peer closing.
+            Close::Requested | Close::Eof => Reason::Eof,
+            Close::ReadError(_) => Reason::ReadError,
+            Close::WriteFailed => Reason::WriteError,
+        }
+    }
 }
 
 /// Where the connection is in the current request.
@@ -292,7 +313,10 @@ where
             Some(Ok(0)) => return Close::Eof,
             Some(Ok(n)) => {
                 rbuf.filled(n);
-                core.metrics.bytes_in.add(n as u64);
+                core.metrics
+                    .transport(Transport::TCP)
+                    .bytes_in
+                    .add(n as u64);
             }
             Some(Err(e)) => return Close::ReadError(e),
         }
@@ -305,7 +329,10 @@ async fn write_out<S: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
     let result = stream.write_all(out).await;
-    core.metrics.bytes_out.add(out.len() as u64);
+    core.metrics
+        .transport(Transport::TCP)
+        .bytes_out
+        .add(out.len() as u64);
     out.clear();
     shrink(out);
     result
@@ -757,9 +784,14 @@ fn gateway(core: &Core, head: &Head, scratch: &mut Scratch, out: &mut Vec<u8>) -
                 _ => Some(delay),
             }
         }
-        // Service, lookup and codec errors. An auth failure is one more arm: status 401.
+        // Service, lookup and codec errors.
         Invoked::Failed(text) => {
             failed(core, head, &service_path, 500, &text, out);
+            return None;
+        }
+        // rpcx's gateway answers a failed auth check with 401 and the error headers.
+        Invoked::Unauthenticated => {
+            failed(core, head, &service_path, 401, UNAUTHENTICATED, out);
             return None;
         }
     };

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Core;
-use super::dispatch::{self, Invoked};
+use super::dispatch::{self, Invoked, UNAUTHENTICATED};
 use crate::protocol::Metadata;
 
 /// Invalid JSON.
@@ -205,6 +205,9 @@ impl Call<'_> {
             }
             // rpcx answers every call failure (an auth failure too) with -32603 and its text.
             Invoked::Failed(text) => return fail(reply, &reply_id, INTERNAL_ERROR, &text),
+            Invoked::Unauthenticated => {
+                return fail(reply, &reply_id, INTERNAL_ERROR, UNAUTHENTICATED);
+            }
         }
         if self.payload.is_empty() {
             self.payload.extend_from_slice(b"null");

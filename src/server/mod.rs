@@ -20,21 +20,22 @@ mod gateway;
 mod jsonrpc;
 mod sniff;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::task::{Poll, Waker};
 
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenAddr, Network};
-use crate::metrics::CoreMetrics;
+use crate::metrics::{Close, CoreMetrics, Transport};
 use crate::service;
 use crate::transport;
 
@@ -77,6 +78,7 @@ pub struct ServerHandle {
     stop: Arc<Stop>,
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
     metrics: Vec<Arc<CoreMetrics>>,
+    health: Arc<Health>,
 }
 
 impl ServerHandle {
@@ -101,15 +103,26 @@ impl ServerHandle {
         &self.metrics
     }
 
+    /// Whether every core listens, and whether the server is draining; for `/readyz`.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    /// Blocks until every core has its listeners and runs its accept loops (the moment to tell
+    /// systemd READY=1), or until the server is stopped first.
+    pub fn wait_ready(&self) {
+        self.health.wait_ready();
+    }
+
     /// Starts a graceful stop: every core stops accepting, stops reading new requests, finishes
     /// and flushes what is in flight, and closes within `server.drain_timeout`.
     pub fn shutdown(&self) {
-        self.stop.trigger();
+        self.stopper().shutdown();
     }
 
     /// A handle that can start the shutdown from another thread (a signal handler thread).
     pub fn stopper(&self) -> Stopper {
-        Stopper(Arc::clone(&self.stop))
+        Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
     /// Waits for every core to finish.
@@ -126,11 +139,63 @@ impl ServerHandle {
 
 /// Starts a graceful shutdown of a server from any thread.
 #[derive(Clone)]
-pub struct Stopper(Arc<Stop>);
+pub struct Stopper(Arc<Stop>, Arc<Health>);
 
 impl Stopper {
     pub fn shutdown(&self) {
+        self.1.draining.store(true, Ordering::SeqCst);
+        self.1.wake();
         self.0.trigger();
+    }
+}
+
+/// Readiness as the admin endpoint and systemd see it. Written only at start-up and shutdown,
+/// never on the request path.
+#[derive(Debug)]
+pub struct Health {
+    cores: usize,
+    ready_cores: AtomicUsize,
+    draining: AtomicBool,
+    lock: Mutex<()>,
+    changed: Condvar,
+}
+
+impl Health {
+    fn new(cores: usize) -> Health {
+        Health {
+            cores,
+            ready_cores: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Every core accepts connections and the server is not draining.
+    pub fn ready(&self) -> bool {
+        self.ready_cores.load(Ordering::SeqCst) == self.cores && !self.draining()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn core_ready(&self) {
+        self.ready_cores.fetch_add(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // The lock orders this notify after a waiter's check, so no wake-up is lost.
+        drop(self.lock.lock());
+        self.changed.notify_all();
+    }
+
+    fn wait_ready(&self) {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.ready_cores.load(Ordering::SeqCst) < self.cores && !self.draining() {
+            guard = self.changed.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -156,20 +221,27 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
     }
 
+    let auth: Arc<[Box<[u8]>]> = config
+        .auth_tokens()?
+        .into_iter()
+        .map(|t| t.into_bytes().into_boxed_slice())
+        .collect();
     let config = Arc::new(config);
     let stop = Arc::new(Stop::default());
+    let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
     for (index, (&cpu, fds)) in cpus.iter().zip(sockets).enumerate() {
         let core_metrics = Arc::new(CoreMetrics::new(index));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
+        let (auth, health) = (Arc::clone(&auth), Arc::clone(&health));
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("percore-core-{index}"))
             .io_memory(config.runtime.io_memory_bytes)
             .ring_depth(config.runtime.ring_depth);
         let thread = builder
-            .spawn(move || run_core(index, config, tls, core_metrics, fds, stop))
+            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, health))
             .map_err(|e| ServerError::Executor {
                 cpu,
                 message: e.to_string(),
@@ -185,6 +257,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         stop,
         threads,
         metrics,
+        health,
     })
 }
 
@@ -285,6 +358,10 @@ pub(crate) struct Core {
     pub(crate) metrics: Arc<CoreMetrics>,
     /// Set when `[tls]` is configured.
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
+    /// Accepted auth tokens; empty means no auth check.
+    pub(crate) auth: Arc<[Box<[u8]>]>,
+    /// Set when shutdown starts: a connection that then sees end of input was drained.
+    pub(crate) draining: Cell<bool>,
     conns: RefCell<Conns>,
 }
 
@@ -296,17 +373,27 @@ struct Conns {
     idle_waker: Option<Waker>,
 }
 
-/// Removes a connection from its core's set when its task ends, however it ends.
-struct ConnGuard {
+/// Removes a connection from its core's set when its task ends, however it ends, and counts
+/// the close with its reason ([`Close::DrainTimeout`] if the task was dropped unfinished).
+pub(crate) struct ConnGuard {
     core: Rc<Core>,
     id: u64,
+    transport: Transport,
+    reason: Cell<Option<Close>>,
+}
+
+impl ConnGuard {
+    pub(crate) fn closed(&self, reason: Close) {
+        self.reason.set(Some(reason));
+    }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
         conns.fds.remove(&self.id);
-        self.core.metrics.connections_closed.inc();
+        let reason = self.reason.get().unwrap_or(Close::DrainTimeout);
+        self.core.metrics.transport(self.transport).close(reason);
         if conns.fds.is_empty()
             && let Some(w) = conns.idle_waker.take()
         {
@@ -316,26 +403,39 @@ impl Drop for ConnGuard {
 }
 
 impl Core {
-    fn register(self: &Rc<Core>, fd: RawFd) -> ConnGuard {
+    /// Tracks a new connection until its guard drops. Any transport whose connections the core
+    /// serves registers them here, so limits, drain and metrics see them.
+    pub(crate) fn register(self: &Rc<Core>, fd: RawFd, transport: Transport) -> ConnGuard {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
         conns.fds.insert(id, fd);
-        self.metrics.connections_accepted.inc();
+        self.metrics.transport(transport).accepted.inc();
         ConnGuard {
             core: Rc::clone(self),
             id,
+            transport,
+            reason: Cell::new(None),
         }
+    }
+
+    /// True if `limits.max_connections_per_core` leaves no room for one more connection.
+    pub(crate) fn full(&self) -> bool {
+        let max = self.config.limits.max_connections_per_core;
+        max != 0 && self.conns.borrow().fds.len() >= max
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is one thing the core owns; a struct would only rename them
 async fn run_core(
     index: usize,
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    auth: Arc<[Box<[u8]>]>,
     metrics: Arc<CoreMetrics>,
     fds: Vec<(OwnedFd, Arc<Listening>)>,
     stop: Arc<Stop>,
+    health: Arc<Health>,
 ) {
     let core = Rc::new(Core {
         index,
@@ -345,6 +445,8 @@ async fn run_core(
         config,
         metrics,
         tls: tls.map(futures_rustls::TlsAcceptor::from),
+        auth,
+        draining: Cell::new(false),
         conns: RefCell::new(Conns::default()),
     });
     let accepts: Vec<_> = fds
@@ -363,6 +465,8 @@ async fn run_core(
             ))
         })
         .collect();
+    // The sockets listen since `start`; from here on this core also takes connections off them.
+    health.core_ready();
     for accept in accepts {
         accept.await;
     }
@@ -397,15 +501,27 @@ async fn accept_loop(
             continue;
         }
         let peer = stream.peer_addr().unwrap_or(UNNAMED_PEER);
+        let full = core.full();
+        let guard = core.register(stream.as_raw_fd(), Transport::TCP);
+        if full {
+            // Accepted and closed at once, so the peer hears no rather than waiting in the
+            // backlog.
+            guard.closed(Close::MaxConnections);
+            debug!(core = core.index, %peer, "closing connection: limits.max_connections_per_core reached");
+            continue;
+        }
         // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency.
         let _ = stream.set_nodelay(true);
-        let guard = core.register(stream.as_raw_fd());
         debug!(core = core.index, %peer, "connection accepted");
         let core = Rc::clone(&core);
         let network = listening.network;
         glommio::spawn_local(async move {
-            let _guard = guard;
-            sniff::route(&core, stream, peer, network).await;
+            let close = match sniff::route(&core, stream, peer, network, Transport::TCP).await {
+                // End of input after shutdown started is the drain's own SHUT_RD.
+                Close::Eof if core.draining.get() => Close::Shutdown,
+                close => close,
+            };
+            guard.closed(close);
         })
         .detach();
     }
@@ -434,14 +550,26 @@ fn accepted_unix(core: &Rc<Core>, stream: glommio::net::TcpStream, listening: &L
     // SAFETY: `raw` is a connected Unix stream socket we own; ownership moves into the stream,
     // which keeps it open for as long as the connection is registered.
     let stream = unsafe { glommio::net::UnixStream::from_raw_fd(raw) };
-    let guard = core.register(raw);
+    let full = core.full();
+    let guard = core.register(raw, Transport::UNIX);
+    if full {
+        guard.closed(Close::MaxConnections);
+        debug!(core = core.index, listener = %listening.addr, "closing connection: limits.max_connections_per_core reached");
+        return;
+    }
     let span = tracing::debug_span!("conn", listener = %listening.addr);
     debug!(parent: &span, core = core.index, "connection accepted");
     let core = Rc::clone(core);
     glommio::spawn_local(tracing::Instrument::instrument(
         async move {
-            let _guard = guard;
-            sniff::route(&core, stream, UNNAMED_PEER, Network::Unix).await;
+            let close =
+                match sniff::route(&core, stream, UNNAMED_PEER, Network::Unix, Transport::UNIX)
+                    .await
+                {
+                    Close::Eof if core.draining.get() => Close::Shutdown,
+                    close => close,
+                };
+            guard.closed(close);
         },
         span,
     ))
@@ -451,6 +579,7 @@ fn accepted_unix(core: &Rc<Core>, stream: glommio::net::TcpStream, listening: &L
 /// Stops reading on every open connection (each reader then sees end of input, lets its calls
 /// in flight finish, flushes and closes) and waits for them, at most `server.drain_timeout`.
 async fn drain(core: &Rc<Core>) {
+    core.draining.set(true);
     let open: Vec<RawFd> = core.conns.borrow().fds.values().copied().collect();
     if open.is_empty() {
         return;

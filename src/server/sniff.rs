@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::{Core, conn, gateway};
 use crate::config::Network;
+use crate::metrics::{Close, Transport};
 use crate::transport::http_connect;
 use crate::transport::prefixed::Prefixed;
 
@@ -80,30 +81,41 @@ pub(crate) async fn route<S: Socket>(
     stream: S,
     peer: SocketAddr,
     network: Network,
-) {
+    transport: Transport,
+) -> Close {
     let deadline = Instant::now() + core.config.limits.handshake_timeout;
     let mut first = [0u8; 1];
     let kind = match within(deadline, stream.peek(&mut first)).await {
         None => return handshake_timeout(core, peer, "nothing sent"),
-        Some(Ok(0)) | Some(Err(_)) => return,
+        Some(Ok(0)) => return Close::Eof,
+        Some(Err(_)) => return Close::ReadError,
         Some(Ok(_)) => classify(first[0]),
     };
     if kind != Kind::Tls && core.tls.is_some() && !core.config.tls.allow_plaintext {
         core.metrics.plaintext_refused.inc();
         warn!(core = core.index, %peer, "closing connection: plaintext on a TLS-only listener (tls.allow_plaintext = false)");
-        return;
+        return Close::BadFrame;
     }
     match kind {
         // The hot path: the bare socket, no wrapper.
-        Kind::Rpcx => {
-            conn::serve(core, stream, peer).await;
-        }
-        Kind::Tls => serve_tls(core, stream, peer, network, deadline).await,
+        Kind::Rpcx => conn::serve_on(core, stream, peer, transport).await.close(),
+        Kind::Tls => serve_tls(core, stream, peer, network, transport, deadline).await,
         // The plaintext gateway also gets the bare socket.
         Kind::Http if network != Network::Http && core.config.gateway.enabled => {
-            gateway::serve(core, stream, peer).await;
+            gateway::serve(core, stream, peer).await
         }
-        kind => route_boxed(core, kind, Box::new(stream), peer, network, deadline).await,
+        kind => {
+            route_boxed(
+                core,
+                kind,
+                Box::new(stream),
+                peer,
+                network,
+                transport,
+                deadline,
+            )
+            .await
+        }
     }
 }
 
@@ -114,23 +126,27 @@ async fn route_boxed(
     stream: Box<dyn Io>,
     peer: SocketAddr,
     network: Network,
+    transport: Transport,
     deadline: Instant,
-) {
+) -> Close {
+    let counts = core.metrics.transport(transport);
     match kind {
-        Kind::Rpcx => {
-            conn::serve(core, stream, peer).await;
+        Kind::Rpcx => conn::serve_on(core, stream, peer, transport).await.close(),
+        Kind::Connect => serve_connect(core, stream, peer, transport, deadline).await,
+        Kind::Http if network == Network::Http => {
+            serve_connect(core, stream, peer, transport, deadline).await
         }
-        Kind::Connect => serve_connect(core, stream, peer, deadline).await,
-        Kind::Http if network == Network::Http => serve_connect(core, stream, peer, deadline).await,
         Kind::Http if core.config.gateway.enabled => gateway::serve(core, stream, peer).await,
-        Kind::Http => http_not_served(core, stream, peer).await,
+        Kind::Http => http_not_served(core, stream, peer, transport).await,
         Kind::Tls => {
-            core.metrics.bad_frame("bad_magic");
+            counts.bad_frame("bad_magic");
             warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
+            Close::BadFrame
         }
         Kind::Unknown(byte) => {
-            core.metrics.bad_frame("bad_magic");
+            counts.bad_frame("bad_magic");
             warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
+            Close::BadFrame
         }
     }
 }
@@ -141,19 +157,20 @@ async fn serve_tls<S: Socket>(
     stream: S,
     peer: SocketAddr,
     network: Network,
+    transport: Transport,
     deadline: Instant,
-) {
+) -> Close {
     let Some(acceptor) = core.tls.clone() else {
-        core.metrics.bad_frame("bad_magic");
+        core.metrics.transport(transport).bad_frame("bad_magic");
         warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
-        return;
+        return Close::BadFrame;
     };
     let mut tls = match within(deadline, acceptor.accept(stream)).await {
         None => return handshake_timeout(core, peer, "TLS handshake not finished"),
         Some(Err(e)) => {
             core.metrics.tls_handshake_failures.inc();
             warn!(core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
-            return;
+            return Close::BadFrame;
         }
         Some(Ok(tls)) => tls,
     };
@@ -162,13 +179,14 @@ async fn serve_tls<S: Socket>(
     let mut buf = vec![0u8; 4096];
     let n = match within(deadline, tls.read(&mut buf)).await {
         None => return handshake_timeout(core, peer, "nothing sent inside TLS"),
-        Some(Ok(0)) | Some(Err(_)) => return,
+        Some(Ok(0)) => return Close::Eof,
+        Some(Err(_)) => return Close::ReadError,
         Some(Ok(n)) => n,
     };
     buf.truncate(n);
     let kind = classify(buf[0]);
     let stream: Box<dyn Io> = Box::new(Prefixed::new(buf, tls));
-    route_boxed(core, kind, stream, peer, network, deadline).await;
+    route_boxed(core, kind, stream, peer, network, transport, deadline).await
 }
 
 /// rpcx's HTTP CONNECT: `CONNECT /_rpcx_` is answered `200 Connected to rpcx` and the connection
@@ -177,19 +195,19 @@ async fn serve_connect(
     core: &Rc<Core>,
     mut stream: Box<dyn Io>,
     peer: SocketAddr,
+    transport: Transport,
     deadline: Instant,
-) {
+) -> Close {
     let mut buf = Vec::new();
     let end = match within(deadline, http_connect::read_head(&mut stream, &mut buf)).await {
         None => return handshake_timeout(core, peer, "HTTP CONNECT head not finished"),
         Some(Ok(end)) => end,
-        Some(Err(http_connect::HeadError::Eof)) | Some(Err(http_connect::HeadError::Io(_))) => {
-            return;
-        }
+        Some(Err(http_connect::HeadError::Eof)) => return Close::Eof,
+        Some(Err(http_connect::HeadError::Io(_))) => return Close::ReadError,
         Some(Err(e)) => {
             core.metrics.http_connect_refused.inc();
             warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
-            return;
+            return Close::BadFrame;
         }
     };
     let line = match http_connect::request_line(&buf[..end]) {
@@ -197,7 +215,7 @@ async fn serve_connect(
         Err(e) => {
             core.metrics.http_connect_refused.inc();
             warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
-            return;
+            return Close::BadFrame;
         }
     };
     if !line.is_rpcx_connect() {
@@ -207,31 +225,39 @@ async fn serve_connect(
             .write_all(http_connect::must_connect(line.http10))
             .await;
         let _ = stream.close().await;
-        return;
+        return Close::BadFrame;
     }
     if stream.write_all(http_connect::CONNECTED).await.is_err() {
-        return;
+        return Close::WriteError;
     }
     core.metrics.http_connects.inc();
     debug!(core = core.index, %peer, "HTTP CONNECT accepted");
     let rest = buf.split_off(end);
-    conn::serve(core, Prefixed::new(rest, stream), peer).await;
+    conn::serve_on(core, Prefixed::new(rest, stream), peer, transport)
+        .await
+        .close()
 }
 
 /// Plain HTTP on an rpcx listener with `gateway.enabled = false`: a short 404 and close.
-pub(crate) async fn http_not_served(core: &Rc<Core>, mut stream: Box<dyn Io>, peer: SocketAddr) {
-    core.metrics.bad_frame("bad_magic");
+pub(crate) async fn http_not_served(
+    core: &Rc<Core>,
+    mut stream: Box<dyn Io>,
+    peer: SocketAddr,
+    transport: Transport,
+) -> Close {
+    core.metrics.transport(transport).bad_frame("bad_magic");
     debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");
     let _ = stream.write_all(HTTP_NOT_SERVED).await;
     let _ = stream.close().await;
+    Close::BadFrame
 }
 
 /// The answer to plain HTTP on a port that serves only rpcx frames.
 const HTTP_NOT_SERVED: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 50\r\n\r\nthis port serves rpcx frames; HTTP is not enabled\n";
 
-fn handshake_timeout(core: &Core, peer: SocketAddr, what: &str) {
-    core.metrics.handshake_timeouts.inc();
+fn handshake_timeout(core: &Core, peer: SocketAddr, what: &str) -> Close {
     debug!(core = core.index, %peer, "closing connection: {what} within the handshake timeout");
+    Close::HandshakeTimeout
 }
 
 /// `fut`'s output, or `None` if `deadline` passes first.

@@ -112,3 +112,13 @@ pub fn stop(server: ServerHandle) {
     server.shutdown();
     server.join().unwrap();
 }
+
+/// Waits (bounded by [`IO_TIMEOUT`]) until `cond` holds; for counts the server records just
+/// after it closes a connection. Panics with `what` if it never does.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < IO_TIMEOUT, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
