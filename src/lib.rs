@@ -13,6 +13,8 @@
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
 //! | [`server`] | executors per core, listeners, accept loops, the connection loop, shutdown |
 //! | [`transport`] | per network, how to listen (and, for the client, dial) |
+//! | [`client`] | the rpcx client: multiplexed connection, `XClient` (fail and select modes), discovery |
+//! | [`bench`] | the load generator behind `percore bench`, built on the public client only |
 //! | [`config`] | typed configuration: TOML with unknown keys rejected, flags on top |
 //! | [`metrics`] | per-core counters, single writer each, summed when read |
 //!
@@ -36,7 +38,9 @@
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
 //! reads past its input.
 
+pub mod bench;
 pub mod bench_message;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod metrics;
