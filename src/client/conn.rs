@@ -18,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -64,6 +64,10 @@ struct State {
     deflated: Vec<u8>,
     /// Server pushes received (PROTOCOL.md §3).
     pushes: u64,
+    /// The deadline sweeper: whether it runs, and how often it looks (a twentieth of the
+    /// shortest timeout seen, at least 1 ms).
+    sweeping: bool,
+    sweep_every: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -76,6 +80,8 @@ struct Slot {
     meta: Vec<u8>,
     payload: Vec<u8>,
     error: Option<Error>,
+    /// When a call with a timeout gives up, and the timeout (for the error).
+    deadline: Option<(Instant, Duration)>,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -99,6 +105,7 @@ impl Drop for SlotGuard<'_> {
         slot.phase = Phase::Free;
         slot.waker = None;
         slot.error = None;
+        slot.deadline = None;
         if slot.payload.capacity() > SHRINK_ABOVE {
             slot.payload = Vec::new();
         }
@@ -160,32 +167,16 @@ impl Conn {
     /// Sends a request and waits for its reply; `read` sees the reply (already checked for a
     /// service error and decompressed) and returns the caller's value.
     pub(crate) async fn call<T>(
-        &self,
+        self: &Rc<Self>,
         req: &Request<'_>,
         heartbeat: bool,
         read: impl FnOnce(&ReplyView<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let index = self.enqueue(req, false, heartbeat)?;
         let guard = SlotGuard { conn: self, index };
-        let wait = poll_fn(|cx| self.poll_slot(index, cx));
-        match req.timeout.filter(|t| !t.is_zero()) {
-            None => wait.await?,
-            Some(after) => {
-                let timed = futures_lite::future::or(async { Some(wait.await) }, async {
-                    glommio::timer::Timer::new(after).await;
-                    None
-                });
-                match timed.await {
-                    Some(result) => result?,
-                    None => {
-                        return Err(Error::Timeout {
-                            addr: self.addr.clone(),
-                            after,
-                        });
-                    }
-                }
-            }
-        }
+        // A timeout is enforced by the connection's sweeper (one timer per connection, not one
+        // per call), which fails the slot like a broken connection would.
+        poll_fn(|cx| self.poll_slot(index, cx)).await?;
         let st = self.st.borrow();
         let slot = &st.slots[index as usize];
         let metadata =
@@ -209,7 +200,7 @@ impl Conn {
     }
 
     /// Sends a oneway request and waits until its bytes are written.
-    pub(crate) async fn oneway(&self, req: &Request<'_>) -> Result<(), Error> {
+    pub(crate) async fn oneway(self: &Rc<Self>, req: &Request<'_>) -> Result<(), Error> {
         self.enqueue(req, true, false)?;
         let target = self.st.borrow().queued;
         poll_fn(|cx| {
@@ -227,7 +218,17 @@ impl Conn {
     }
 
     /// Encodes the request into the outgoing buffer; returns its slot (unless oneway).
-    fn enqueue(&self, req: &Request<'_>, oneway: bool, heartbeat: bool) -> Result<u32, Error> {
+    fn enqueue(self: &Rc<Self>, req: &Request<'_>, oneway: bool, heartbeat: bool) -> Result<u32, Error> {
+        let (index, start_sweeper) = self.encode(req, oneway, heartbeat)?;
+        if start_sweeper {
+            // Spawned with no borrow held: glommio may run the new task at once.
+            glommio::spawn_local(sweep_deadlines(Rc::downgrade(self))).detach();
+        }
+        Ok(index)
+    }
+
+    /// Encodes the request; returns its slot and whether the deadline sweeper must start.
+    fn encode(&self, req: &Request<'_>, oneway: bool, heartbeat: bool) -> Result<(u32, bool), Error> {
         let mut st = self.st.borrow_mut();
         if let Some(e) = &st.broken {
             return Err(e.clone());
@@ -247,6 +248,7 @@ impl Conn {
             slot.generation = slot.generation.wrapping_add(1);
             slot.seq = (u64::from(slot.generation) << 32) | u64::from(index);
             slot.phase = Phase::Waiting;
+            slot.deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| (Instant::now() + t, t));
             (index, slot.seq)
         };
         let st = &mut *st;
@@ -289,7 +291,43 @@ impl Conn {
         if let Some(w) = st.writer.take() {
             w.wake();
         }
-        Ok(index)
+        let mut start_sweeper = false;
+        if let Some(t) = req.timeout.filter(|t| !t.is_zero() && !oneway) {
+            let every = (t / 20).max(Duration::from_millis(1));
+            st.sweep_every = Some(st.sweep_every.map_or(every, |e| e.min(every)));
+            start_sweeper = !st.sweeping;
+            st.sweeping = true;
+        }
+        Ok((index, start_sweeper))
+    }
+
+    /// Fails every waiting call past its deadline; false once no waiting call has one.
+    fn expire(&self, now: Instant) -> bool {
+        let mut wake = Vec::new();
+        let mut any = false;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.broken.is_some() {
+                st.sweeping = false;
+                return false;
+            }
+            for slot in st.slots.iter_mut().filter(|s| s.phase == Phase::Waiting) {
+                let Some((deadline, after)) = slot.deadline else { continue };
+                if deadline <= now {
+                    slot.error = Some(Error::Timeout { addr: self.addr.clone(), after });
+                    slot.phase = Phase::Done;
+                    wake.extend(slot.waker.take());
+                } else {
+                    any = true;
+                }
+            }
+            if !any {
+                st.sweeping = false;
+                st.sweep_every = None;
+            }
+        }
+        wake.into_iter().for_each(Waker::wake);
+        any
     }
 
     fn poll_slot(&self, index: u32, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -376,6 +414,18 @@ fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}
         _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Runs while calls with deadlines are waiting: every `sweep_every` it fails the overdue ones.
+async fn sweep_deadlines(conn: Weak<Conn>) {
+    loop {
+        let Some(every) = conn.upgrade().and_then(|c| c.st.borrow().sweep_every) else { return };
+        glommio::timer::sleep(every).await;
+        let Some(conn) = conn.upgrade() else { return };
+        if !conn.expire(Instant::now()) {
+            return;
+        }
     }
 }
 

@@ -27,10 +27,12 @@
 //! .expect("an executor");
 //! ```
 
+mod command;
 mod conn;
 mod discovery;
 mod error;
 pub mod gofmt;
+pub mod json;
 mod selector;
 mod xclient;
 
@@ -43,6 +45,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::command::{CallCommand, CallError, run_call};
 pub use self::discovery::{Discovery, ServerEntry};
 pub use self::error::{Error, ErrorKind};
 pub use self::selector::{SelectCall, SelectMode, Selector, consistent_hash_key, jump_hash};
