@@ -177,6 +177,15 @@ impl Conn {
         // A timeout is enforced by the connection's sweeper (one timer per connection, not one
         // per call), which fails the slot like a broken connection would.
         poll_fn(|cx| self.poll_slot(index, cx)).await?;
+        let deadline = self.st.borrow().slots[index as usize].deadline;
+        if let Some((deadline, after)) = deadline
+            && Instant::now() >= deadline
+        {
+            // Past the deadline the call has timed out, whatever came back in the meantime:
+            // the server's own deadline error (percore and rpcx send one once __ServerTimeout
+            // passes) races the sweeper, and the caller should see one answer, not either.
+            return Err(Error::Timeout { addr: self.addr.clone(), after });
+        }
         let st = self.st.borrow();
         let slot = &st.slots[index as usize];
         let metadata =
