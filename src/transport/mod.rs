@@ -10,6 +10,7 @@
 //! | [`connector`] | the client's dialers for every network, over TLS or not |
 
 pub mod connector;
+pub mod dial;
 pub mod http_connect;
 pub mod prefixed;
 pub mod tcp;
