@@ -15,7 +15,11 @@ use percore::config::{Config, EXIT_CONFIG, ListenAddr, LogFormat};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "percore", version, about = "A thread-per-core, rpcx-compatible RPC server")]
+#[command(
+    name = "percore",
+    version,
+    about = "A thread-per-core, rpcx-compatible RPC server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,12 @@ struct CallArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Servers, `network@host:port`, comma-separated; connections are dealt over them.
-    #[arg(short = 's', long = "server", value_delimiter = ',', default_value = "tcp@127.0.0.1:8972")]
+    #[arg(
+        short = 's',
+        long = "server",
+        value_delimiter = ',',
+        default_value = "tcp@127.0.0.1:8972"
+    )]
     servers: Vec<String>,
     /// Calls in flight in all.
     #[arg(short = 'c', long, default_value_t = 1)]
@@ -120,7 +129,8 @@ fn parse_cpus(s: &str) -> Result<CpuList, String> {
         let bad = || format!("{part:?} in --cores {s:?} is not a CPU number or range like 2-3");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -206,7 +216,11 @@ fn bench(args: BenchArgs) -> ExitCode {
         concurrency: args.concurrency,
         connections,
         requests: args.requests,
-        duration: args.duration.or(if args.requests.is_none() { Some(Duration::from_secs(10)) } else { None }),
+        duration: args.duration.or(if args.requests.is_none() {
+            Some(Duration::from_secs(10))
+        } else {
+            None
+        }),
         rate: args.rate,
         warmup: args.warmup,
         cores: args.cores.0,
@@ -216,14 +230,22 @@ fn bench(args: BenchArgs) -> ExitCode {
         timeout: Some(args.timeout).filter(|t| !t.is_zero()),
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
-    let output = OutputOptions { latency: args.latency, json: args.output, plot: args.plot };
+    let output = OutputOptions {
+        latency: args.latency,
+        json: args.output,
+        plot: args.plot,
+    };
     match percore::bench::run(&config) {
         Ok(report) => {
             if let Err(e) = report.emit(&output) {
                 eprintln!("percore: {e}");
                 return ExitCode::FAILURE;
             }
-            if report.succeeded() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.succeeded() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("percore: {e}");
@@ -280,8 +302,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "listening");
     }
     let stopper = server.stopper();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("percore-signals".into())
         .spawn(move || {
@@ -289,7 +314,10 @@ fn run(config: Config) -> anyhow::Result<()> {
             for signal in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    tracing::info!(signal, "shutting down: draining connections (signal again to exit at once)");
+                    tracing::info!(
+                        signal,
+                        "shutting down: draining connections (signal again to exit at once)"
+                    );
                     stopper.shutdown();
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
@@ -308,7 +336,9 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match (config.log.format, journald) {
         (LogFormat::Json, _) => builder.json().init(),
         (LogFormat::Text, true) => builder.without_time().init(),

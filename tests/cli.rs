@@ -60,9 +60,19 @@ fn call_prints_the_reply_and_its_metadata_as_json() {
         let json: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["reply"]["C"], 200, "{codec}: {json}");
         assert_eq!(json["metadata"]["echo-trace"], "xyz", "{codec}: {json}");
-        assert_eq!(json["metadata"]["echo-__ServerTimeout"], "5000", "{codec}: {json}");
+        assert_eq!(
+            json["metadata"]["echo-__ServerTimeout"], "5000",
+            "{codec}: {json}"
+        );
     }
-    let out = percore(&["call", &server.addr, "Echo.Echo", r#""raw bytes""#, "--codec", "raw"]);
+    let out = percore(&[
+        "call",
+        &server.addr,
+        "Echo.Echo",
+        r#""raw bytes""#,
+        "--codec",
+        "raw",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["reply"], "raw bytes");
@@ -73,14 +83,26 @@ fn call_exits_non_zero_with_the_servers_error_text() {
     let server = ServeProcess::start("");
     let out = percore(&["call", &server.addr, "Arith.Div", r#"{"A":1,"B":1}"#]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("rpcx: can't find method Div"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("rpcx: can't find method Div"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
 
     let out = percore(&["call", "tcp@127.0.0.1", "Arith.Mul", "{}"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("tcp@127.0.0.1"), "the bad address is named: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("tcp@127.0.0.1"),
+        "the bad address is named: {}",
+        text(&out.stderr)
+    );
     let out = percore(&["call", &server.addr, "ArithMul", "{}"]);
-    assert!(text(&out.stderr).contains("Service.Method"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Service.Method"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -105,15 +127,30 @@ fn bench_reports_counts_latency_json_and_plot() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    for needle in ["sent 3000  ok 3000  errors 0", "throughput (TPS): ", "p99.99", "Detailed Percentile spectrum"] {
+    for needle in [
+        "sent 3000  ok 3000  errors 0",
+        "throughput (TPS): ",
+        "p99.99",
+        "Detailed Percentile spectrum",
+    ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!((report["sent"].as_u64(), report["ok"].as_u64()), (Some(3000), Some(3000)));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(
+        (report["sent"].as_u64(), report["ok"].as_u64()),
+        (Some(3000), Some(3000))
+    );
     assert_eq!(report["config"]["connections"], 2);
-    assert!(report["latency_us"]["max"].as_f64().unwrap() >= report["latency_us"]["p50"].as_f64().unwrap());
+    assert!(
+        report["latency_us"]["max"].as_f64().unwrap()
+            >= report["latency_us"]["p50"].as_f64().unwrap()
+    );
     let svg = std::fs::read_to_string(&svg_path).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
 
     // The other calls, and a constant-rate run.
     for extra in [
@@ -126,7 +163,11 @@ fn bench_reports_counts_latency_json_and_plot() {
         args.extend_from_slice(extra);
         let out = percore(&args);
         let stdout = text(&out.stdout);
-        assert!(out.status.success(), "{extra:?}: {stdout}\n{}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{extra:?}: {stdout}\n{}",
+            text(&out.stderr)
+        );
         assert!(stdout.contains("errors 0"), "{extra:?}: {stdout}");
     }
 }
@@ -136,7 +177,18 @@ fn bench_whose_server_dies_reports_the_errors_and_exits() {
     let mut server = ServeProcess::start("");
     let json_path = temp_file("dies.json");
     let mut bench = Command::new(env!("CARGO_BIN_EXE_percore"))
-        .args(["bench", "-s", &server.addr, "-c", "8", "--connections", "4", "-d", "120s", "-o"])
+        .args([
+            "bench",
+            "-s",
+            &server.addr,
+            "-c",
+            "8",
+            "--connections",
+            "4",
+            "-d",
+            "120s",
+            "-o",
+        ])
         .arg(&json_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -155,10 +207,21 @@ fn bench_whose_server_dies_reports_the_errors_and_exits() {
     }
     let out = bench.wait_with_output().unwrap();
     let stdout = text(&out.stdout);
-    assert!(!out.status.success(), "an aborted run exits non-zero:\n{stdout}");
-    assert!(stdout.contains("aborted: stopped after"), "{stdout}\n{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert!(
+        !out.status.success(),
+        "an aborted run exits non-zero:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("aborted: stopped after"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let errors = report["errors"].as_object().unwrap();
-    assert!(errors.get("connect").and_then(Value::as_u64).unwrap_or(0) > 0, "{report}");
+    assert!(
+        errors.get("connect").and_then(Value::as_u64).unwrap_or(0) > 0,
+        "{report}"
+    );
     assert!(report["aborted"].is_string(), "{report}");
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use percore::bench_message::BenchmarkMessage;
 use percore::client::{
-    self, Client, Discovery, Error, ErrorKind, FailMode, Options, Request, SelectMode, ServerEntry, XClient,
+    self, Client, Discovery, Error, ErrorKind, FailMode, Options, Request, SelectMode, ServerEntry,
+    XClient,
 };
 use percore::codec::SerializeType;
 use percore::config::Config;
@@ -43,7 +44,11 @@ impl Server {
         let handle = percore::server::start(config).unwrap();
         let addr = format!("tcp@{}", handle.local_addrs()[0]);
         let metrics = handle.metrics().to_vec();
-        Server { handle: Some(handle), addr, metrics }
+        Server {
+            handle: Some(handle),
+            addr,
+            metrics,
+        }
     }
 
     fn requests(&self) -> u64 {
@@ -70,7 +75,12 @@ impl Drop for Server {
 }
 
 fn entries(servers: &[&Server]) -> Discovery {
-    Discovery::MultipleServers(servers.iter().map(|s| ServerEntry::new(s.addr.clone(), "")).collect())
+    Discovery::MultipleServers(
+        servers
+            .iter()
+            .map(|s| ServerEntry::new(s.addr.clone(), ""))
+            .collect(),
+    )
 }
 
 /// Runs a test body on a client executor, failing the test if it takes longer than TEST_BOUND.
@@ -106,15 +116,23 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 }
 
 async fn mul(x: &XClient, a: i64, b: i64) -> Result<i64, Error> {
-    x.call::<ArithArgs, ArithReply>("Mul", &ArithArgs { a, b }).await.map(|r| r.c)
+    x.call::<ArithArgs, ArithReply>("Mul", &ArithArgs { a, b })
+        .await
+        .map(|r| r.c)
 }
 
 /// Which server took the next call: the one whose request count went up.
 async fn who_serves(x: &XClient, servers: &[Arc<Server>]) -> usize {
     let before: Vec<u64> = servers.iter().map(|s| s.requests()).collect();
     assert_eq!(mul(x, 6, 7).await.unwrap(), 42);
-    let moved: Vec<usize> = (0..servers.len()).filter(|&i| servers[i].requests() != before[i]).collect();
-    assert_eq!(moved.len(), 1, "exactly one server took the call: {moved:?}");
+    let moved: Vec<usize> = (0..servers.len())
+        .filter(|&i| servers[i].requests() != before[i])
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one server took the call: {moved:?}"
+    );
     moved[0]
 }
 
@@ -126,17 +144,32 @@ fn failover_moves_to_a_live_server_when_one_is_shut_down() {
     let b_metrics = b.metrics.clone();
     let a2 = Arc::clone(&a);
     run(move || async move {
-        let x = XClient::new("Arith", FailMode::Failover, SelectMode::RoundRobin, &discovery, Options::default()).unwrap();
+        let x = XClient::new(
+            "Arith",
+            FailMode::Failover,
+            SelectMode::RoundRobin,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         for i in 0..4 {
             assert_eq!(mul(&x, i, 3).await.unwrap(), i * 3);
         }
         a2.lock().unwrap().kill();
         let b_before: u64 = b_metrics.iter().map(|m| m.requests.get()).sum();
         for i in 0..6 {
-            assert_eq!(mul(&x, i, 5).await.unwrap(), i * 5, "call {i} after the shutdown");
+            assert_eq!(
+                mul(&x, i, 5).await.unwrap(),
+                i * 5,
+                "call {i} after the shutdown"
+            );
         }
         let b_after: u64 = b_metrics.iter().map(|m| m.requests.get()).sum();
-        assert_eq!(b_after - b_before, 6, "every call after the shutdown was answered by b");
+        assert_eq!(
+            b_after - b_before,
+            6,
+            "every call after the shutdown was answered by b"
+        );
     });
     drop(b);
 }
@@ -148,10 +181,20 @@ fn failfast_returns_the_transport_error() {
     let discovery = entries(&[&a, &b]);
     a.kill();
     run(move || async move {
-        let x = XClient::new("Arith", FailMode::Failfast, SelectMode::RoundRobin, &discovery, Options::default()).unwrap();
+        let x = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::RoundRobin,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let err = mul(&x, 2, 3).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-        assert!(err.to_string().contains(&discovery.entries()[0].address), "{err}");
+        assert!(
+            err.to_string().contains(&discovery.entries()[0].address),
+            "{err}"
+        );
         assert_eq!(mul(&x, 2, 3).await.unwrap(), 6);
     });
 }
@@ -194,14 +237,32 @@ fn failtry_retries_the_same_server() {
     let requests = |m: &[Arc<CoreMetrics>]| m.iter().map(|c| c.requests.get()).sum::<u64>();
     // Round robin: a, b, broken, a, ...
     run(move || async move {
-        let options = Options { retries: 2, ..Options::default() };
-        let x = XClient::new("Arith", FailMode::Failtry, SelectMode::RoundRobin, &discovery, options).unwrap();
+        let options = Options {
+            retries: 2,
+            ..Options::default()
+        };
+        let x = XClient::new(
+            "Arith",
+            FailMode::Failtry,
+            SelectMode::RoundRobin,
+            &discovery,
+            options,
+        )
+        .unwrap();
         assert_eq!(mul(&x, 1, 1).await.unwrap(), 1); // a
         assert_eq!(mul(&x, 2, 2).await.unwrap(), 4); // b
         let err = mul(&x, 3, 3).await.unwrap_err(); // broken: 1 try + 2 retries, all there
         assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 3, "the same server was tried 3 times");
-        assert_eq!(requests(&a_metrics) + requests(&b_metrics), 2, "no retry went elsewhere");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "the same server was tried 3 times"
+        );
+        assert_eq!(
+            requests(&a_metrics) + requests(&b_metrics),
+            2,
+            "no retry went elsewhere"
+        );
         a.kill();
         let b_before = requests(&b_metrics);
         let err = mul(&x, 4, 4).await.unwrap_err(); // a again: dead, retried on a only
@@ -226,25 +287,51 @@ fn failbackup_answers_from_the_second_server_when_the_first_is_slow() {
             timeout: Some(Duration::from_secs(30)),
             ..Options::default()
         };
-        let x = XClient::new("Hello", FailMode::Failbackup, SelectMode::RoundRobin, &discovery, options).unwrap();
+        let x = XClient::new(
+            "Hello",
+            FailMode::Failbackup,
+            SelectMode::RoundRobin,
+            &discovery,
+            options,
+        )
+        .unwrap();
         let args = BenchmarkMessage::prepared().encode_to_vec();
-        let reply = x.call_raw("Say", SerializeType::Protobuf, &args, &[]).await.unwrap();
+        let reply = x
+            .call_raw("Say", SerializeType::Protobuf, &args, &[])
+            .await
+            .unwrap();
         let msg = BenchmarkMessage::decode(reply.payload.as_slice()).unwrap();
         assert_eq!((msg.field1.as_str(), msg.field2), ("OK", 100));
         let count = |m: &[Arc<CoreMetrics>]| m.iter().map(|c| c.requests.get()).sum::<u64>();
-        assert_eq!((count(&slow_m), count(&fast_m)), (1, 1), "one copy to each server");
+        assert_eq!(
+            (count(&slow_m), count(&fast_m)),
+            (1, 1),
+            "one copy to each server"
+        );
     });
 }
 
 #[test]
 fn weighted_round_robin_picks_a_a_b_a_c_a_a() {
-    let servers: Vec<Arc<Server>> = (0..3).map(|_| Arc::new(Server::start(Duration::ZERO))).collect();
+    let servers: Vec<Arc<Server>> = (0..3)
+        .map(|_| Arc::new(Server::start(Duration::ZERO)))
+        .collect();
     let discovery = Discovery::MultipleServers(
-        servers.iter().zip([5, 1, 1]).map(|(s, w)| ServerEntry::new(s.addr.clone(), format!("weight={w}"))).collect(),
+        servers
+            .iter()
+            .zip([5, 1, 1])
+            .map(|(s, w)| ServerEntry::new(s.addr.clone(), format!("weight={w}")))
+            .collect(),
     );
     run(move || async move {
-        let x = XClient::new("Arith", FailMode::Failfast, SelectMode::WeightedRoundRobin, &discovery, Options::default())
-            .unwrap();
+        let x = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::WeightedRoundRobin,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let mut picks = Vec::new();
         for _ in 0..7 {
             picks.push(who_serves(&x, &servers).await);
@@ -255,28 +342,52 @@ fn weighted_round_robin_picks_a_a_b_a_c_a_a() {
 
 #[test]
 fn round_robin_random_and_consistent_hash() {
-    let servers: Vec<Arc<Server>> = (0..3).map(|_| Arc::new(Server::start(Duration::ZERO))).collect();
+    let servers: Vec<Arc<Server>> = (0..3)
+        .map(|_| Arc::new(Server::start(Duration::ZERO)))
+        .collect();
     let refs: Vec<&Server> = servers.iter().map(|s| &**s).collect();
     let discovery = entries(&refs);
     run(move || async move {
-        let rr = XClient::new("Arith", FailMode::Failfast, SelectMode::RoundRobin, &discovery, Options::default()).unwrap();
+        let rr = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::RoundRobin,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let mut picks = Vec::new();
         for _ in 0..6 {
             picks.push(who_serves(&rr, &servers).await);
         }
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
 
-        let random =
-            XClient::new("Arith", FailMode::Failfast, SelectMode::RandomSelect, &discovery, Options::default()).unwrap();
+        let random = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::RandomSelect,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let mut seen = [0; 3];
         for _ in 0..90 {
             seen[who_serves(&random, &servers).await] += 1;
         }
-        assert!(seen.iter().all(|&n| n > 0), "random selection reached every server: {seen:?}");
+        assert!(
+            seen.iter().all(|&n| n > 0),
+            "random selection reached every server: {seen:?}"
+        );
 
         // The server rpcx's key and hash pick for Arith.Mul(&{6 7}), over the sorted addresses.
-        let hash =
-            XClient::new("Arith", FailMode::Failfast, SelectMode::ConsistentHash, &discovery, Options::default()).unwrap();
+        let hash = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::ConsistentHash,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let key = client::consistent_hash_key("Arith", "Mul", "&{6 7}");
         let mut sorted: Vec<usize> = (0..3).collect();
         sorted.sort_by_key(|&i| servers[i].addr.clone());
@@ -289,18 +400,30 @@ fn round_robin_random_and_consistent_hash() {
 
 #[test]
 fn select_by_user_and_metadata_filters() {
-    let servers: Vec<Arc<Server>> = (0..3).map(|_| Arc::new(Server::start(Duration::ZERO))).collect();
+    let servers: Vec<Arc<Server>> = (0..3)
+        .map(|_| Arc::new(Server::start(Duration::ZERO)))
+        .collect();
     let discovery = Discovery::MultipleServers(vec![
         ServerEntry::new(servers[0].addr.clone(), "group=blue"),
         ServerEntry::new(servers[1].addr.clone(), "group=blue&state=inactive"),
         ServerEntry::new(servers[2].addr.clone(), "group=green"),
     ]);
     run(move || async move {
-        let user = XClient::new("Arith", FailMode::Failfast, SelectMode::SelectByUser, &discovery, Options::default())
-            .unwrap();
+        let user = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::SelectByUser,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         assert_eq!(user.servers().len(), 2, "the inactive server is hidden");
         let err = mul(&user, 1, 1).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NoServer, "no selector set yet: {err}");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::NoServer,
+            "no selector set yet: {err}"
+        );
         let calls = Rc::new(RefCell::new(0));
         let seen = Rc::clone(&calls);
         user.set_selector(move |call: &client::SelectCall<'_>| {
@@ -313,10 +436,24 @@ fn select_by_user_and_metadata_filters() {
         }
         assert_eq!(*calls.borrow(), 3);
 
-        let blue = Options { group: Some("blue".into()), ..Options::default() };
-        let rr = XClient::new("Arith", FailMode::Failfast, SelectMode::RoundRobin, &discovery, blue).unwrap();
+        let blue = Options {
+            group: Some("blue".into()),
+            ..Options::default()
+        };
+        let rr = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::RoundRobin,
+            &discovery,
+            blue,
+        )
+        .unwrap();
         for _ in 0..3 {
-            assert_eq!(who_serves(&rr, &servers).await, 0, "only the active blue server");
+            assert_eq!(
+                who_serves(&rr, &servers).await,
+                0,
+                "only the active blue server"
+            );
         }
     });
 }
@@ -330,12 +467,30 @@ fn a_service_error_is_returned_and_never_retried() {
     run(move || async move {
         for mode in [FailMode::Failover, FailMode::Failtry, FailMode::Failbackup] {
             let before: u64 = metrics.iter().map(|m| m.requests.get()).sum();
-            let x = XClient::new("Arith", mode, SelectMode::RoundRobin, &discovery, Options::default()).unwrap();
-            let err = x.call::<ArithArgs, ArithReply>("Div", &ArithArgs { a: 1, b: 1 }).await.unwrap_err();
-            assert_eq!(err, Error::Service("rpcx: can't find method Div".into()), "{mode:?}");
+            let x = XClient::new(
+                "Arith",
+                mode,
+                SelectMode::RoundRobin,
+                &discovery,
+                Options::default(),
+            )
+            .unwrap();
+            let err = x
+                .call::<ArithArgs, ArithReply>("Div", &ArithArgs { a: 1, b: 1 })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err,
+                Error::Service("rpcx: can't find method Div".into()),
+                "{mode:?}"
+            );
             assert!(!err.is_retryable());
             let after: u64 = metrics.iter().map(|m| m.requests.get()).sum();
-            assert_eq!(after - before, 1, "{mode:?}: the failed call was sent exactly once");
+            assert_eq!(
+                after - before,
+                1,
+                "{mode:?}: the failed call was sent exactly once"
+            );
         }
     });
 }
@@ -364,7 +519,9 @@ async fn eight_pending_calls(
 #[test]
 fn pending_calls_fail_promptly_when_the_server_dies() {
     // The server is a real process killed outright: a crash, not a graceful drain.
-    let server = std::sync::Mutex::new(common::ServeProcess::start("[services.hello]\ndelay = \"120s\"\n"));
+    let server = std::sync::Mutex::new(common::ServeProcess::start(
+        "[services.hello]\ndelay = \"120s\"\n",
+    ));
     let addr = server.lock().unwrap().addr.clone();
     let server = Arc::new(server);
     run(move || async move {
@@ -394,7 +551,9 @@ fn pending_calls_fail_promptly_when_the_server_dies() {
 #[test]
 #[ignore = "server: connections with delayed calls stay open after the drain timeout"]
 fn pending_calls_fail_promptly_when_an_in_process_server_shuts_down() {
-    let server = Arc::new(std::sync::Mutex::new(Server::start(Duration::from_secs(120))));
+    let server = Arc::new(std::sync::Mutex::new(Server::start(Duration::from_secs(
+        120,
+    ))));
     let addr = server.lock().unwrap().addr.clone();
     let metrics = server.lock().unwrap().metrics.clone();
     run(move || async move {
@@ -439,13 +598,26 @@ fn call_kinds_options_and_metadata() {
         assert_eq!(reply.meta("echo-trace"), Some("abc"));
         assert_eq!(reply.meta("echo-__AUTH"), Some("s3cret"));
         assert_eq!(reply.meta("echo-__ServerTimeout"), Some("20000"));
-        let r: ArithReply = c.call("Arith", "Mul", &ArithArgs { a: -3, b: 4 }).await.unwrap();
+        let r: ArithReply = c
+            .call("Arith", "Mul", &ArithArgs { a: -3, b: 4 })
+            .await
+            .unwrap();
         assert_eq!(r.c, -12);
 
         // Gzip: a 4 KiB echo goes out compressed and comes back compressed, transparently.
-        let gz = Client::new(&b_addr, Options { gzip: true, ..Options::default() }).unwrap();
+        let gz = Client::new(
+            &b_addr,
+            Options {
+                gzip: true,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let big: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
-        let echoed = gz.call_raw(&Request::new("Echo", "Echo", SerializeType::Raw, &big)).await.unwrap();
+        let echoed = gz
+            .call_raw(&Request::new("Echo", "Echo", SerializeType::Raw, &big))
+            .await
+            .unwrap();
         assert_eq!(echoed.payload, big);
         assert_eq!(echoed.header.compress(), protocol::COMPRESS_GZIP);
 
@@ -464,17 +636,37 @@ fn call_kinds_options_and_metadata() {
 
         // Oneway: no reply, but the server runs it.
         let before = total();
-        c.oneway(&Request::new("Arith", "Mul", SerializeType::MsgPack, &payload)).await.unwrap();
-        eventually("the oneway call reached the server", || total() == before + 1).await;
+        c.oneway(&Request::new(
+            "Arith",
+            "Mul",
+            SerializeType::MsgPack,
+            &payload,
+        ))
+        .await
+        .unwrap();
+        eventually("the oneway call reached the server", || {
+            total() == before + 1
+        })
+        .await;
 
         // Broadcast reaches every server; fork takes the first success.
-        let x = XClient::new("Arith", FailMode::Failfast, SelectMode::RoundRobin, &discovery, Options::default()).unwrap();
+        let x = XClient::new(
+            "Arith",
+            FailMode::Failfast,
+            SelectMode::RoundRobin,
+            &discovery,
+            Options::default(),
+        )
+        .unwrap();
         let before = total();
         let r: ArithReply = x.broadcast("Mul", &ArithArgs { a: 3, b: 3 }).await.unwrap();
         assert_eq!((r.c, total() - before), (9, 2));
         let r: ArithReply = x.fork("Add", &ArithArgs { a: 3, b: 3 }).await.unwrap();
         assert_eq!(r.c, 6);
-        let err = x.broadcast::<ArithArgs, ArithReply>("Nope", &ArithArgs::default()).await.unwrap_err();
+        let err = x
+            .broadcast::<ArithArgs, ArithReply>("Nope", &ArithArgs::default())
+            .await
+            .unwrap_err();
         assert!(err.is_service(), "{err}");
         assert!(b_metrics.iter().map(|m| m.heartbeats.get()).sum::<u64>() >= 1);
 
@@ -512,8 +704,20 @@ fn pushing_server() -> String {
             }
         };
         let mut out = Vec::new();
-        let push = Header { version: 0, flags: flags::ONEWAY, serialize: 0, seq: 1 };
-        protocol::encode(&mut out, &push, "Notice", "Push", &[], b"hello from the server");
+        let push = Header {
+            version: 0,
+            flags: flags::ONEWAY,
+            serialize: 0,
+            seq: 1,
+        };
+        protocol::encode(
+            &mut out,
+            &push,
+            "Notice",
+            "Push",
+            &[],
+            b"hello from the server",
+        );
         protocol::encode(&mut out, &header.reply(), "Echo", "Echo", &[], &payload);
         conn.write_all(&out).unwrap();
         let _ = conn.read(&mut chunk);
@@ -529,9 +733,15 @@ fn server_pushes_are_delivered_not_fatal() {
         let pushed = Rc::new(RefCell::new(Vec::new()));
         let sink = Rc::clone(&pushed);
         c.on_push(move |m| sink.borrow_mut().push((m.path.clone(), m.payload.clone())));
-        let reply = c.call_raw(&Request::new("Echo", "Echo", SerializeType::Raw, b"ping")).await.unwrap();
+        let reply = c
+            .call_raw(&Request::new("Echo", "Echo", SerializeType::Raw, b"ping"))
+            .await
+            .unwrap();
         assert_eq!(reply.payload, b"ping");
         assert_eq!(c.pushes(), 1);
-        assert_eq!(*pushed.borrow(), [("Notice".to_owned(), b"hello from the server".to_vec())]);
+        assert_eq!(
+            *pushed.borrow(),
+            [("Notice".to_owned(), b"hello from the server".to_vec())]
+        );
     });
 }

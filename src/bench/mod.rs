@@ -14,7 +14,9 @@
 //!   measured from each call's **scheduled** send time, so a stalled server is charged for the
 //!   calls it held back (coordinated omission corrected, as wrk2 does). A rate the workers cannot
 //!   reach shows up as growing latency, not as a lower rate.
-//! - **Warmup**: calls in the first `--warmup` are made but not counted.
+//! - **Warmup**: calls in the first `--warmup` are made but not counted; at constant rate the
+//!   schedule starts afresh when the measurement does, so a backlog built up during the warmup
+//!   is not charged to the measured calls.
 //! - **Stop**: after `-n` calls (counted after the warmup, dealt over the workers) and/or after
 //!   `-d`; a call in flight at the end is awaited (bounded by `--timeout`) and counted.
 //! - **A dead server**: calls fail with `connection`, re-dials fail with `connect`. A worker
@@ -124,7 +126,8 @@ impl BenchConfig {
             return bad("no server (-s network@host:port)".into());
         }
         for s in &self.servers {
-            s.parse::<crate::transport::dial::DialAddr>().map_err(|e| BenchError::Config(e.to_string()))?;
+            s.parse::<crate::transport::dial::DialAddr>()
+                .map_err(|e| BenchError::Config(e.to_string()))?;
         }
         if self.concurrency == 0 || self.connections == 0 {
             return bad("--concurrency and --connections must be at least 1".into());
@@ -139,7 +142,10 @@ impl BenchConfig {
             return bad("give -n/--requests or -d/--duration".into());
         }
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
-            return bad(format!("--rate {} must be 0 (closed loop) or a positive number", self.rate));
+            return bad(format!(
+                "--rate {} must be 0 (closed loop) or a positive number",
+                self.rate
+            ));
         }
         Workload::new(self.call, self.codec, self.payload_size).map_err(BenchError::Config)?;
         Ok(())
@@ -192,7 +198,9 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         connect_failed: Mutex::new(None),
         barrier: Barrier::new(executors),
     });
-    let progress: Vec<Arc<Progress>> = (0..executors).map(|_| Arc::new(Progress::default())).collect();
+    let progress: Vec<Arc<Progress>> = (0..executors)
+        .map(|_| Arc::new(Progress::default()))
+        .collect();
     let mut handles = Vec::new();
     for e in 0..executors {
         let cpu = config.cores.get(e).copied();
@@ -205,7 +213,10 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
             .name(&format!("percore-bench-{e}"))
             .io_memory(256 << 10)
             .spawn(move || run_executor(e, executors, shared, progress))
-            .map_err(|err| BenchError::Executor { cpu, message: err.to_string() })?;
+            .map_err(|err| BenchError::Executor {
+                cpu,
+                message: err.to_string(),
+            })?;
         handles.push((cpu, handle));
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -219,7 +230,12 @@ pub fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         match handle.join() {
             Ok(Some(result)) => results.push(result),
             Ok(None) => {}
-            Err(e) => failure = Some(BenchError::Executor { cpu, message: e.to_string() }),
+            Err(e) => {
+                failure = Some(BenchError::Executor {
+                    cpu,
+                    message: e.to_string(),
+                })
+            }
         }
     }
     done.store(true, Ordering::SeqCst);
@@ -244,7 +260,11 @@ async fn run_executor(
     progress: Arc<Progress>,
 ) -> Option<CoreResult> {
     let config = &shared.config;
-    let options = Options { serialize: config.codec, timeout: config.timeout, ..Options::default() };
+    let options = Options {
+        serialize: config.codec,
+        timeout: config.timeout,
+        ..Options::default()
+    };
     // Connection c lives on executor c % executors and talks to server c % servers.
     let mut clients = Vec::new();
     for c in (index..config.connections).step_by(executors) {
@@ -261,7 +281,12 @@ async fn run_executor(
         }
     }
     shared.barrier.wait();
-    if shared.connect_failed.lock().map(|r| r.is_some()).unwrap_or(true) {
+    if shared
+        .connect_failed
+        .lock()
+        .map(|r| r.is_some())
+        .unwrap_or(true)
+    {
         return None;
     }
     let start = Instant::now();
@@ -280,7 +305,9 @@ async fn run_executor(
     let mut tasks = Vec::new();
     for (c, client) in clients {
         for w in (c..workers_total).step_by(config.connections) {
-            let quota = config.requests.map(|n| n / workers_total as u64 + u64::from((w as u64) < n % workers_total as u64));
+            let quota = config.requests.map(|n| {
+                n / workers_total as u64 + u64::from((w as u64) < n % workers_total as u64)
+            });
             let worker = Worker {
                 client: client.clone(),
                 shared: Arc::clone(&shared),
@@ -289,8 +316,10 @@ async fn run_executor(
                 measure_from,
                 end,
                 quota,
-                interval: (config.rate > 0.0).then(|| Duration::from_secs_f64(workers_total as f64 / config.rate)),
-                offset: (config.rate > 0.0).then(|| Duration::from_secs_f64(w as f64 / config.rate)),
+                interval: (config.rate > 0.0)
+                    .then(|| Duration::from_secs_f64(workers_total as f64 / config.rate)),
+                offset: (config.rate > 0.0)
+                    .then(|| Duration::from_secs_f64(w as f64 / config.rate)),
                 start,
             };
             tasks.push(glommio::spawn_local(worker.run()));
@@ -342,12 +371,18 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let config = &self.shared.config;
-        let Ok(work) = Workload::new(config.call, config.codec, config.payload_size) else { return };
+        let Ok(work) = Workload::new(config.call, config.codec, config.payload_size) else {
+            return;
+        };
         let (service, method) = config.call.names();
-        let req = Request { timeout: config.timeout, ..Request::new(service, method, work.codec, &work.payload) };
+        let req = Request {
+            timeout: config.timeout,
+            ..Request::new(service, method, work.codec, &work.payload)
+        };
         let mut connect_failures = 0u32;
         let mut backoff = Duration::from_millis(10);
         let mut next = self.offset.map(|o| self.start + o);
+        let mut rebased = self.measure_from <= self.start;
         loop {
             if self.shared.abort.load(Ordering::Relaxed) || self.quota == Some(0) {
                 return;
@@ -355,6 +390,15 @@ impl Worker {
             let now = Instant::now();
             if self.end.is_some_and(|end| now >= end) {
                 return;
+            }
+            // Constant rate: the warmup's backlog is forgiven, the schedule restarts with the
+            // measurement.
+            if let (Some(at), Some(offset)) = (next, self.offset)
+                && !rebased
+                && now >= self.measure_from
+            {
+                rebased = true;
+                next = Some(at.max(self.measure_from + offset));
             }
             // Constant rate: wait for this call's slot; latency counts from the slot.
             let scheduled = match (next, self.interval) {
@@ -367,58 +411,59 @@ impl Worker {
                 }
                 _ => now,
             };
-            let sent_at = if self.interval.is_some() { scheduled } else { Instant::now() };
-            let result = self.client.call_with(&req, |reply| Ok(work.check(reply))).await;
+            let sent_at = if self.interval.is_some() {
+                scheduled
+            } else {
+                Instant::now()
+            };
+            let result = self
+                .client
+                .call_with(&req, |reply| Ok(work.check(reply)))
+                .await;
             let done = Instant::now();
             let counted = sent_at >= self.measure_from;
             if counted && let Some(q) = self.quota.as_mut() {
                 *q -= 1;
             }
-            let mut connect_error = None;
-            {
+            let failure = match &result {
+                Ok(true) => None,
+                Ok(false) => Some(BAD_REPLY),
+                Err(e) => Some(e.kind() as usize),
+            };
+            let connect_error = matches!(&result, Err(e) if e.kind() == ErrorKind::Connect);
+            if counted {
                 let mut stats = self.stats.borrow_mut();
-                if counted {
-                    stats.sent += 1;
-                }
-                let failed = match &result {
-                    Ok(true) => {
-                        if counted {
-                            stats.ok += 1;
-                            let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
-                            stats.hist.saturating_record(ns.max(1));
-                            self.progress.ok.inc();
-                        }
-                        None
+                stats.sent += 1;
+                match failure {
+                    None => {
+                        stats.ok += 1;
+                        let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
+                        stats.hist.saturating_record(ns.max(1));
+                        self.progress.ok.inc();
                     }
-                    Ok(false) => Some((BAD_REPLY, "the reply was not the expected answer".to_owned())),
-                    Err(e) => {
-                        if e.kind() == ErrorKind::Connect {
-                            connect_error = Some(e.to_string());
-                        }
-                        Some((e.kind() as usize, e.to_string()))
-                    }
-                };
-                if let Some((kind, text)) = failed {
-                    if counted {
+                    Some(kind) => {
                         stats.errors[kind] += 1;
                         self.progress.errors.inc();
+                        // The message of the first error of each kind, for the report.
                         if !stats.samples.iter().any(|(k, _)| *k == kind) {
+                            let text = match &result {
+                                Err(e) => e.to_string(),
+                                Ok(_) => "the reply was not the expected answer".to_owned(),
+                            };
                             stats.samples.push((kind, text));
                         }
                     }
                 }
             }
-            match connect_error {
-                None => {
-                    connect_failures = 0;
-                    backoff = Duration::from_millis(10);
-                }
-                Some(text) => {
+            match &result {
+                Err(text) if connect_error => {
                     connect_failures += 1;
                     if connect_failures >= MAX_CONNECT_FAILURES {
                         if let Ok(mut reason) = self.shared.abort_reason.lock() {
                             reason.get_or_insert_with(|| {
-                                format!("stopped after {connect_failures} failed dials in a row: {text}")
+                                format!(
+                                    "stopped after {connect_failures} failed dials in a row: {text}"
+                                )
                             });
                         }
                         self.shared.abort.store(true, Ordering::Relaxed);
@@ -426,6 +471,10 @@ impl Worker {
                     }
                     glommio::timer::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(320));
+                }
+                _ => {
+                    connect_failures = 0;
+                    backoff = Duration::from_millis(10);
                 }
             }
         }
@@ -446,7 +495,11 @@ fn progress_loop(done: &AtomicBool, cores: &[Arc<Progress>]) {
         tick += 1;
         let ok: u64 = cores.iter().map(|p| p.ok.get()).sum();
         let errors: u64 = cores.iter().map(|p| p.errors.get()).sum();
-        eprint!("\r[{:>4}s] ok {ok:>10}  errors {errors:>8}  {:>10} calls/s ", tick - 1, ok - last_ok);
+        eprint!(
+            "\r[{:>4}s] ok {ok:>10}  errors {errors:>8}  {:>10} calls/s ",
+            tick - 1,
+            ok - last_ok
+        );
         let _ = std::io::stderr().flush();
         last_ok = ok;
     }

@@ -1,10 +1,10 @@
 //! The bench report: text (with rpcx-benchmark's `throughput (TPS)` line and, with
 //! `--latency`, wrk2's percentile spectrum), JSON, and an SVG latency-by-percentile plot.
 
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use serde::Serialize;
 
 use super::{BenchConfig, CoreResult, ERROR_KINDS, kind_name};
 
@@ -110,7 +110,12 @@ pub struct Report {
 }
 
 /// Merges the executors' results into a report.
-pub(super) fn build(config: &BenchConfig, executors: usize, results: Vec<CoreResult>, aborted: Option<String>) -> Report {
+pub(super) fn build(
+    config: &BenchConfig,
+    executors: usize,
+    results: Vec<CoreResult>,
+    aborted: Option<String>,
+) -> Report {
     let mut hist = super::histogram();
     let (mut sent, mut ok) = (0, 0);
     let mut errors = [0u64; ERROR_KINDS];
@@ -124,13 +129,22 @@ pub(super) fn build(config: &BenchConfig, executors: usize, results: Vec<CoreRes
             *total += n;
         }
         for (kind, text) in &r.samples {
-            error_samples.entry(kind_name(*kind).to_owned()).or_insert_with(|| text.clone());
+            error_samples
+                .entry(kind_name(*kind).to_owned())
+                .or_insert_with(|| text.clone());
         }
     }
     // From the end of the warmup to the last executor's end.
-    let elapsed = results.iter().map(|r| r.measured.as_secs_f64()).fold(0.0, f64::max);
-    let errors: BTreeMap<String, u64> =
-        errors.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (kind_name(k).to_owned(), *n)).collect();
+    let elapsed = results
+        .iter()
+        .map(|r| r.measured.as_secs_f64())
+        .fold(0.0, f64::max);
+    let errors: BTreeMap<String, u64> = errors
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (kind_name(k).to_owned(), *n))
+        .collect();
     let us = |ns: u64| ns as f64 / 1000.0;
     let latency_us = if hist.is_empty() {
         LatencySummary::default()
@@ -184,7 +198,11 @@ pub(super) fn build(config: &BenchConfig, executors: usize, results: Vec<CoreRes
         errors,
         error_samples,
         elapsed_s: elapsed,
-        throughput: if elapsed > 0.0 { ok as f64 / elapsed } else { 0.0 },
+        throughput: if elapsed > 0.0 {
+            ok as f64 / elapsed
+        } else {
+            0.0
+        },
         latency_us,
         percentiles,
         aborted,
@@ -201,15 +219,29 @@ impl Report {
     pub fn text(&self, latency: bool) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let mode = if c.rate > 0.0 { format!("constant rate {} calls/s", c.rate) } else { "closed loop".into() };
+        let mode = if c.rate > 0.0 {
+            format!("constant rate {} calls/s", c.rate)
+        } else {
+            "closed loop".into()
+        };
         let length = match (c.requests, c.duration_s) {
             (Some(n), Some(d)) => format!("{n} calls or {d}s"),
             (Some(n), None) => format!("{n} calls"),
             (None, Some(d)) => format!("{d}s"),
             (None, None) => String::new(),
         };
-        let cores = if c.cores.is_empty() { "unpinned".into() } else { format!("CPUs {:?}", c.cores) };
-        let _ = writeln!(out, "percore bench: {} ({}) -> {}", c.call, c.codec, c.servers.join(", "));
+        let cores = if c.cores.is_empty() {
+            "unpinned".into()
+        } else {
+            format!("CPUs {:?}", c.cores)
+        };
+        let _ = writeln!(
+            out,
+            "percore bench: {} ({}) -> {}",
+            c.call,
+            c.codec,
+            c.servers.join(", ")
+        );
         let _ = writeln!(
             out,
             "  {} connections, {} calls in flight, {mode}, {length} after {}s warmup, {} executor(s) {cores}",
@@ -221,13 +253,21 @@ impl Report {
         let failed: u64 = self.errors.values().sum();
         let _ = writeln!(out, "sent {}  ok {}  errors {}", self.sent, self.ok, failed);
         for (kind, n) in &self.errors {
-            let sample = self.error_samples.get(kind).map(String::as_str).unwrap_or("");
+            let sample = self
+                .error_samples
+                .get(kind)
+                .map(String::as_str)
+                .unwrap_or("");
             let _ = writeln!(out, "  {kind:<11} {n:>10}  e.g. {sample}");
         }
         if let Some(reason) = &self.aborted {
             let _ = writeln!(out, "aborted: {reason}");
         }
-        let _ = writeln!(out, "took {:.3}s, throughput {:.1} calls/s", self.elapsed_s, self.throughput);
+        let _ = writeln!(
+            out,
+            "took {:.3}s, throughput {:.1} calls/s",
+            self.elapsed_s, self.throughput
+        );
         let _ = writeln!(out, "throughput (TPS): {}", self.throughput.round() as u64);
         let l = &self.latency_us;
         let _ = writeln!(
@@ -247,12 +287,32 @@ impl Report {
         out.push_str("       Value   Percentile   TotalCount 1/(1-Percentile)\n\n");
         for p in &self.percentiles {
             let q = p.percentile / 100.0;
-            let inverse = if q < 1.0 { format!("{:>12.2}", 1.0 / (1.0 - q)) } else { format!("{:>12}", "inf") };
-            let _ = writeln!(out, "{:>12.3} {:>12.6} {:>12} {inverse}", p.value_us / 1000.0, q, p.count);
+            let inverse = if q < 1.0 {
+                format!("{:>12.2}", 1.0 / (1.0 - q))
+            } else {
+                format!("{:>12}", "inf")
+            };
+            let _ = writeln!(
+                out,
+                "{:>12.3} {:>12.6} {:>12} {inverse}",
+                p.value_us / 1000.0,
+                q,
+                p.count
+            );
         }
         let l = &self.latency_us;
-        let _ = writeln!(out, "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]", l.mean / 1000.0, l.stdev / 1000.0);
-        let _ = writeln!(out, "#[Max     = {:>12.3}, Total count    = {:>12}]", l.max / 1000.0, self.ok);
+        let _ = writeln!(
+            out,
+            "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+            l.mean / 1000.0,
+            l.stdev / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "#[Max     = {:>12.3}, Total count    = {:>12}]",
+            l.max / 1000.0,
+            self.ok
+        );
         out
     }
 
@@ -274,10 +334,19 @@ impl Report {
         const DECADES: f64 = 5.0; // up to 99.999 %
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
         let x_of = |q: f64| {
-            let d = if q >= 1.0 { DECADES } else { (1.0 / (1.0 - q)).log10().min(DECADES) };
+            let d = if q >= 1.0 {
+                DECADES
+            } else {
+                (1.0 / (1.0 - q)).log10().min(DECADES)
+            };
             LEFT + pw * d / DECADES
         };
-        let max_ms = self.percentiles.iter().map(|p| p.value_us / 1000.0).fold(0.0, f64::max).max(0.001);
+        let max_ms = self
+            .percentiles
+            .iter()
+            .map(|p| p.value_us / 1000.0)
+            .fold(0.0, f64::max)
+            .max(0.001);
         let top_ms = nice_ceiling(max_ms * 1.05);
         let y_of = |ms: f64| TOP + ph * (1.0 - ms / top_ms);
         let mut s = String::new();
@@ -288,19 +357,48 @@ impl Report {
         let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
         let title = format!(
             "{} {} · {} conns × {} in flight · {:.0} calls/s",
-            self.config.call, self.config.codec, self.config.connections, self.config.concurrency, self.throughput
+            self.config.call,
+            self.config.codec,
+            self.config.connections,
+            self.config.concurrency,
+            self.throughput
         );
-        let _ = writeln!(s, r#"<text x="{LEFT}" y="22" font-size="14">Latency by percentile: {}</text>"#, escape(&title));
-        for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"].iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r#"<text x="{LEFT}" y="22" font-size="14">Latency by percentile: {}</text>"#,
+            escape(&title)
+        );
+        for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+            .iter()
+            .enumerate()
+        {
             let x = LEFT + pw * i as f64 / DECADES;
-            let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##, TOP + ph);
-            let _ = writeln!(s, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#, TOP + ph + 18.0);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                TOP + ph
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+                TOP + ph + 18.0
+            );
         }
         for i in 0..=4 {
             let ms = top_ms * i as f64 / 4.0;
             let y = y_of(ms);
-            let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, LEFT + pw);
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 6.0, y + 4.0, fmt_ms(ms));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+                LEFT + pw
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_ms(ms)
+            );
         }
         let _ = writeln!(
             s,
@@ -317,9 +415,19 @@ impl Report {
         let points: Vec<String> = self
             .percentiles
             .iter()
-            .map(|p| format!("{:.1},{:.1}", x_of(p.percentile / 100.0), y_of(p.value_us / 1000.0)))
+            .map(|p| {
+                format!(
+                    "{:.1},{:.1}",
+                    x_of(p.percentile / 100.0),
+                    y_of(p.value_us / 1000.0)
+                )
+            })
             .collect();
-        let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##, points.join(" "));
+        let _ = writeln!(
+            s,
+            r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
+            points.join(" ")
+        );
         s.push_str("</svg>\n");
         s
     }
@@ -328,12 +436,14 @@ impl Report {
     pub fn emit(&self, options: &OutputOptions) -> std::io::Result<()> {
         print!("{}", self.text(options.latency));
         if let Some(path) = &options.json {
-            std::fs::write(path, self.json())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(path, self.json()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+            })?;
         }
         if let Some(path) = &options.plot {
-            std::fs::write(path, self.svg())
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(path, self.svg()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+            })?;
         }
         Ok(())
     }
@@ -342,13 +452,25 @@ impl Report {
 /// 1, 2 or 5 times a power of ten, at least `v`.
 fn nice_ceiling(v: f64) -> f64 {
     let base = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * base).find(|&c| c >= v).unwrap_or(10.0 * base)
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * base)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * base)
 }
 
 fn fmt_ms(ms: f64) -> String {
-    if ms >= 10.0 { format!("{ms:.0}") } else if ms >= 1.0 { format!("{ms:.1}") } else { format!("{ms:.3}") }
+    if ms >= 10.0 {
+        format!("{ms:.0}")
+    } else if ms >= 1.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.3}")
+    }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

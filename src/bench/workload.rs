@@ -66,7 +66,9 @@ impl FromStr for CallKind {
             "Arith.Mul" => Ok(CallKind::ArithMul),
             "Echo.Echo" => Ok(CallKind::EchoEcho),
             "Hello.Say" => Ok(CallKind::HelloSay),
-            other => Err(format!("unknown call {other:?} (expected Arith.Mul, Echo.Echo or Hello.Say)")),
+            other => Err(format!(
+                "unknown call {other:?} (expected Arith.Mul, Echo.Echo or Hello.Say)"
+            )),
         }
     }
 }
@@ -85,28 +87,44 @@ pub struct Workload {
 
 impl Workload {
     /// Prepares the args of `kind` in `codec` (`payload_size` is Echo's payload length).
-    pub fn new(kind: CallKind, codec: SerializeType, payload_size: usize) -> Result<Workload, String> {
+    pub fn new(
+        kind: CallKind,
+        codec: SerializeType,
+        payload_size: usize,
+    ) -> Result<Workload, String> {
         let mut payload = Vec::new();
         match kind {
-            CallKind::ArithMul => ARITH.encode(codec, &mut payload).map_err(|e| format!("Arith.Mul args: {e}"))?,
+            CallKind::ArithMul => ARITH
+                .encode(codec, &mut payload)
+                .map_err(|e| format!("Arith.Mul args: {e}"))?,
             CallKind::EchoEcho => {
                 // Any bytes: the server returns them untouched whatever the codec says.
                 payload.extend((0..payload_size).map(|i| b'a' + (i % 26) as u8));
             }
             CallKind::HelloSay => {
                 if codec != SerializeType::Protobuf {
-                    return Err(format!("Hello.Say needs --codec protobuf, not {}", codec.name()));
+                    return Err(format!(
+                        "Hello.Say needs --codec protobuf, not {}",
+                        codec.name()
+                    ));
                 }
-                BenchmarkMessage::prepared().encode(&mut payload).map_err(|e| e.to_string())?;
+                BenchmarkMessage::prepared()
+                    .encode(&mut payload)
+                    .map_err(|e| e.to_string())?;
             }
         }
-        Ok(Workload { kind, codec, payload })
+        Ok(Workload {
+            kind,
+            codec,
+            payload,
+        })
     }
 
     /// Whether a reply is the right answer.
     pub fn check(&self, reply: &ReplyView<'_>) -> bool {
         match self.kind {
-            CallKind::ArithMul => ArithReply::decode(self.codec, reply.payload).is_ok_and(|r| r.c == ARITH.a * ARITH.b),
+            CallKind::ArithMul => ArithReply::decode(self.codec, reply.payload)
+                .is_ok_and(|r| r.c == ARITH.a * ARITH.b),
             CallKind::EchoEcho => reply.payload == self.payload.as_slice(),
             CallKind::HelloSay => field1_is_ok(reply.payload),
         }
@@ -116,7 +134,9 @@ impl Workload {
 /// Whether top-level protobuf field 1 (a string) is "OK", read in place.
 fn field1_is_ok(mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
-        let Some((key, n)) = varint(buf) else { return false };
+        let Some((key, n)) = varint(buf) else {
+            return false;
+        };
         buf = &buf[n..];
         let len = match key & 7 {
             0 => match varint(buf) {
@@ -125,7 +145,9 @@ fn field1_is_ok(mut buf: &[u8]) -> bool {
             },
             1 => 8,
             2 => {
-                let Some((len, n)) = varint(buf) else { return false };
+                let Some((len, n)) = varint(buf) else {
+                    return false;
+                };
                 if key >> 3 == 1 {
                     return buf.get(n..n + len as usize) == Some(b"OK");
                 }
@@ -134,7 +156,9 @@ fn field1_is_ok(mut buf: &[u8]) -> bool {
             5 => 4,
             _ => return false,
         };
-        let Some(rest) = buf.get(len..) else { return false };
+        let Some(rest) = buf.get(len..) else {
+            return false;
+        };
         buf = rest;
     }
     false

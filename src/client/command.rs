@@ -48,11 +48,14 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
         .service_method
         .rsplit_once('.')
         .filter(|(s, m)| !s.is_empty() && !m.is_empty())
-        .ok_or_else(|| CallError::Usage(format!("{:?} is not Service.Method", cmd.service_method)))?;
+        .ok_or_else(|| {
+            CallError::Usage(format!("{:?} is not Service.Method", cmd.service_method))
+        })?;
     let (service, method) = (service.to_owned(), method.to_owned());
     let args: Value = serde_json::from_str(&cmd.args)
         .map_err(|e| CallError::Usage(format!("ARGS {:?} is not JSON: {e}", cmd.args)))?;
-    let payload = json::to_payload(&args, cmd.codec).map_err(|e| CallError::Usage(format!("ARGS: {e}")))?;
+    let payload =
+        json::to_payload(&args, cmd.codec).map_err(|e| CallError::Usage(format!("ARGS: {e}")))?;
     let options = Options {
         serialize: cmd.codec,
         gzip: cmd.gzip,
@@ -61,7 +64,9 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
         ..Options::default()
     };
     // Parsed here so a bad address fails before an executor starts.
-    cmd.address.parse::<crate::transport::dial::DialAddr>().map_err(Error::from)?;
+    cmd.address
+        .parse::<crate::transport::dial::DialAddr>()
+        .map_err(Error::from)?;
     let reply = super::block_on(move || async move {
         let client = Client::new(&cmd.address, options)?;
         let req = Request {
@@ -73,7 +78,10 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
     })??;
     let codec = SerializeType::from_wire(reply.header.serialize).unwrap_or(cmd.codec);
     let value = json::from_payload(&reply.payload, codec).map_err(Error::from)?;
-    let metadata: serde_json::Map<String, Value> =
-        reply.metadata.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let metadata: serde_json::Map<String, Value> = reply
+        .metadata
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     Ok(serde_json::json!({ "reply": value, "metadata": metadata }))
 }

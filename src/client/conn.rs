@@ -184,7 +184,10 @@ impl Conn {
             // Past the deadline the call has timed out, whatever came back in the meantime:
             // the server's own deadline error (percore and rpcx send one once __ServerTimeout
             // passes) races the sweeper, and the caller should see one answer, not either.
-            return Err(Error::Timeout { addr: self.addr.clone(), after });
+            return Err(Error::Timeout {
+                addr: self.addr.clone(),
+                after,
+            });
         }
         let st = self.st.borrow();
         let slot = &st.slots[index as usize];
@@ -227,7 +230,12 @@ impl Conn {
     }
 
     /// Encodes the request into the outgoing buffer; returns its slot (unless oneway).
-    fn enqueue(self: &Rc<Self>, req: &Request<'_>, oneway: bool, heartbeat: bool) -> Result<u32, Error> {
+    fn enqueue(
+        self: &Rc<Self>,
+        req: &Request<'_>,
+        oneway: bool,
+        heartbeat: bool,
+    ) -> Result<u32, Error> {
         let (index, start_sweeper) = self.encode(req, oneway, heartbeat)?;
         if start_sweeper {
             // Spawned with no borrow held: glommio may run the new task at once.
@@ -237,7 +245,12 @@ impl Conn {
     }
 
     /// Encodes the request; returns its slot and whether the deadline sweeper must start.
-    fn encode(&self, req: &Request<'_>, oneway: bool, heartbeat: bool) -> Result<(u32, bool), Error> {
+    fn encode(
+        &self,
+        req: &Request<'_>,
+        oneway: bool,
+        heartbeat: bool,
+    ) -> Result<(u32, bool), Error> {
         let mut st = self.st.borrow_mut();
         if let Some(e) = &st.broken {
             return Err(e.clone());
@@ -257,7 +270,10 @@ impl Conn {
             slot.generation = slot.generation.wrapping_add(1);
             slot.seq = (u64::from(slot.generation) << 32) | u64::from(index);
             slot.phase = Phase::Waiting;
-            slot.deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| (Instant::now() + t, t));
+            slot.deadline = req
+                .timeout
+                .filter(|t| !t.is_zero())
+                .map(|t| (Instant::now() + t, t));
             (index, slot.seq)
         };
         let st = &mut *st;
@@ -321,9 +337,14 @@ impl Conn {
                 return false;
             }
             for slot in st.slots.iter_mut().filter(|s| s.phase == Phase::Waiting) {
-                let Some((deadline, after)) = slot.deadline else { continue };
+                let Some((deadline, after)) = slot.deadline else {
+                    continue;
+                };
                 if deadline <= now {
-                    slot.error = Some(Error::Timeout { addr: self.addr.clone(), after });
+                    slot.error = Some(Error::Timeout {
+                        addr: self.addr.clone(),
+                        after,
+                    });
                     slot.phase = Phase::Done;
                     wake.extend(slot.waker.take());
                 } else {
@@ -429,7 +450,9 @@ fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
 /// Runs while calls with deadlines are waiting: every `sweep_every` it fails the overdue ones.
 async fn sweep_deadlines(conn: Weak<Conn>) {
     loop {
-        let Some(every) = conn.upgrade().and_then(|c| c.st.borrow().sweep_every) else { return };
+        let Some(every) = conn.upgrade().and_then(|c| c.st.borrow().sweep_every) else {
+            return;
+        };
         glommio::timer::sleep(every).await;
         let Some(conn) = conn.upgrade() else { return };
         if !conn.expire(Instant::now()) {
@@ -447,7 +470,7 @@ async fn run(conn: Rc<Conn>, stream: Stream) {
     );
     let error = futures_lite::future::or(io, poll_fn(|cx| conn.poll_broken(cx))).await;
     conn.fail(error);
-    let _ = stream.borrow_mut().close().await;
+    let _ = stream.into_inner().close().await;
 }
 
 async fn read_loop(conn: &Conn, mut rd: Half<'_>) -> Error {

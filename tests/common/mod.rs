@@ -21,7 +21,9 @@ impl ServeProcess {
         let dir = std::env::temp_dir().join(format!("percore-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("serve-{}.toml", unique()));
-        let toml = format!("[server]\nlisten = [\"tcp@127.0.0.1:0\"]\ncores = 1\ndrain_timeout = \"100ms\"\n{config_toml}");
+        let toml = format!(
+            "[server]\nlisten = [\"tcp@127.0.0.1:0\"]\ncores = 1\ndrain_timeout = \"100ms\"\n{config_toml}"
+        );
         std::fs::write(&path, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
             .args(["serve", "--config"])
@@ -40,13 +42,22 @@ impl ServeProcess {
                 let Ok(line) = line else { return };
                 let line = strip_ansi(&line);
                 if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..].split_whitespace().next().unwrap_or("").to_owned();
+                    let addr = line[at + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
                     let _ = tx.send(addr);
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("percore serve did not log its address");
-        ServeProcess { child, addr: format!("tcp@{addr}") }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("percore serve did not log its address");
+        ServeProcess {
+            child,
+            addr: format!("tcp@{addr}"),
+        }
     }
 
     /// Kills the server at once (no drain), as a crash would, and reaps it.
