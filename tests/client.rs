@@ -536,11 +536,20 @@ fn pending_calls_fail_promptly_when_the_server_dies() {
             let err = call.await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
         }
-        // The next call dials again and finds nobody.
+        // Later calls dial again and find nobody. (The first one may still see the old
+        // connection's reset if it races the reader noticing it; a bounded few calls settle it.)
         let req = Request::new("Hello", "Say", SerializeType::Protobuf, &args);
-        let err = c.call_raw(&req).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-        assert!(err.to_string().contains(&addr), "{err}");
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let err = c.call_raw(&req).await.unwrap_err();
+            kinds.push(err.kind());
+            if err.kind() == ErrorKind::Connect {
+                assert!(err.to_string().contains(&addr), "{err}");
+                break;
+            }
+            assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        }
+        assert_eq!(kinds.last(), Some(&ErrorKind::Connect), "{kinds:?}");
     });
 }
 

@@ -14,7 +14,9 @@
 //!   measured from each call's **scheduled** send time, so a stalled server is charged for the
 //!   calls it held back (coordinated omission corrected, as wrk2 does). A rate the workers cannot
 //!   reach shows up as growing latency, not as a lower rate.
-//! - **Warmup**: calls in the first `--warmup` are made but not counted.
+//! - **Warmup**: calls in the first `--warmup` are made but not counted; at constant rate the
+//!   schedule starts afresh when the measurement does, so a backlog built up during the warmup
+//!   is not charged to the measured calls.
 //! - **Stop**: after `-n` calls (counted after the warmup, dealt over the workers) and/or after
 //!   `-d`; a call in flight at the end is awaited (bounded by `--timeout`) and counted.
 //! - **A dead server**: calls fail with `connection`, re-dials fail with `connect`. A worker
@@ -380,6 +382,7 @@ impl Worker {
         let mut connect_failures = 0u32;
         let mut backoff = Duration::from_millis(10);
         let mut next = self.offset.map(|o| self.start + o);
+        let mut rebased = self.measure_from <= self.start;
         loop {
             if self.shared.abort.load(Ordering::Relaxed) || self.quota == Some(0) {
                 return;
@@ -387,6 +390,15 @@ impl Worker {
             let now = Instant::now();
             if self.end.is_some_and(|end| now >= end) {
                 return;
+            }
+            // Constant rate: the warmup's backlog is forgiven, the schedule restarts with the
+            // measurement.
+            if let (Some(at), Some(offset)) = (next, self.offset)
+                && !rebased
+                && now >= self.measure_from
+            {
+                rebased = true;
+                next = Some(at.max(self.measure_from + offset));
             }
             // Constant rate: wait for this call's slot; latency counts from the slot.
             let scheduled = match (next, self.interval) {
@@ -413,49 +425,38 @@ impl Worker {
             if counted && let Some(q) = self.quota.as_mut() {
                 *q -= 1;
             }
-            let mut connect_error = None;
-            {
+            let failure = match &result {
+                Ok(true) => None,
+                Ok(false) => Some(BAD_REPLY),
+                Err(e) => Some(e.kind() as usize),
+            };
+            let connect_error = matches!(&result, Err(e) if e.kind() == ErrorKind::Connect);
+            if counted {
                 let mut stats = self.stats.borrow_mut();
-                if counted {
-                    stats.sent += 1;
-                }
-                let failed = match &result {
-                    Ok(true) => {
-                        if counted {
-                            stats.ok += 1;
-                            let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
-                            stats.hist.saturating_record(ns.max(1));
-                            self.progress.ok.inc();
-                        }
-                        None
+                stats.sent += 1;
+                match failure {
+                    None => {
+                        stats.ok += 1;
+                        let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
+                        stats.hist.saturating_record(ns.max(1));
+                        self.progress.ok.inc();
                     }
-                    Ok(false) => Some((
-                        BAD_REPLY,
-                        "the reply was not the expected answer".to_owned(),
-                    )),
-                    Err(e) => {
-                        if e.kind() == ErrorKind::Connect {
-                            connect_error = Some(e.to_string());
+                    Some(kind) => {
+                        stats.errors[kind] += 1;
+                        self.progress.errors.inc();
+                        // The message of the first error of each kind, for the report.
+                        if !stats.samples.iter().any(|(k, _)| *k == kind) {
+                            let text = match &result {
+                                Err(e) => e.to_string(),
+                                Ok(_) => "the reply was not the expected answer".to_owned(),
+                            };
+                            stats.samples.push((kind, text));
                         }
-                        Some((e.kind() as usize, e.to_string()))
-                    }
-                };
-                if let Some((kind, text)) = failed
-                    && counted
-                {
-                    stats.errors[kind] += 1;
-                    self.progress.errors.inc();
-                    if !stats.samples.iter().any(|(k, _)| *k == kind) {
-                        stats.samples.push((kind, text));
                     }
                 }
             }
-            match connect_error {
-                None => {
-                    connect_failures = 0;
-                    backoff = Duration::from_millis(10);
-                }
-                Some(text) => {
+            match &result {
+                Err(text) if connect_error => {
                     connect_failures += 1;
                     if connect_failures >= MAX_CONNECT_FAILURES {
                         if let Ok(mut reason) = self.shared.abort_reason.lock() {
@@ -470,6 +471,10 @@ impl Worker {
                     }
                     glommio::timer::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(320));
+                }
+                _ => {
+                    connect_failures = 0;
+                    backoff = Duration::from_millis(10);
                 }
             }
         }

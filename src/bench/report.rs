@@ -356,7 +356,7 @@ impl Report {
         );
         let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
         let title = format!(
-            "{} {} · {} conns × {} in flight · {:.0} calls/s",
+            "{} {} · {} connections, {} in flight · {:.0} calls/s",
             self.config.call,
             self.config.codec,
             self.config.connections,

@@ -470,9 +470,7 @@ async fn run(conn: Rc<Conn>, stream: Stream) {
     );
     let error = futures_lite::future::or(io, poll_fn(|cx| conn.poll_broken(cx))).await;
     conn.fail(error);
-    // Both halves are gone: this is the only borrow left, held alone across the close.
-    let mut stream = stream.into_inner();
-    let _ = stream.close().await;
+    let _ = stream.into_inner().close().await;
 }
 
 async fn read_loop(conn: &Conn, mut rd: Half<'_>) -> Error {

@@ -372,6 +372,8 @@ impl Client {
             }
         }
         inner.dialing.set(true);
+        // Waiters of a dial that is abandoned (its caller dropped) must not see an older error.
+        *inner.last_dial_error.borrow_mut() = None;
         let guard = DialGuard(inner);
         let result = dial::dial(&inner.addr, inner.options.connect_timeout).await;
         drop(guard);
