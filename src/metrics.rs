@@ -459,7 +459,8 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
     );
 
     // Handshakes before the first rpcx frame: TLS and rpcx's HTTP CONNECT.
-    let simple: [(&str, &str, &dyn Fn(&CoreMetrics) -> u64); 5] = [
+    type Read<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
+    let simple: [(&str, &str, Read); 5] = [
         (
             "rpcx_server_tls_handshakes_total",
             "TLS handshakes completed.",
