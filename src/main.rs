@@ -367,20 +367,6 @@ fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
         percore::admin::start(addr, &server)
             .with_context(|| format!("starting the admin endpoint on {addr} (admin.listen)"))?;
     }
-    server.wait_ready();
-    for addr in server.listen_addrs() {
-        tracing::info!(%addr, "listening");
-    }
-    let served: Vec<String> = server
-        .listen_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    notify::notify(&format!(
-        "READY=1\nSTATUS=serving {} on {} cores",
-        served.join(", "),
-        server.cpus().len()
-    ));
     let stopper = server.stopper();
     std::thread::Builder::new()
         .name("percore-signals".into())
@@ -406,6 +392,25 @@ fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
             }
         })
         .context("starting the signal thread")?;
+    if !server.wait_ready() {
+        // A core could not start (or a signal stopped the start): join says which and why.
+        server.shutdown();
+        server.join()?;
+        return Ok(());
+    }
+    for addr in server.listen_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    let served: Vec<String> = server
+        .listen_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} on {} cores",
+        served.join(", "),
+        server.cpus().len()
+    ));
     server.join()?;
     tracing::info!("stopped");
     Ok(())

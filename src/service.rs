@@ -21,7 +21,7 @@
 //!
 //! Arith arithmetic **wraps** on overflow (two's complement, 64-bit for JSON and MsgPack, 32-bit
 //! for protobuf's int32 fields), which is what Go's `int` and `int32` do in rpcx's own example
-//! server; it never panics. Arith also mirrors each request metadata entry `k=v` (reserved `__` keys aside) back as
+//! server; it never panics. Arith also mirrors each request metadata entry `k=v` back as
 //! `echo-k=v`, as the reference server that recorded `tests/data/rpcx-go-frames.json` does, so
 //! clients can check metadata round trips.
 
@@ -287,9 +287,9 @@ fn arith(
     reply: &mut Reply<'_>,
     op: fn(ArithArgs) -> i64,
 ) -> Result<Outcome, ServiceError> {
-    // Reserved keys (`__AUTH`, `__ServerTimeout`, ...) are the framework's, not the caller's:
-    // they are not mirrored.
-    for (k, v) in req.metadata.iter().filter(|(k, _)| !k.starts_with("__")) {
+    // Every key is mirrored, reserved ones (`__ServerTimeout`, ...) too, so a client can see
+    // exactly what it sent.
+    for (k, v) in req.metadata.iter() {
         push_meta_echo(reply.meta, k, v);
     }
     typed(req, reply, |args: ArithArgs| Ok(ArithReply { c: op(args) }))

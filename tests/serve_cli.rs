@@ -246,3 +246,32 @@ fn print_config_does_not_show_auth_tokens() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_core_that_cannot_start_ends_the_process_with_the_reason() {
+    // io_uring refuses rings over 32768 entries: the executor fails to build. The process must
+    // say so and exit non-zero, not wait forever for that core to become ready.
+    let mut child = percore()
+        .args(["serve", "--cores", "1", "--listen", "tcp@127.0.0.1:0"])
+        .args(["--set", "runtime.ring_depth=65536"])
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > common::IO_TIMEOUT {
+            let _ = child.kill();
+            panic!("serve hung on a core that could not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("cannot start the executor"), "{stderr}");
+}

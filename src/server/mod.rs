@@ -109,9 +109,10 @@ impl ServerHandle {
     }
 
     /// Blocks until every core has its listeners and runs its accept loops (the moment to tell
-    /// systemd READY=1), or until the server is stopped first.
-    pub fn wait_ready(&self) {
-        self.health.wait_ready();
+    /// systemd READY=1): true. False if a core failed to start (its executor could not be
+    /// built; [`ServerHandle::join`] says why) or the server was stopped first.
+    pub fn wait_ready(&self) -> bool {
+        self.health.wait_ready()
     }
 
     /// Starts a graceful stop: every core stops accepting, stops reading new requests, finishes
@@ -129,8 +130,18 @@ impl ServerHandle {
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
         for (cpu, thread) in self.threads {
-            if thread.join().is_err() && result.is_ok() {
-                result = Err(ServerError::Panicked { cpu });
+            let error = match thread.join() {
+                Ok(()) => continue,
+                Err(glommio::GlommioError::BuilderError(
+                    glommio::BuilderErrorKind::ThreadPanic(_),
+                )) => ServerError::Panicked { cpu },
+                Err(e) => ServerError::Executor {
+                    cpu,
+                    message: e.to_string(),
+                },
+            };
+            if result.is_ok() {
+                result = Err(error);
             }
         }
         result
@@ -155,6 +166,8 @@ impl Stopper {
 pub struct Health {
     cores: usize,
     ready_cores: AtomicUsize,
+    /// Cores whose executor could not start (their future was dropped unrun).
+    failed_cores: AtomicUsize,
     draining: AtomicBool,
     lock: Mutex<()>,
     changed: Condvar,
@@ -165,6 +178,7 @@ impl Health {
         Health {
             cores,
             ready_cores: AtomicUsize::new(0),
+            failed_cores: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             lock: Mutex::new(()),
             changed: Condvar::new(),
@@ -191,10 +205,39 @@ impl Health {
         self.changed.notify_all();
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> bool {
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.ready_cores.load(Ordering::SeqCst) < self.cores && !self.draining() {
+        loop {
+            if self.failed_cores.load(Ordering::SeqCst) > 0 || self.draining() {
+                return false;
+            }
+            if self.ready_cores.load(Ordering::SeqCst) == self.cores {
+                return true;
+            }
             guard = self.changed.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Travels into a core's executor: reports the core ready, or, if the executor fails to start
+/// and drops it unused, reports the failure so [`ServerHandle::wait_ready`] does not wait for it.
+struct StartReport {
+    health: Arc<Health>,
+    reported: bool,
+}
+
+impl StartReport {
+    fn ready(mut self) {
+        self.reported = true;
+        self.health.core_ready();
+    }
+}
+
+impl Drop for StartReport {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.health.failed_cores.fetch_add(1, Ordering::SeqCst);
+            self.health.wake();
         }
     }
 }
@@ -235,13 +278,17 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         let core_metrics = Arc::new(CoreMetrics::new(index));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
-        let (auth, health) = (Arc::clone(&auth), Arc::clone(&health));
+        let auth = Arc::clone(&auth);
+        let report = StartReport {
+            health: Arc::clone(&health),
+            reported: false,
+        };
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("percore-core-{index}"))
             .io_memory(config.runtime.io_memory_bytes)
             .ring_depth(config.runtime.ring_depth);
         let thread = builder
-            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, health))
+            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, report))
             .map_err(|e| ServerError::Executor {
                 cpu,
                 message: e.to_string(),
@@ -435,7 +482,7 @@ async fn run_core(
     metrics: Arc<CoreMetrics>,
     fds: Vec<(OwnedFd, Arc<Listening>)>,
     stop: Arc<Stop>,
-    health: Arc<Health>,
+    report: StartReport,
 ) {
     let core = Rc::new(Core {
         index,
@@ -466,7 +513,7 @@ async fn run_core(
         })
         .collect();
     // The sockets listen since `start`; from here on this core also takes connections off them.
-    health.core_ready();
+    report.ready();
     for accept in accepts {
         accept.await;
     }
