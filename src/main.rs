@@ -39,9 +39,47 @@ enum Command {
     Bench(BenchArgs),
 }
 
+/// Client TLS flags, shared by `call` and `bench`. TLS is used when any of them is given.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct TlsArgs {
+    /// Dial over TLS, checking the server's certificate against the CA certificates in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Dial over TLS without checking the server's certificate (Go's InsecureSkipVerify, as in
+    /// rpcx's TLS example): encrypted, not authenticated.
+    #[arg(long)]
+    tls_insecure: bool,
+    /// The name the server's certificate must carry (and SNI); default: the address's host.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn client_tls(self) -> Option<percore::transport::tls::ClientTls> {
+        let wanted = self.tls_ca.is_some()
+            || self.tls_insecure
+            || self.tls_server_name.is_some()
+            || self.tls_cert.is_some();
+        wanted.then_some(percore::transport::tls::ClientTls {
+            ca: self.tls_ca,
+            server_name: self.tls_server_name,
+            insecure_skip_verify: self.tls_insecure,
+            cert: self.tls_cert,
+            key: self.tls_key,
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct CallArgs {
-    /// Server address, `network@host:port` (tcp or reuseport).
+    /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
+    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -62,11 +100,14 @@ struct CallArgs {
     /// Auth token, sent as __AUTH.
     #[arg(long, value_name = "TOKEN")]
     auth: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@host:port`, comma-separated; connections are dealt over them.
+    /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
+    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS.
     #[arg(
         short = 's',
         long = "server",
@@ -121,6 +162,8 @@ struct BenchArgs {
     /// Do not print the progress line (it is printed only when stderr is a terminal).
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// A CPU list (`1`, `2,3`, `2-3`); empty means "not pinned".
@@ -205,6 +248,7 @@ fn call(args: CallArgs) -> ExitCode {
         timeout: args.timeout,
         gzip: args.gzip,
         auth: args.auth,
+        tls: args.tls.client_tls(),
     };
     match percore::client::run_call(cmd) {
         Ok(output) => {
@@ -247,6 +291,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         codec: args.codec.unwrap_or(args.call.default_codec()),
         timeout: Some(args.timeout).filter(|t| !t.is_zero()),
         progress: !args.quiet && std::io::stderr().is_terminal(),
+        tls: args.tls.client_tls(),
     };
     let output = OutputOptions {
         latency: args.latency,

@@ -792,3 +792,132 @@ fn blocking_tls(
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     rustls::StreamOwned::new(conn, common::connect(addr))
 }
+
+// ---------------------------------------------------------------------------------------------
+// `percore call` and `percore bench` on every network
+
+/// Runs the `percore` binary; fails the test if it does not exit within the bound.
+fn percore_cli(args: &[&str]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > IO_TIMEOUT * 6 {
+            let _ = child.kill();
+            panic!("percore {args:?} did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn percore_call_and_bench_dial_every_network_with_and_without_tls() {
+    let dir = test_dir("cli");
+    let pki = pki(&dir);
+    let sock = dir.join("cli.sock");
+    let server = start_tls(
+        &pki,
+        &[
+            "tcp@127.0.0.1:0".into(),
+            "http@127.0.0.1:0".into(),
+            format!("unix@{}", sock.display()),
+        ],
+        |c| c.tls.allow_plaintext = true,
+    );
+    let tcp = server.local_addrs()[0];
+    let targets = [
+        format!("tcp@{tcp}"),
+        format!("reuseport@{tcp}"),
+        format!("http@{}", server.local_addrs()[1]),
+        format!("http@{tcp}"),
+        format!("unix@{}", sock.display()),
+    ];
+    let ca = pki.ca.to_str().unwrap();
+    let tls_flags: [&[&str]; 3] = [
+        &[],
+        &["--tls-ca", ca, "--tls-server-name", "localhost"],
+        &["--tls-insecure"],
+    ];
+    for target in &targets {
+        for flags in tls_flags {
+            let mut args = vec!["call", target, "Arith.Mul", r#"{"A":10,"B":20}"#];
+            args.extend_from_slice(flags);
+            let out = percore_cli(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(json["reply"]["C"], 200, "{args:?}: {json}");
+        }
+    }
+    // 5 targets answered over TLS twice each.
+    assert_eq!(server.metrics()[0].tls_handshakes.get(), 10);
+
+    // A CA that did not sign the server's certificate.
+    let out = percore_cli(&[
+        "call",
+        &targets[0],
+        "Arith.Mul",
+        r#"{"A":1,"B":2}"#,
+        "--tls-ca",
+        pki.other_ca.to_str().unwrap(),
+        "--tls-server-name",
+        "localhost",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("TLS handshake") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    // A CA file that does not exist is named before anything is dialed.
+    let out = percore_cli(&[
+        "call",
+        &targets[0],
+        "Arith.Mul",
+        "{}",
+        "--tls-ca",
+        "/nope.pem",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("tls-ca: /nope.pem"), "{stderr}");
+
+    // bench over unix and over TLS on unix and tcp.
+    let unix = format!("unix@{}", sock.display());
+    for (server_addr, flags) in [
+        (unix.as_str(), &[][..]),
+        (unix.as_str(), &["--tls-ca", ca][..]),
+        (targets[0].as_str(), &["--tls-insecure"][..]),
+    ] {
+        let mut args = vec![
+            "bench",
+            "-s",
+            server_addr,
+            "-c",
+            "4",
+            "-n",
+            "400",
+            "--quiet",
+        ];
+        args.extend_from_slice(flags);
+        let out = percore_cli(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("sent 400  ok 400  errors 0"),
+            "{args:?}: {stdout}"
+        );
+    }
+    common::stop(server);
+}

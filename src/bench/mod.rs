@@ -77,6 +77,8 @@ pub struct BenchConfig {
     pub timeout: Option<Duration>,
     /// Print a progress line every second on stderr.
     pub progress: bool,
+    /// Dial over TLS with these settings.
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 impl Default for BenchConfig {
@@ -95,6 +97,7 @@ impl Default for BenchConfig {
             codec: SerializeType::MsgPack,
             timeout: Some(Duration::from_secs(10)),
             progress: false,
+            tls: None,
         }
     }
 }
@@ -127,6 +130,10 @@ impl BenchConfig {
         }
         for s in &self.servers {
             s.parse::<crate::transport::dial::DialAddr>()
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+        }
+        if let Some(tls) = &self.tls {
+            crate::transport::tls::client_config(tls)
                 .map_err(|e| BenchError::Config(e.to_string()))?;
         }
         if self.concurrency == 0 || self.connections == 0 {
@@ -263,6 +270,7 @@ async fn run_executor(
     let options = Options {
         serialize: config.codec,
         timeout: config.timeout,
+        tls: config.tls.clone(),
         ..Options::default()
     };
     // Connection c lives on executor c % executors and talks to server c % servers.

@@ -26,6 +26,8 @@ pub struct CallCommand {
     pub gzip: bool,
     /// Auth token (`__AUTH`).
     pub auth: Option<String>,
+    /// Dial over TLS with these settings.
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 /// Why `percore call` failed.
@@ -61,8 +63,13 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
         gzip: cmd.gzip,
         auth_token: cmd.auth.clone(),
         connect_timeout: cmd.timeout,
+        tls: cmd.tls.clone(),
         ..Options::default()
     };
+    // Checked here (files read) so bad TLS options fail before an executor starts.
+    if let Some(tls) = &cmd.tls {
+        crate::transport::tls::client_config(tls).map_err(|e| CallError::Usage(e.to_string()))?;
+    }
     // Parsed here so a bad address fails before an executor starts.
     cmd.address
         .parse::<crate::transport::dial::DialAddr>()

@@ -79,6 +79,8 @@ pub struct Options {
     pub max_frame_bytes: u32,
     /// Largest size a gzip reply may inflate to.
     pub max_decompressed_bytes: usize,
+    /// Dial over TLS with these settings (CA file, server name, or insecure skip-verify).
+    pub tls: Option<crate::transport::tls::ClientTls>,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             group: None,
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+            tls: None,
         }
     }
 }
@@ -375,7 +378,12 @@ impl Client {
         // Waiters of a dial that is abandoned (its caller dropped) must not see an older error.
         *inner.last_dial_error.borrow_mut() = None;
         let guard = DialGuard(inner);
-        let result = dial::dial(&inner.addr, inner.options.connect_timeout).await;
+        let result = dial::dial(
+            &inner.addr,
+            inner.options.connect_timeout,
+            inner.options.tls.as_ref(),
+        )
+        .await;
         drop(guard);
         match result {
             Ok(stream) => {

@@ -1,9 +1,10 @@
 //! Dialing `network@address` for the client.
 //!
-//! [`DialAddr`] is a parsed address and [`dial`] opens a byte stream to it. Every network is a
-//! variant of [`DialNetwork`] and of [`Stream`], so adding one (unix sockets, TLS, HTTP
-//! CONNECT, ...) is: a variant in each, a name in [`DialAddr::from_str`](std::str::FromStr), and
-//! an arm in [`dial`] and in the two I/O impls. rpcx's `reuseport` servers are dialed as `tcp`.
+//! [`DialAddr`] is a parsed address and [`dial`] opens a byte stream to it. Plain TCP is dialed
+//! here directly (the common case keeps its bare stream); `unix`, `http` (rpcx's HTTP CONNECT)
+//! and anything over TLS go through [`super::connector`]. Adding a network is: a variant of
+//! [`DialNetwork`], a name in [`DialAddr::from_str`](std::str::FromStr), and an arm in the
+//! connector. rpcx's `reuseport` servers are dialed as `tcp`.
 
 use std::fmt;
 use std::io;
@@ -15,11 +16,19 @@ use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
+use super::connector::{self, Conn, Connector, DialOptions};
+use super::tls::ClientTls;
+use crate::config::MAX_UNIX_PATH;
+
 /// How a client reaches a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DialNetwork {
     /// `tcp`, `tcp4`, `tcp6` and `reuseport`: a TCP connection with TCP_NODELAY.
     Tcp,
+    /// `http`: TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` handshake.
+    Http,
+    /// `unix`: a Unix domain stream socket at a path.
+    Unix,
 }
 
 impl DialNetwork {
@@ -27,6 +36,8 @@ impl DialNetwork {
     pub fn name(self) -> &'static str {
         match self {
             DialNetwork::Tcp => "tcp",
+            DialNetwork::Http => "http",
+            DialNetwork::Unix => "unix",
         }
     }
 }
@@ -36,7 +47,7 @@ impl DialNetwork {
 pub struct DialAddr {
     /// The transport.
     pub network: DialNetwork,
-    /// The network-specific part: `host:port` for TCP.
+    /// The network-specific part: `host:port`, or the path for `unix`.
     pub address: String,
     /// The address as the user wrote it, for messages and as the server's key.
     text: String,
@@ -76,17 +87,34 @@ impl FromStr for DialAddr {
         let (network, address) = s.split_once('@').unwrap_or(("tcp", s));
         let network = match network {
             "tcp" | "tcp4" | "tcp6" | "reuseport" => DialNetwork::Tcp,
-            "unix" | "http" | "quic" | "kcp" | "tls" => {
+            "http" => DialNetwork::Http,
+            "unix" => DialNetwork::Unix,
+            "quic" | "kcp" | "tls" => {
                 return Err(bad(format!(
-                    "network {network:?} is not supported by the client yet (tcp and reuseport are)"
+                    "network {network:?} is not supported by the client yet (tcp, reuseport, http and unix are; TLS is an option of each)"
                 )));
             }
             other => {
                 return Err(bad(format!(
-                    "unknown network {other:?} (expected tcp or reuseport)"
+                    "unknown network {other:?} (expected tcp, reuseport, http or unix)"
                 )));
             }
         };
+        if network == DialNetwork::Unix {
+            if address.is_empty() {
+                return Err(bad("no socket path after unix@".into()));
+            }
+            if address.len() > MAX_UNIX_PATH {
+                return Err(bad(format!(
+                    "a unix socket path is at most {MAX_UNIX_PATH} bytes"
+                )));
+            }
+            return Ok(DialAddr {
+                network,
+                address: address.to_owned(),
+                text: s.to_owned(),
+            });
+        }
         let (host, port) = address
             .rsplit_once(':')
             .ok_or_else(|| bad(format!("{address:?} has no port (expected host:port)")))?;
@@ -106,10 +134,15 @@ impl FromStr for DialAddr {
     }
 }
 
-/// Opens a stream to `addr`, giving up after `timeout` (zero: no limit of our own).
-pub async fn dial(addr: &DialAddr, timeout: Duration) -> io::Result<Stream> {
-    match addr.network {
-        DialNetwork::Tcp => {
+/// Opens a stream to `addr`, over TLS when `tls` is given, giving up after `timeout` (zero: no
+/// limit of our own for plain TCP; the connector's default for the others).
+pub async fn dial(
+    addr: &DialAddr,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> io::Result<Stream> {
+    match (addr.network, tls) {
+        (DialNetwork::Tcp, None) => {
             let sock = resolve(&addr.address)?;
             let stream = if timeout.is_zero() {
                 glommio::net::TcpStream::connect(sock).await
@@ -121,7 +154,34 @@ pub async fn dial(addr: &DialAddr, timeout: Duration) -> io::Result<Stream> {
             stream.set_nodelay(true).map_err(io::Error::from)?;
             Ok(Stream::Tcp(stream))
         }
+        (network, tls) => {
+            let options = DialOptions {
+                timeout: if timeout.is_zero() {
+                    DialOptions::default().timeout
+                } else {
+                    timeout
+                },
+                tls: tls.cloned(),
+            };
+            let target = format!("{}@{}", network.name(), addr.address);
+            let conn = Connector::new(&target, &options)
+                .map_err(dial_error)?
+                .connect()
+                .await
+                .map_err(dial_error)?;
+            Ok(Stream::Conn(conn))
+        }
     }
+}
+
+/// The connector's error as an `io::Error`, its message intact (it names the target).
+fn dial_error(e: connector::DialError) -> io::Error {
+    let kind = match &e {
+        connector::DialError::Connect { source, .. } => source.kind(),
+        connector::DialError::Timeout { .. } => io::ErrorKind::TimedOut,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e.to_string())
 }
 
 /// The first socket address of `host:port` (a name is looked up with the system resolver).
@@ -138,6 +198,8 @@ fn resolve(address: &str) -> io::Result<SocketAddr> {
 pub enum Stream {
     /// A TCP connection.
     Tcp(glommio::net::TcpStream),
+    /// Any other network, or TLS: the connector's stream.
+    Conn(Conn),
 }
 
 impl AsyncRead for Stream {
@@ -148,6 +210,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Conn(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -160,18 +223,21 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Conn(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Conn(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_close(cx),
+            Stream::Conn(s) => Pin::new(s).poll_close(cx),
         }
     }
 }
@@ -187,6 +253,13 @@ mod tests {
             (a.network, a.address.as_str()),
             (DialNetwork::Tcp, "127.0.0.1:8972")
         );
+        let u: DialAddr = "unix@/tmp/x.sock".parse().unwrap();
+        assert_eq!(
+            (u.network, u.address.as_str()),
+            (DialNetwork::Unix, "/tmp/x.sock")
+        );
+        let h: DialAddr = "http@127.0.0.1:8973".parse().unwrap();
+        assert_eq!(h.network, DialNetwork::Http);
         let b: DialAddr = "reuseport@[::1]:9".parse().unwrap();
         assert_eq!(b.address, "[::1]:9");
         assert_eq!(
@@ -198,7 +271,8 @@ mod tests {
             "tcp@1.2.3.4",
             "tcp@:5",
             "tcp@h:99999",
-            "unix@/tmp/x",
+            "unix@",
+            "quic@1.2.3.4:5",
         ] {
             let err = bad.parse::<DialAddr>().unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
