@@ -9,7 +9,7 @@
 //! accepts from (see [`crate::transport::unix`] for why); its file is removed once every core
 //! has stopped accepting.
 //!
-//! Every accepted connection goes to [`sniff`], the one router: its first bytes pick rpcx
+//! Every accepted connection goes to `sniff`, the one router: its first bytes pick rpcx
 //! frames, TLS, HTTP CONNECT or HTTP.
 
 mod conn;
