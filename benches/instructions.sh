@@ -2,7 +2,7 @@
 # User-space instructions per request on the server, counted by valgrind's callgrind (it counts
 # instructions, not time, so the number is stable on a noisy machine).
 #
-#   bash benches/instructions.sh            # percore, Arith.Mul MsgPack, 1 in flight and 32 pipelined
+#   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
 #   REQUESTS=20000 bash benches/instructions.sh
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
@@ -14,14 +14,21 @@ cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-10000}
 PORT=${PORT:-19111}
 BIN=${BIN:-target/release/percore}
+NULL=${NULL:-target/release/examples/null_server}
 [ -x "$BIN" ] || cargo build --release --locked
+[ -x "$NULL" ] || cargo build --release --locked --example null_server
 out=$(mktemp -d)
 trap 'pkill -9 -f "valgrind.*--listen 127.0.0.1:$PORT" 2>/dev/null || true; rm -rf "$out"' EXIT
 
-measure() { # $1 = batch size (calls pipelined per write)
-    local batch=$1
-    valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 \
-        --listen "127.0.0.1:$PORT" >"$out/log.$batch" 2>&1 &
+measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
+    local batch=$1 server=${2:-percore}
+    if [ "$server" = null ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$NULL" "127.0.0.1:$PORT" 1 \
+            >"$out/log.$batch" 2>&1 &
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 \
+            --listen "127.0.0.1:$PORT" >"$out/log.$batch" 2>&1 &
+    fi
     local pid=$!
     python3 benches/drive_arith.py 127.0.0.1 "$PORT" 640 "$batch"
     callgrind_control -z "$pid" >/dev/null
@@ -32,14 +39,18 @@ measure() { # $1 = batch size (calls pipelined per write)
     wait "$pid" 2>/dev/null || true
     local dump
     dump=$(ls "$out"/cg."$batch".* | head -n 1)
+    mv "$dump" "$out/done.$server.$batch"
+    dump="$out/done.$server.$batch"
     local total
     total=$(grep '^summary:' "$dump" | awk '{print $2}')
-    printf '%-28s %12s instructions  %8.0f per request\n' "Arith.Mul msgpack x$batch" "$total" "$(echo "$total / $REQUESTS" | bc -l)"
+    printf '%-32s %12s instructions  %8.0f per request\n' "$server Arith.Mul msgpack x$batch" "$total" "$(echo "$total / $REQUESTS" | bc -l)"
     callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' \
         | grep -vE 'clone.S|start_thread|__rust_begin_short_backtrace|thread_start|call_once\{\{vtable' | head -n 8 \
-        | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-150
+        | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-150 || true
 }
 
 echo "callgrind, user-space instructions on the server, $REQUESTS requests per run"
-[ "${ONLY:-}" = 32 ] || measure 1
-measure 32
+for server in percore null; do
+    measure 1 "$server"
+    measure 32 "$server"
+done

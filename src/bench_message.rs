@@ -150,6 +150,7 @@ pub fn rewrite_say(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
     // Field 1 (tag 0x0a, length-delimited) = "OK"; field 2 (tag 0x10, varint) = 100.
     out.extend_from_slice(&[0x0a, 0x02, b'O', b'K', 0x10, 100]);
     let mut rest = input;
+    let mut has_field3 = false;
     while !rest.is_empty() {
         let (key, key_len) = varint(rest)?;
         let field = key >> 3;
@@ -176,7 +177,13 @@ pub fn rewrite_say(input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         if field != 1 && field != 2 {
             out.extend_from_slice(&rest[..total]);
         }
+        has_field3 |= field == 3;
         rest = &rest[total..];
+    }
+    // field3 is required too (proto2): a Go client's Unmarshal refuses a reply without it, so an
+    // absent one is answered as 0.
+    if !has_field3 {
+        out.extend_from_slice(&[0x18, 0x00]);
     }
     Ok(())
 }
@@ -230,5 +237,16 @@ mod tests {
         assert!(rewrite_say(&[0x08, 0xff], &mut out).is_err());
         assert!(rewrite_say(&[0x03], &mut out).is_err());
         assert!(rewrite_say(&[0x00, 0x01], &mut out).is_err());
+    }
+
+    #[test]
+    fn required_fields_are_always_present() {
+        let mut out = Vec::new();
+        rewrite_say(&[], &mut out).unwrap();
+        let got = BenchmarkMessage::decode(out.as_slice()).unwrap();
+        assert_eq!(
+            (got.field1.as_str(), got.field2, got.field3),
+            ("OK", 100, 0)
+        );
     }
 }

@@ -96,6 +96,24 @@ pub trait Payload: Sized {
     fn encode(&self, codec: SerializeType, out: &mut Vec<u8>) -> Result<(), CodecError>;
 }
 
+/// Like [`decode_serde`], but a nil payload (MsgPack `c0`, JSON `null`, what Go sends for `nil`
+/// args) or an empty one decodes to the zero value, as Go's server does.
+pub fn decode_serde_or_default<T: DeserializeOwned + Default>(
+    codec: SerializeType,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, CodecError> {
+    let nil = match codec {
+        SerializeType::MsgPack => bytes.is_empty() || bytes == [0xc0],
+        SerializeType::Json => bytes.is_empty() || bytes.trim_ascii() == b"null",
+        _ => false,
+    };
+    if nil {
+        return Ok(T::default());
+    }
+    decode_serde(codec, bytes, what)
+}
+
 /// Decodes JSON or MsgPack with serde; other codecs are `Unsupported`.
 pub fn decode_serde<T: DeserializeOwned>(
     codec: SerializeType,
@@ -186,7 +204,7 @@ pub fn gzip(input: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Default)]
     struct Args {
         #[serde(rename = "A")]
         a: i64,
@@ -220,6 +238,19 @@ mod tests {
             decode_serde::<Args>(SerializeType::MsgPack, &array, "args").unwrap(),
             want
         );
+    }
+
+    #[test]
+    fn nil_args_are_the_zero_value() {
+        for (codec, bytes) in [
+            (SerializeType::MsgPack, &b"\xc0"[..]),
+            (SerializeType::Json, b" null"),
+            (SerializeType::Json, b""),
+        ] {
+            let args: Args =
+                decode_serde_or_default(codec, bytes, "args").unwrap_or(Args { a: 1, b: 1 });
+            assert_eq!(args, Args { a: 0, b: 0 });
+        }
     }
 
     #[test]

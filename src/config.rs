@@ -28,6 +28,7 @@ pub struct Config {
     pub gateway: Gateway,
     pub runtime: Runtime,
     pub services: Services,
+    pub tls: TlsConfig,
     pub log: Log,
     pub admin: Admin,
     pub auth: Auth,
@@ -38,7 +39,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses as `network@address`; `tcp` and `reuseport` both mean a TCP listener per core
-    /// with SO_REUSEPORT. A bare `host:port` is `tcp`.
+    /// with SO_REUSEPORT, `http` the same for rpcx's HTTP CONNECT network, and `unix@/path` a
+    /// Unix domain socket accepted by every core. A bare `host:port` is `tcp`.
     pub listen: Vec<ListenAddr>,
     /// Executors to run, one per CPU, taken in order from the CPUs the process may run on
     /// (online CPUs ∩ affinity mask, so `taskset` and systemd `CPUAffinity=` choose which).
@@ -135,6 +137,33 @@ pub struct HelloConfig {
     /// on the connection are not held up by it.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+}
+
+/// `[tls]`: TLS (rustls, TLS 1.2 and 1.3) on every listener, recognised by its first byte.
+///
+/// TLS is on when `cert` and `key` are set. A connection whose first byte is a TLS record (0x16)
+/// is then handshaken and sniffed again inside TLS (rpcx frames, CONNECT or HTTP); one that
+/// starts in plaintext is served only if `allow_plaintext` is true.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server's certificate chain, leaf first. Unset: TLS is off.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM file of CA certificates. When set, every TLS client must present a certificate
+    /// signed by one of them (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With TLS on, whether a connection that starts in plaintext is still served (false: it is
+    /// closed with one log line and a metric).
+    pub allow_plaintext: bool,
+}
+
+impl TlsConfig {
+    /// True when a certificate is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
 }
 
 /// `[log]`: what is logged and how.
@@ -247,14 +276,27 @@ pub enum Network {
     Tcp,
     /// `reuseport`: rpcx's name for the same thing; clients dial it as `tcp`.
     Reuseport,
+    /// `http`: rpcx's HTTP CONNECT network, a TCP listener per core whose plain HTTP requests
+    /// other than `CONNECT /_rpcx_` get `405 must CONNECT`.
+    Http,
+    /// `unix`: a Unix domain stream socket at a path, accepted by every core.
+    Unix,
 }
 
 impl Network {
+    /// The name used in `network@address`.
     pub fn name(self) -> &'static str {
         match self {
             Network::Tcp => "tcp",
             Network::Reuseport => "reuseport",
+            Network::Http => "http",
+            Network::Unix => "unix",
         }
+    }
+
+    /// Whether the address is `host:port` (every network but `unix`).
+    pub fn is_ip(self) -> bool {
+        !matches!(self, Network::Unix)
     }
 }
 
@@ -266,6 +308,11 @@ pub struct ListenAddr {
 }
 
 impl ListenAddr {
+    /// The path of a `unix` listener.
+    pub fn unix_path(&self) -> Option<&Path> {
+        (self.network == Network::Unix).then(|| Path::new(&self.address))
+    }
+
     /// The socket address of a TCP-family listener.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         self.address.parse().map_err(|_| {
@@ -285,14 +332,16 @@ impl FromStr for ListenAddr {
         let network = match network {
             "tcp" | "tcp4" | "tcp6" => Network::Tcp,
             "reuseport" => Network::Reuseport,
-            "unix" | "http" | "quic" | "kcp" => {
+            "http" => Network::Http,
+            "unix" => Network::Unix,
+            "quic" | "kcp" => {
                 return Err(format!(
-                    "network {network:?} in {s:?} is not served yet (tcp and reuseport are)"
+                    "network {network:?} in {s:?} is not served yet (tcp, reuseport, http and unix are)"
                 ));
             }
             other => {
                 return Err(format!(
-                    "unknown network {other:?} in {s:?} (expected tcp or reuseport)"
+                    "unknown network {other:?} in {s:?} (expected tcp, reuseport, http or unix)"
                 ));
             }
         };
@@ -300,9 +349,34 @@ impl FromStr for ListenAddr {
             network,
             address: address.to_owned(),
         };
-        addr.socket_addr()?;
+        if network.is_ip() {
+            addr.socket_addr()?;
+        } else {
+            check_unix_path(s, address)?;
+        }
         Ok(addr)
     }
+}
+
+/// Longest path a Unix socket address can hold (`sun_path` is 108 bytes with the final NUL).
+pub const MAX_UNIX_PATH: usize = 107;
+
+fn check_unix_path(s: &str, path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err(format!(
+            "{s:?}: a unix address needs a path (unix@/run/x.sock)"
+        ));
+    }
+    if path.len() > MAX_UNIX_PATH {
+        return Err(format!(
+            "{s:?}: a unix socket path is at most {MAX_UNIX_PATH} bytes, this one is {}",
+            path.len()
+        ));
+    }
+    if path.contains('\0') {
+        return Err(format!("{s:?}: a unix socket path cannot contain NUL"));
+    }
+    Ok(())
 }
 
 impl fmt::Display for ListenAddr {
@@ -644,6 +718,23 @@ impl Config {
                 message: format!("{} must be a power of two", self.runtime.ring_depth),
             });
         }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: if tls.cert.is_some() {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                },
+                message: "tls.cert and tls.key must be set together".into(),
+            });
+        }
+        if tls.client_ca.is_some() && !tls.enabled() {
+            return Err(ConfigError::Invalid {
+                key: "tls.client_ca",
+                message: "mutual TLS needs tls.cert and tls.key too".into(),
+            });
+        }
         if self
             .auth
             .tokens
@@ -704,6 +795,16 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_are_valid() {
+        for text in [
+            include_str!("../configs/tls.toml"),
+            include_str!("../configs/unix.toml"),
+        ] {
+            Config::from_toml(text).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml("[server]\ncorez = 2\n").unwrap_err();
         assert!(err.contains("corez"), "{err}");
@@ -722,6 +823,30 @@ mod tests {
                 .contains("udp")
         );
         assert!("tcp@localhost".parse::<ListenAddr>().is_err());
+        let u: ListenAddr = "unix@/tmp/x.sock".parse().unwrap();
+        assert_eq!(u.unix_path(), Some(Path::new("/tmp/x.sock")));
+        assert_eq!(u.to_string(), "unix@/tmp/x.sock");
+        assert!("unix@".parse::<ListenAddr>().is_err());
+        let long = format!("unix@/{}", "x".repeat(200));
+        assert!(long.parse::<ListenAddr>().unwrap_err().contains("107"));
+        let h: ListenAddr = "http@127.0.0.1:0".parse().unwrap();
+        assert_eq!(h.network, Network::Http);
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let mut c = Config::default();
+        c.tls.cert = Some("cert.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.key"), "{err}");
+        let mut c = Config::default();
+        c.tls.client_ca = Some("ca.pem".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("tls.client_ca")
+        );
     }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

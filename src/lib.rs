@@ -13,6 +13,8 @@
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
 //! | [`server`] | executors per core, listeners, accept loops, first-byte routing, the connection loop, the HTTP gateway and JSON-RPC, shutdown |
 //! | [`transport`] | per network, how to listen (and, for the client, dial) |
+//! | [`client`] | the rpcx client: multiplexed connection, `XClient` (fail and select modes), discovery |
+//! | [`bench`] | the load generator behind `percore bench`, built on the public client only |
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
@@ -24,7 +26,11 @@
 //!
 //! ```text
 //!            one glommio executor per allowed CPU, pinned; shared: read-only config only
-//! client ─► SO_REUSEPORT listener (one socket per core) ─► accept ─► connection task
+//! client ─► SO_REUSEPORT listener (one socket per core) ─┐
+//! client ─► unix socket (one socket, accepted by every core) ─┴► accept ─► sniff (first bytes)
+//!   sniff: 0x08 rpcx ─► connection task (the bare socket: the hot path has no wrapper)
+//!          0x16 TLS (rustls) ─► sniff again inside TLS
+//!          `C`  HTTP CONNECT /_rpcx_ ─► connection task;  HTTP ─► the gateway seam
 //!
 //! connection task: the first byte routes it (server::sniff)
 //!   0x08 ─► the rpcx frame loop below
@@ -49,7 +55,9 @@
 //! reads past its input.
 
 pub mod admin;
+pub mod bench;
 pub mod bench_message;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod metrics;

@@ -69,14 +69,17 @@ pub const BAD_HTTP_REASONS: &[&str] = &[
 
 /// The `transport` label values, indexed by [`Transport`]. A new transport adds its name here
 /// and a constant on [`Transport`], and passes it to the connection loop.
-pub const TRANSPORTS: &[&str] = &["tcp"];
+pub const TRANSPORTS: &[&str] = &["tcp", "unix"];
 
 /// Which transport a connection came in on (an index into [`TRANSPORTS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transport(usize);
 
 impl Transport {
+    /// TCP listeners (`tcp`, `reuseport`, `http`), with or without TLS.
     pub const TCP: Transport = Transport(0);
+    /// Unix domain socket listeners (`unix`), with or without TLS.
+    pub const UNIX: Transport = Transport(1);
 
     pub fn name(self) -> &'static str {
         TRANSPORTS[self.0]
@@ -224,6 +227,16 @@ pub struct CoreMetrics {
     pub error_replies: Counter,
     /// Calls refused by the auth check (their connections are closed).
     pub auth_failures: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// Connections closed because their TLS handshake failed (bad certificate, not TLS...).
+    pub tls_handshake_failures: Counter,
+    /// Plaintext connections closed because TLS is required (`tls.allow_plaintext = false`).
+    pub plaintext_refused: Counter,
+    /// HTTP CONNECT handshakes accepted (`CONNECT /_rpcx_`).
+    pub http_connects: Counter,
+    /// HTTP requests refused with `405 must CONNECT`, or heads that were malformed or too long.
+    pub http_connect_refused: Counter,
     /// HTTP gateway requests (X-RPCX-* headers) answered, errors included.
     pub gateway_requests: Counter,
     /// JSON-RPC 2.0 calls and notifications (each element of a batch counts).
@@ -247,6 +260,11 @@ impl CoreMetrics {
             heartbeats: Counter::default(),
             error_replies: Counter::default(),
             auth_failures: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            plaintext_refused: Counter::default(),
+            http_connects: Counter::default(),
+            http_connect_refused: Counter::default(),
             gateway_requests: Counter::default(),
             jsonrpc_calls: Counter::default(),
             gateway_errors: Counter::default(),

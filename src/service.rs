@@ -237,7 +237,7 @@ impl Payload for ArithArgs {
                     b: pb.b.into(),
                 })
             }
-            other => codec::decode_serde(other, bytes, "Arith args"),
+            other => codec::decode_serde_or_default(other, bytes, "Arith args"),
         }
     }
 
@@ -323,7 +323,9 @@ impl Payload for Text {
                     reason: "not UTF-8".into(),
                 }),
             SerializeType::Protobuf => Ok(Text(codec::decode_proto::<TextPb>(bytes)?.value)),
-            other => Ok(Text(codec::decode_serde(other, bytes, "a string")?)),
+            other => Ok(Text(codec::decode_serde_or_default(
+                other, bytes, "a string",
+            )?)),
         }
     }
 

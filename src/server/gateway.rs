@@ -572,7 +572,7 @@ fn dechunk(
                     }
                     *chunk = Chunk::Data(size);
                 }
-                Ok(httparse::Status::Partial) if data.len() > MAX_CHUNK_LINE => {
+                Ok(httparse::Status::Partial) if data.len() > MAX_CHUNK_LINE.min(max_line) => {
                     return Err(Refusal::malformed("chunk-size line too long"));
                 }
                 Ok(httparse::Status::Partial) => return Ok(false),

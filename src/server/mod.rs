@@ -2,9 +2,15 @@
 //!
 //! [`start`] binds every listener socket on the calling thread first (so a port-0 address gets
 //! one port that every core then shares, and a bind error is reported before any thread starts),
-//! then starts one glommio executor per allowed CPU, pinned to it. Each executor gets its own
-//! SO_REUSEPORT socket per TCP listen address, so the kernel spreads new connections over the
-//! cores and nothing is shared between them but the read-only config.
+//! loads the TLS certificates, then starts one glommio executor per allowed CPU, pinned to it.
+//! Each executor gets its own SO_REUSEPORT socket per TCP-family listen address (`tcp`,
+//! `reuseport`, `http`), so the kernel spreads new connections over the cores and nothing is
+//! shared between them but the read-only config. A `unix` listener is one socket that every core
+//! accepts from (see [`crate::transport::unix`] for why); its file is removed once every core
+//! has stopped accepting.
+//!
+//! Every accepted connection goes to [`sniff`], the one router: its first bytes pick rpcx
+//! frames, TLS, HTTP CONNECT or HTTP.
 
 mod conn;
 #[cfg(feature = "alloc-audit")]
@@ -28,7 +34,7 @@ use std::task::{Poll, Waker};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr, Network};
 use crate::metrics::{Close, CoreMetrics, Transport};
 use crate::service;
 use crate::transport;
@@ -43,6 +49,13 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr}: {source}")]
+    ListenUnix {
+        addr: String,
+        source: transport::unix::UnixListenError,
+    },
+    #[error("{0}")]
+    Tls(#[from] transport::tls::TlsError),
     #[error("cannot read the CPUs this process may run on: {0}")]
     Affinity(std::io::Error),
     #[error("server.cores = {wanted}, but this process may run on only {allowed} CPUs ({cpus:?})")]
@@ -60,6 +73,7 @@ pub enum ServerError {
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    listen: Vec<ListenAddr>,
     cpus: Vec<usize>,
     stop: Arc<Stop>,
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
@@ -68,9 +82,15 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// The bound address of each listen address, in config order (port 0 resolved).
+    /// The bound socket address of each TCP-family listen address (`tcp`, `reuseport`, `http`),
+    /// in config order, port 0 resolved; `unix` listeners have none and are left out.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Every listen address in config order, as clients dial it (port 0 resolved).
+    pub fn listen_addrs(&self) -> &[ListenAddr] {
+        &self.listen
     }
 
     /// The CPUs the executors are pinned to, one per core.
@@ -226,26 +246,21 @@ impl Drop for StartReport {
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let cpus = choose_cpus(config.server.cores)?;
+    let tls = transport::tls::server_config(&config.tls)?;
     let mut addrs = Vec::new();
+    let mut resolved = Vec::new();
     // sockets[core][listener]
-    let mut sockets: Vec<Vec<OwnedFd>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
+        (0..cpus.len()).map(|_| Vec::new()).collect();
     for listen in &config.server.listen {
-        let addr = listen.socket_addr().map_err(|message| {
-            ServerError::Config(crate::config::ConfigError::Invalid {
-                key: "server.listen",
-                message,
-            })
-        })?;
-        let (bound, fds) =
-            transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog).map_err(
-                |source| ServerError::Listen {
-                    addr: listen.to_string(),
-                    source,
-                },
-            )?;
-        addrs.push(bound);
+        let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
+        if let Some(addr) = listening.socket_addr {
+            addrs.push(addr);
+        }
+        resolved.push(listening.addr.clone());
+        let listening = Arc::new(listening);
         for (core, fd) in fds.into_iter().enumerate() {
-            sockets[core].push(fd);
+            sockets[core].push((fd, Arc::clone(&listening)));
         }
     }
 
@@ -262,7 +277,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     for (index, (&cpu, fds)) in cpus.iter().zip(sockets).enumerate() {
         let core_metrics = Arc::new(CoreMetrics::new(index));
         metrics.push(Arc::clone(&core_metrics));
-        let (config, stop) = (Arc::clone(&config), Arc::clone(&stop));
+        let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
         let auth = Arc::clone(&auth);
         let report = StartReport {
             health: Arc::clone(&health),
@@ -273,22 +288,80 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             .io_memory(config.runtime.io_memory_bytes)
             .ring_depth(config.runtime.ring_depth);
         let thread = builder
-            .spawn(move || run_core(index, config, auth, core_metrics, fds, stop, report))
+            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, report))
             .map_err(|e| ServerError::Executor {
                 cpu,
                 message: e.to_string(),
             })?;
         threads.push((cpu, thread));
     }
-    info!(cores = cpus.len(), ?cpus, listen = ?addrs, "percore serving");
+    let shown: Vec<String> = resolved.iter().map(ToString::to_string).collect();
+    info!(cores = cpus.len(), ?cpus, listen = ?shown, tls = config.tls.enabled(), "percore serving");
     Ok(ServerHandle {
         addrs,
+        listen: resolved,
         cpus,
         stop,
         threads,
         metrics,
         health,
     })
+}
+
+/// One listen address as the cores serve it.
+pub(crate) struct Listening {
+    /// As clients dial it (port 0 resolved).
+    pub(crate) addr: ListenAddr,
+    pub(crate) network: Network,
+    socket_addr: Option<SocketAddr>,
+    /// For `unix`: removes the socket file once the last core stops accepting.
+    _file: Option<transport::unix::SocketFile>,
+}
+
+/// Binds one listen address: `count` descriptors, one per core.
+fn bind(
+    listen: &ListenAddr,
+    count: usize,
+    backlog: u32,
+) -> Result<(Vec<OwnedFd>, Listening), ServerError> {
+    if let Some(path) = listen.unix_path() {
+        let (fds, file) = transport::unix::listen(path, count, backlog).map_err(|source| {
+            ServerError::ListenUnix {
+                addr: listen.to_string(),
+                source,
+            }
+        })?;
+        let listening = Listening {
+            addr: listen.clone(),
+            network: listen.network,
+            socket_addr: None,
+            _file: Some(file),
+        };
+        return Ok((fds, listening));
+    }
+    let addr = listen.socket_addr().map_err(|message| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: "server.listen",
+            message,
+        })
+    })?;
+    let (bound, fds) =
+        transport::tcp::listen_reuseport(addr, count, backlog).map_err(|source| {
+            ServerError::Listen {
+                addr: listen.to_string(),
+                source,
+            }
+        })?;
+    let listening = Listening {
+        addr: ListenAddr {
+            network: listen.network,
+            address: bound.to_string(),
+        },
+        network: listen.network,
+        socket_addr: Some(bound),
+        _file: None,
+    };
+    Ok((fds, listening))
 }
 
 /// The CPUs to run on: the first `wanted` of those this process may run on (all if 0).
@@ -330,6 +403,8 @@ pub(crate) struct Core {
     pub(crate) config: Arc<Config>,
     pub(crate) services: service::Context,
     pub(crate) metrics: Arc<CoreMetrics>,
+    /// Set when `[tls]` is configured.
+    pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
     /// Accepted auth tokens; empty means no auth check.
     pub(crate) auth: Arc<[Box<[u8]>]>,
     /// Set when shutdown starts: a connection that then sees end of input was drained.
@@ -398,12 +473,14 @@ impl Core {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // each is one thing the core owns; a struct would only rename them
 async fn run_core(
     index: usize,
     config: Arc<Config>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     auth: Arc<[Box<[u8]>]>,
     metrics: Arc<CoreMetrics>,
-    fds: Vec<OwnedFd>,
+    fds: Vec<(OwnedFd, Arc<Listening>)>,
     stop: Arc<Stop>,
     report: StartReport,
 ) {
@@ -414,17 +491,25 @@ async fn run_core(
         },
         config,
         metrics,
+        tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth,
         draining: Cell::new(false),
         conns: RefCell::new(Conns::default()),
     });
     let accepts: Vec<_> = fds
         .into_iter()
-        .map(|fd| {
-            // SAFETY: the fd is a bound, listening TCP socket we own (made by
-            // transport::tcp::listen_reuseport); ownership moves into the listener.
+        .map(|(fd, listening)| {
+            // SAFETY: the fd is a bound, listening socket we own (made by transport::tcp or
+            // transport::unix); ownership moves into the listener. glommio's TcpListener is only
+            // an fd and an io_uring accept(2), which works on any stream socket: for `unix` it is
+            // how each core waits on the shared socket (glommio's UnixListener cannot adopt one).
             let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(accept_loop(Rc::clone(&core), listener, Arc::clone(&stop)))
+            glommio::spawn_local(accept_loop(
+                Rc::clone(&core),
+                listener,
+                listening,
+                Arc::clone(&stop),
+            ))
         })
         .collect();
     // The sockets listen since `start`; from here on this core also takes connections off them.
@@ -436,7 +521,12 @@ async fn run_core(
     debug!(core = index, "core stopped");
 }
 
-async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: Arc<Stop>) {
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: glommio::net::TcpListener,
+    listening: Arc<Listening>,
+    stop: Arc<Stop>,
+) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.wait().await;
@@ -453,9 +543,11 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
                 continue;
             }
         };
-        let peer = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if listening.network == Network::Unix {
+            accepted_unix(&core, stream, &listening);
+            continue;
+        }
+        let peer = stream.peer_addr().unwrap_or(UNNAMED_PEER);
         let full = core.full();
         let guard = core.register(stream.as_raw_fd(), Transport::TCP);
         if full {
@@ -469,8 +561,9 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
         let _ = stream.set_nodelay(true);
         debug!(core = core.index, %peer, "connection accepted");
         let core = Rc::clone(&core);
+        let network = listening.network;
         glommio::spawn_local(async move {
-            let close = match sniff::route_tcp(&core, stream, peer).await {
+            let close = match sniff::route(&core, stream, peer, network, Transport::TCP).await {
                 // End of input after shutdown started is the drain's own SHUT_RD.
                 Close::Eof if core.draining.get() => Close::Shutdown,
                 close => close,
@@ -479,6 +572,55 @@ async fn accept_loop(core: Rc<Core>, listener: glommio::net::TcpListener, stop: 
         })
         .detach();
     }
+}
+
+/// What logs show as the peer of a Unix connection (its peers are unnamed); the listener is in
+/// the connection's span instead.
+const UNNAMED_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Serves a connection accepted on a `unix` listener. glommio's accept returned it typed as TCP;
+/// it is re-typed as the Unix stream it is (a dup of the fd, then the TCP wrapper is dropped).
+fn accepted_unix(core: &Rc<Core>, stream: glommio::net::TcpStream, listening: &Listening) {
+    // SAFETY: the fd is open for as long as `stream` lives, which covers this call.
+    let dup =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    drop(stream);
+    let fd = match dup {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(core = core.index, listener = %listening.addr, error = %e, "cannot take an accepted unix connection");
+            return;
+        }
+    };
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` is a connected Unix stream socket we own; ownership moves into the stream,
+    // which keeps it open for as long as the connection is registered.
+    let stream = unsafe { glommio::net::UnixStream::from_raw_fd(raw) };
+    let full = core.full();
+    let guard = core.register(raw, Transport::UNIX);
+    if full {
+        guard.closed(Close::MaxConnections);
+        debug!(core = core.index, listener = %listening.addr, "closing connection: limits.max_connections_per_core reached");
+        return;
+    }
+    let span = tracing::debug_span!("conn", listener = %listening.addr);
+    debug!(parent: &span, core = core.index, "connection accepted");
+    let core = Rc::clone(core);
+    glommio::spawn_local(tracing::Instrument::instrument(
+        async move {
+            let close =
+                match sniff::route(&core, stream, UNNAMED_PEER, Network::Unix, Transport::UNIX)
+                    .await
+                {
+                    Close::Eof if core.draining.get() => Close::Shutdown,
+                    close => close,
+                };
+            guard.closed(close);
+        },
+        span,
+    ))
+    .detach();
 }
 
 /// Stops reading on every open connection (each reader then sees end of input, lets its calls

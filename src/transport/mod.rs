@@ -1,3 +1,18 @@
 //! Per network: how to listen and how to dial. No rpcx semantics live here.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`tcp`] | one SO_REUSEPORT listening socket per core (`tcp`, `reuseport`, `http`) |
+//! | [`unix`] | one Unix listening socket shared by the cores; stale-file handling |
+//! | [`tls`] | rustls configs (server from `[tls]`, client from dial options) |
+//! | [`http_connect`] | rpcx's HTTP CONNECT bytes, the head reader, the client handshake |
+//! | [`prefixed`] | a stream that replays bytes already read (sniffing inside TLS, CONNECT) |
+//! | [`connector`] | the client's dialers for every network, over TLS or not |
 
+pub mod connector;
+pub mod dial;
+pub mod http_connect;
+pub mod prefixed;
 pub mod tcp;
+pub mod tls;
+pub mod unix;

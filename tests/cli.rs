@@ -1,0 +1,227 @@
+//! `percore call` and `percore bench` end to end: the real binary against `percore serve` on a
+//! free loopback port. Every wait is bounded.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ServeProcess;
+use serde_json::Value;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+fn percore(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            panic!("percore {args:?} did not exit within {BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("percore-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn call_prints_the_reply_and_its_metadata_as_json() {
+    let server = ServeProcess::start("");
+    for codec in ["msgpack", "json"] {
+        let out = percore(&[
+            "call",
+            &server.addr,
+            "Arith.Mul",
+            r#"{"A":10,"B":20}"#,
+            "--codec",
+            codec,
+            "--meta",
+            "trace=xyz",
+            "--timeout",
+            "5s",
+        ]);
+        assert!(out.status.success(), "{codec}: {}", text(&out.stderr));
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["reply"]["C"], 200, "{codec}: {json}");
+        assert_eq!(json["metadata"]["echo-trace"], "xyz", "{codec}: {json}");
+        assert_eq!(
+            json["metadata"]["echo-__ServerTimeout"], "5000",
+            "{codec}: {json}"
+        );
+    }
+    let out = percore(&[
+        "call",
+        &server.addr,
+        "Echo.Echo",
+        r#""raw bytes""#,
+        "--codec",
+        "raw",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["reply"], "raw bytes");
+}
+
+#[test]
+fn call_exits_non_zero_with_the_servers_error_text() {
+    let server = ServeProcess::start("");
+    let out = percore(&["call", &server.addr, "Arith.Div", r#"{"A":1,"B":1}"#]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("rpcx: can't find method Div"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = percore(&["call", "tcp@127.0.0.1", "Arith.Mul", "{}"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("tcp@127.0.0.1"),
+        "the bad address is named: {}",
+        text(&out.stderr)
+    );
+    let out = percore(&["call", &server.addr, "ArithMul", "{}"]);
+    assert!(
+        text(&out.stderr).contains("Service.Method"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bench_reports_counts_latency_json_and_plot() {
+    let server = ServeProcess::start("");
+    let (json_path, svg_path) = (temp_file("bench.json"), temp_file("bench.svg"));
+    let out = percore(&[
+        "bench",
+        "-s",
+        &server.addr,
+        "-c",
+        "8",
+        "--connections",
+        "2",
+        "-n",
+        "3000",
+        "--latency",
+        "-o",
+        json_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for needle in [
+        "sent 3000  ok 3000  errors 0",
+        "throughput (TPS): ",
+        "p99.99",
+        "Detailed Percentile spectrum",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(
+        (report["sent"].as_u64(), report["ok"].as_u64()),
+        (Some(3000), Some(3000))
+    );
+    assert_eq!(report["config"]["connections"], 2);
+    assert!(
+        report["latency_us"]["max"].as_f64().unwrap()
+            >= report["latency_us"]["p50"].as_f64().unwrap()
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+
+    // The other calls, and a constant-rate run.
+    for extra in [
+        &["--call", "Hello.Say", "-n", "200"][..],
+        &["--call", "Echo.Echo", "--payload-size", "4096", "-n", "200"],
+        &["--call", "Arith.Mul", "--codec", "json", "-n", "200"],
+        &["-r", "400", "-d", "1s"],
+    ] {
+        let mut args = vec!["bench", "-s", &server.addr, "-c", "4"];
+        args.extend_from_slice(extra);
+        let out = percore(&args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("errors 0"), "{extra:?}: {stdout}");
+    }
+}
+
+#[test]
+fn bench_whose_server_dies_reports_the_errors_and_exits() {
+    let mut server = ServeProcess::start("");
+    let json_path = temp_file("dies.json");
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args([
+            "bench",
+            "-s",
+            &server.addr,
+            "-c",
+            "8",
+            "--connections",
+            "4",
+            "-d",
+            "120s",
+            "-o",
+        ])
+        .arg(&json_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // let it load the server a little
+    server.kill();
+    let start = Instant::now();
+    while bench.try_wait().unwrap().is_none() {
+        if start.elapsed() > BOUND {
+            let _ = bench.kill();
+            panic!("the bench did not exit after its server died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = bench.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an aborted run exits non-zero:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("aborted: stopped after"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let errors = report["errors"].as_object().unwrap();
+    assert!(
+        errors.get("connect").and_then(Value::as_u64).unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert!(report["aborted"].is_string(), "{report}");
+}
