@@ -370,3 +370,37 @@ fn the_http_gateway_checks_the_authorization_header() {
     assert_eq!(server.metrics()[0].auth_failures.get(), 2);
     common::stop(server);
 }
+
+#[test]
+fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
+    use percore::metrics::Transport;
+    let dir = std::env::temp_dir().join(format!("percore-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.sock");
+    let listen = format!("unix@{}", path.display());
+    let server = common::start_with(1, |c| c.server.listen = vec![listen.parse().unwrap()]);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let body = r#"{"A":2,"B":3}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-RPCX-SerializeType: 1\r\n\
+         X-RPCX-ServicePath: Arith\r\nX-RPCX-ServiceMethod: Mul\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with(r#"{"C":6}"#), "{reply}");
+    let m = &server.metrics()[0];
+    assert_eq!(
+        m.transport(Transport::UNIX).bytes_in.get(),
+        request.len() as u64
+    );
+    assert_eq!(
+        m.transport(Transport::UNIX).bytes_out.get(),
+        reply.len() as u64
+    );
+    assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
+    common::stop(server);
+}
