@@ -404,3 +404,53 @@ fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
     assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
     common::stop(server);
 }
+
+#[test]
+fn a_peer_that_does_not_read_its_replies_stops_being_read() {
+    const CALLS: u64 = 64;
+    let server = common::start_with(1, |c| c.limits.max_pending_write_bytes = 1 << 20);
+    let mut s = connect(server.local_addrs()[0]);
+    let payload = vec![7u8; 1 << 20];
+    let mut all = Vec::new();
+    for seq in 0..CALLS {
+        request(0, seq, "Echo", "Echo", &payload).encode(&mut all);
+    }
+    // 64 MiB of calls, 64 MiB of replies nobody reads: past the pending-bytes limit (plus what
+    // the kernel buffers) the server stops reading, so this write blocks until its timeout.
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut written = 0;
+    while written < all.len() {
+        match s.write(&all[written..]) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(
+        written < all.len(),
+        "the server read every call without its replies being read"
+    );
+    let read = server.metrics()[0]
+        .transport(percore::metrics::Transport::TCP)
+        .bytes_in
+        .get();
+    assert!(read < all.len() as u64);
+    // Reading the replies lets it go on: every call is answered.
+    let mut reader = s.try_clone().unwrap();
+    let replies = std::thread::spawn(move || {
+        (0..CALLS)
+            .map(|_| read_frame(&mut reader).payload.len())
+            .all(|n| n == 1 << 20)
+    });
+    s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    s.write_all(&all[written..]).unwrap();
+    assert!(replies.join().unwrap());
+    common::stop(server);
+}
