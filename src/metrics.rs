@@ -458,6 +458,40 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
         sum(&|c| c.auth_failures.get())
     );
 
+    // Handshakes before the first rpcx frame: TLS and rpcx's HTTP CONNECT.
+    type Read<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
+    let simple: [(&str, &str, Read); 5] = [
+        (
+            "rpcx_server_tls_handshakes_total",
+            "TLS handshakes completed.",
+            &|c| c.tls_handshakes.get(),
+        ),
+        (
+            "rpcx_server_tls_handshake_failures_total",
+            "Connections closed because their TLS handshake failed.",
+            &|c| c.tls_handshake_failures.get(),
+        ),
+        (
+            "rpcx_server_plaintext_refused_total",
+            "Plaintext connections closed because TLS is required (tls.allow_plaintext = false).",
+            &|c| c.plaintext_refused.get(),
+        ),
+        (
+            "rpcx_server_http_connects_total",
+            "HTTP CONNECT /_rpcx_ handshakes accepted.",
+            &|c| c.http_connects.get(),
+        ),
+        (
+            "rpcx_server_http_connect_refused_total",
+            "Requests refused with 405 must CONNECT, or CONNECT heads malformed or too long.",
+            &|c| c.http_connect_refused.get(),
+        ),
+    ];
+    for (name, help, value) in simple {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", sum(value));
+    }
+
     header(
         &mut out,
         "rpcx_server_gateway_requests_total",

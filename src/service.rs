@@ -287,6 +287,8 @@ fn arith(
     reply: &mut Reply<'_>,
     op: fn(ArithArgs) -> i64,
 ) -> Result<Outcome, ServiceError> {
+    // Every key is mirrored, reserved ones (`__ServerTimeout`, ...) too, so a client can see
+    // exactly what it sent.
     for (k, v) in req.metadata.iter() {
         push_meta_echo(reply.meta, k, v);
     }

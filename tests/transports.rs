@@ -321,6 +321,17 @@ fn tls_on_tcp_reuseport_and_unix_listeners() {
         assert!(tls, "{target} ran over TLS");
     }
     assert_eq!(server.metrics()[0].tls_handshakes.get(), 3);
+    let scrape = percore::metrics::prometheus(
+        server.metrics(),
+        percore::metrics::Status {
+            ready: true,
+            draining: false,
+        },
+    );
+    assert!(
+        scrape.contains("\nrpcx_server_tls_handshakes_total 3\n"),
+        "{scrape}"
+    );
     common::stop(server);
 }
 
