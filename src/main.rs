@@ -195,10 +195,15 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("--meta {s:?} is not key=value"))
 }
 
-/// Precedence: defaults < config file < environment (PERCORE_LISTEN, PERCORE_CORES,
-/// PERCORE_DRAIN_TIMEOUT, PERCORE_LOG, PERCORE_LOG_FORMAT, PERCORE_ADMIN_LISTEN,
-/// PERCORE_AUTH_TOKEN_FILE) < flags.
+/// Precedence: defaults < config file < environment < flags.
 #[derive(clap::Args)]
+#[command(
+    after_help = "Precedence: defaults < config file < environment < flags.\n\
+Environment: PERCORE_CONFIG (the file), PERCORE_LISTEN (comma-separated), PERCORE_CORES,\n\
+PERCORE_DRAIN_TIMEOUT, PERCORE_LOG, PERCORE_LOG_FORMAT, PERCORE_ADMIN_LISTEN,\n\
+PERCORE_AUTH_TOKEN_FILE.\n\
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once); SIGHUP reloads the log level."
+)]
 struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
     /// Default: $PERCORE_CONFIG, else the embedded defaults.

@@ -370,3 +370,87 @@ fn the_http_gateway_checks_the_authorization_header() {
     assert_eq!(server.metrics()[0].auth_failures.get(), 2);
     common::stop(server);
 }
+
+#[test]
+fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
+    use percore::metrics::Transport;
+    let dir = std::env::temp_dir().join(format!("percore-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.sock");
+    let listen = format!("unix@{}", path.display());
+    let server = common::start_with(1, |c| c.server.listen = vec![listen.parse().unwrap()]);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let body = r#"{"A":2,"B":3}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-RPCX-SerializeType: 1\r\n\
+         X-RPCX-ServicePath: Arith\r\nX-RPCX-ServiceMethod: Mul\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.ends_with(r#"{"C":6}"#), "{reply}");
+    let m = &server.metrics()[0];
+    assert_eq!(
+        m.transport(Transport::UNIX).bytes_in.get(),
+        request.len() as u64
+    );
+    assert_eq!(
+        m.transport(Transport::UNIX).bytes_out.get(),
+        reply.len() as u64
+    );
+    assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
+    common::stop(server);
+}
+
+#[test]
+fn a_peer_that_does_not_read_its_replies_stops_being_read() {
+    const CALLS: u64 = 64;
+    let server = common::start_with(1, |c| c.limits.max_pending_write_bytes = 1 << 20);
+    let mut s = connect(server.local_addrs()[0]);
+    let payload = vec![7u8; 1 << 20];
+    let mut all = Vec::new();
+    for seq in 0..CALLS {
+        request(0, seq, "Echo", "Echo", &payload).encode(&mut all);
+    }
+    // 64 MiB of calls, 64 MiB of replies nobody reads: past the pending-bytes limit (plus what
+    // the kernel buffers) the server stops reading, so this write blocks until its timeout.
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut written = 0;
+    while written < all.len() {
+        match s.write(&all[written..]) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(
+        written < all.len(),
+        "the server read every call without its replies being read"
+    );
+    let read = server.metrics()[0]
+        .transport(percore::metrics::Transport::TCP)
+        .bytes_in
+        .get();
+    assert!(read < all.len() as u64);
+    // Reading the replies lets it go on: every call is answered.
+    let mut reader = s.try_clone().unwrap();
+    let replies = std::thread::spawn(move || {
+        (0..CALLS)
+            .map(|_| read_frame(&mut reader).payload.len())
+            .all(|n| n == 1 << 20)
+    });
+    s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    s.write_all(&all[written..]).unwrap();
+    assert!(replies.join().unwrap());
+    common::stop(server);
+}

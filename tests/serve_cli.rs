@@ -275,3 +275,13 @@ fn a_core_that_cannot_start_ends_the_process_with_the_reason() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("cannot start the executor"), "{stderr}");
 }
+
+#[test]
+fn help_names_every_environment_variable() {
+    let out = percore().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (var, _) in percore::config::ENV_VARS {
+        assert!(help.contains(var), "{var} missing from --help:\n{help}");
+    }
+    assert!(help.contains(percore::config::ENV_CONFIG));
+}

@@ -108,11 +108,12 @@ pub(crate) async fn serve<S>(
     core: &Rc<Core>,
     mut stream: S,
     peer: SocketAddr,
+    transport: Transport,
 ) -> crate::metrics::Close
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let close = run(core, &mut stream).await;
+    let close = run(core, &mut stream, transport).await;
     match &close {
         Close::Refused(r) => {
             core.metrics.bad_http(r.reason);
@@ -219,7 +220,7 @@ pub(crate) struct Scratch {
     pub(crate) json: Vec<u8>,
 }
 
-async fn run<S>(core: &Rc<Core>, stream: &mut S) -> Close
+async fn run<S>(core: &Rc<Core>, stream: &mut S, transport: Transport) -> Close
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -244,7 +245,7 @@ where
                 Ok(step) => step,
                 Err(refusal) => {
                     write_refusal(&mut out, &refusal);
-                    let _ = write_out(core, stream, &mut out).await;
+                    let _ = write_out(core, transport, stream, &mut out).await;
                     return Close::Refused(refusal);
                 }
             };
@@ -266,14 +267,17 @@ where
                     if let Some(delay) = delay {
                         // Replies go out in order: flush the ones before this, then wait.
                         let mut ready: Vec<u8> = out.drain(..before).collect();
-                        if write_out(core, stream, &mut ready).await.is_err() {
+                        if write_out(core, transport, stream, &mut ready)
+                            .await
+                            .is_err()
+                        {
                             return Close::WriteFailed;
                         }
                         glommio::timer::sleep(delay).await;
                     }
                     shrink(&mut scratch.body);
                     if !head.keep_alive {
-                        return match write_out(core, stream, &mut out).await {
+                        return match write_out(core, transport, stream, &mut out).await {
                             Ok(()) => Close::Requested,
                             Err(_) => Close::WriteFailed,
                         };
@@ -281,7 +285,7 @@ where
                 }
             }
         }
-        if !out.is_empty() && write_out(core, stream, &mut out).await.is_err() {
+        if !out.is_empty() && write_out(core, transport, stream, &mut out).await.is_err() {
             return Close::WriteFailed;
         }
         let mid_request = started.is_some() || !matches!(state, State::Head);
@@ -303,7 +307,7 @@ where
                     format!("request not complete within {:?}", cfg.request_timeout),
                 );
                 write_refusal(&mut out, &refusal);
-                let _ = write_out(core, stream, &mut out).await;
+                let _ = write_out(core, transport, stream, &mut out).await;
                 return Close::Refused(refusal);
             }
             None => return Close::Idle,
@@ -313,10 +317,7 @@ where
             Some(Ok(0)) => return Close::Eof,
             Some(Ok(n)) => {
                 rbuf.filled(n);
-                core.metrics
-                    .transport(Transport::TCP)
-                    .bytes_in
-                    .add(n as u64);
+                core.metrics.transport(transport).bytes_in.add(n as u64);
             }
             Some(Err(e)) => return Close::ReadError(e),
         }
@@ -325,12 +326,13 @@ where
 
 async fn write_out<S: AsyncWrite + Unpin>(
     core: &Core,
+    transport: Transport,
     stream: &mut S,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
     let result = stream.write_all(out).await;
     core.metrics
-        .transport(Transport::TCP)
+        .transport(transport)
         .bytes_out
         .add(out.len() as u64);
     out.clear();

@@ -102,7 +102,7 @@ pub(crate) async fn route<S: Socket>(
         Kind::Tls => serve_tls(core, stream, peer, network, transport, deadline).await,
         // The plaintext gateway also gets the bare socket.
         Kind::Http if network != Network::Http && core.config.gateway.enabled => {
-            gateway::serve(core, stream, peer).await
+            gateway::serve(core, stream, peer, transport).await
         }
         kind => {
             route_boxed(
@@ -136,7 +136,9 @@ async fn route_boxed(
         Kind::Http if network == Network::Http => {
             serve_connect(core, stream, peer, transport, deadline).await
         }
-        Kind::Http if core.config.gateway.enabled => gateway::serve(core, stream, peer).await,
+        Kind::Http if core.config.gateway.enabled => {
+            gateway::serve(core, stream, peer, transport).await
+        }
         Kind::Http => http_not_served(core, stream, peer, transport).await,
         Kind::Tls => {
             counts.bad_frame("bad_magic");
