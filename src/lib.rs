@@ -57,6 +57,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_message;
+mod buf;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -12,6 +12,7 @@
 //! with the same error at once, and the owner ([`super::Client`]) dials a new connection for
 //! the next call.
 
+use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
@@ -31,8 +32,6 @@ use crate::transport::dial::Stream;
 
 /// rpcx compresses only payloads larger than this (the Go client's and server's rule).
 const GZIP_ABOVE: usize = 1024;
-/// Buffers larger than this are given back once they are empty.
-const SHRINK_ABOVE: usize = 256 << 10;
 const INITIAL_READ_BUFFER: usize = 16 << 10;
 
 /// A live (or broken) connection to one server.
@@ -475,7 +474,7 @@ async fn run(conn: Rc<Conn>, stream: Stream) {
 
 async fn read_loop(conn: &Conn, mut rd: Half<'_>) -> Error {
     let max_frame = conn.options.max_frame_bytes;
-    let mut buf = ReadBuf::new();
+    let mut buf = ReadBuf::new(INITIAL_READ_BUFFER);
     loop {
         let n = match rd.read(buf.spare()).await {
             Ok(0) => return conn.connection_error("closed by the server"),
@@ -605,68 +604,5 @@ impl AsyncWrite for Half<'_> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
-}
-
-/// Input buffer: `buf[start..end]` is unread data; `buf` is always initialised.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl ReadBuf {
-    fn new() -> ReadBuf {
-        ReadBuf {
-            buf: vec![0; INITIAL_READ_BUFFER],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Room to read into; never empty.
-    fn spare(&mut self) -> &mut [u8] {
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
-            }
-        }
-        &mut self.buf[self.end..]
-    }
-
-    fn filled(&mut self, n: usize) {
-        self.end += n;
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = vec![0; INITIAL_READ_BUFFER];
-            }
-        }
-    }
-
-    /// Makes room for a whole frame of `total` bytes starting at `start`.
-    fn reserve_frame(&mut self, total: usize) {
-        if self.buf.len() - self.start < total {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.buf.len() < total {
-                self.buf.resize(total, 0);
-            }
-        }
     }
 }

@@ -19,6 +19,7 @@
 //! connection after the replies to the frames before it (and the auth error reply) are
 //! flushed, with one log line and a metric.
 
+use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
@@ -42,9 +43,6 @@ use crate::protocol::{
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done.
 const INITIAL_READ_BUFFER: usize = 8 << 10;
-/// A read buffer or write batch larger than this is given back once it is empty, so one large
-/// frame does not pin its memory for the life of the connection.
-const SHRINK_ABOVE: usize = 256 << 10;
 /// Once this many reply bytes are waiting, the reader lets the writer run before reading more.
 const WRITE_NUDGE: usize = 64 << 10;
 
@@ -223,7 +221,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> End {
     let limits = &core.config.limits;
     let counts = core.metrics.transport(transport);
-    let mut rbuf = ReadBuf::new();
+    let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
     let mut scratch = Scratch::default();
     loop {
         poll_fn(|cx| {
@@ -482,74 +480,6 @@ fn delay_reply(
         wake(&outbox.writer);
     })
     .detach();
-}
-
-/// The connection's input buffer: `buf[start..end]` is unread data. `buf` is always fully
-/// initialised, so reads go straight into it.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl ReadBuf {
-    fn new() -> ReadBuf {
-        ReadBuf {
-            buf: vec![0; INITIAL_READ_BUFFER],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Room to read into; never empty.
-    fn spare(&mut self) -> &mut [u8] {
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.compact();
-            } else {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
-            }
-        }
-        &mut self.buf[self.end..]
-    }
-
-    fn filled(&mut self, n: usize) {
-        self.end += n;
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = vec![0; INITIAL_READ_BUFFER];
-            }
-        }
-    }
-
-    /// Makes room for a whole frame of `total` bytes starting at `start` (already checked
-    /// against the frame limit).
-    fn reserve_frame(&mut self, total: usize) {
-        if self.buf.len() - self.start >= total {
-            return;
-        }
-        self.compact();
-        if self.buf.len() < total {
-            self.buf.resize(total, 0);
-        }
-    }
-
-    fn compact(&mut self) {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-    }
 }
 
 /// The read side of a stream both halves of one task use in turn.

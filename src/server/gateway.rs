@@ -22,6 +22,7 @@
 //! is answered with the body echoed; `X-RPCX-CompressType: 1` means a gzip request body, and the
 //! reply body is never compressed; methods other than GET, POST and PUT get 405.
 
+use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
@@ -42,8 +43,6 @@ use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata, push_meta};
 
 /// First size of a connection's read buffer; it grows to hold a request head and shrinks back.
 const INITIAL_READ_BUFFER: usize = 8 << 10;
-/// A buffer larger than this is given back once it is empty.
-const SHRINK_ABOVE: usize = 256 << 10;
 /// Longest chunk-size line accepted (hex size plus extensions).
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -225,7 +224,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let cfg = &core.config.gateway;
-    let mut rbuf = ReadBuf::new();
+    let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
     let mut out: Vec<u8> = Vec::new();
     let mut scratch = Scratch::default();
     let mut state = State::Head;
@@ -983,59 +982,6 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The connection's input buffer: `buf[start..end]` is unread data. `buf` is always fully
-/// initialised, so reads go straight into it.
-struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl ReadBuf {
-    fn new() -> ReadBuf {
-        ReadBuf {
-            buf: vec![0; INITIAL_READ_BUFFER],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Room to read into; never empty. Grows only while a request head does not fit (the head
-    /// limit bounds that); bodies are moved out as they arrive.
-    fn spare(&mut self) -> &mut [u8] {
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
-            }
-        }
-        &mut self.buf[self.end..]
-    }
-
-    fn filled(&mut self, n: usize) {
-        self.end += n;
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = vec![0; INITIAL_READ_BUFFER];
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1107,7 +1053,7 @@ mod tests {
     fn chunked_bodies_across_reads() {
         let wire = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
         // Feed it one byte at a time: the decoder keeps its place.
-        let mut rbuf = ReadBuf::new();
+        let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
         let mut chunk = Chunk::Size;
         let mut body = Vec::new();
         let mut done = false;
@@ -1122,7 +1068,7 @@ mod tests {
         assert!(done);
         assert_eq!(body, b"Wikipedia");
         assert!(rbuf.data().is_empty());
-        let mut rbuf = ReadBuf::new();
+        let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
         rbuf.spare()[..8].copy_from_slice(b"10\r\nabcd");
         rbuf.filled(8);
         let err = dechunk(&mut Chunk::Size, &mut rbuf, &mut Vec::new(), 8, 100).unwrap_err();
@@ -1160,7 +1106,7 @@ mod tests {
             let cfg = Gateway { max_header_bytes: 256, max_headers: 8, max_body_bytes: 300, ..Gateway::default() };
             let mut wire = prefix.to_vec();
             wire.extend_from_slice(&input);
-            let (mut state, mut head, mut rbuf, mut body) = (State::Head, Head::default(), ReadBuf::new(), Vec::new());
+            let (mut state, mut head, mut rbuf, mut body) = (State::Head, Head::default(), ReadBuf::new(INITIAL_READ_BUFFER), Vec::new());
             let mut at = 0;
             'feed: for cut in cuts.iter().cycle() {
                 if at >= wire.len() {

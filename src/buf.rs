@@ -1,0 +1,95 @@
+//! The input buffer every byte-stream loop reads into: the rpcx frame loop, the HTTP gateway and
+//! the client connection.
+
+/// A buffer that grows past this while holding one large message is given back once empty, so
+/// one large frame or request does not pin its memory for the life of the connection.
+pub(crate) const SHRINK_ABOVE: usize = 256 << 10;
+
+/// `buf[start..end]` is unread data. `buf` is always fully initialised, so reads go straight
+/// into it; it grows to hold the largest message in flight and shrinks back when that is done.
+pub(crate) struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    initial: usize,
+}
+
+impl ReadBuf {
+    /// A buffer of `initial` bytes (also the size it shrinks back to).
+    pub(crate) fn new(initial: usize) -> ReadBuf {
+        ReadBuf {
+            buf: vec![0; initial],
+            start: 0,
+            end: 0,
+            initial,
+        }
+    }
+
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Room to read into; never empty.
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.compact();
+            } else {
+                let len = self.buf.len() * 2;
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > SHRINK_ABOVE {
+                self.buf = vec![0; self.initial];
+            }
+        }
+    }
+
+    /// Makes room for a whole message of `total` bytes starting at the unread data (the caller
+    /// has checked `total` against its limit).
+    pub(crate) fn reserve_frame(&mut self, total: usize) {
+        if self.buf.len() - self.start >= total {
+            return;
+        }
+        self.compact();
+        if self.buf.len() < total {
+            self.buf.resize(total, 0);
+        }
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_for_a_frame_and_shrinks_back() {
+        let mut b = ReadBuf::new(8);
+        b.spare()[..4].copy_from_slice(b"abcd");
+        b.filled(4);
+        b.consume(2);
+        b.reserve_frame(1 << 20);
+        assert_eq!(b.data(), b"cd");
+        assert!(b.spare().len() >= (1 << 20) - 2);
+        b.consume(2);
+        assert_eq!(b.spare().len(), 8);
+    }
+}
