@@ -3,16 +3,20 @@
 calls on one connection, checking every reply's length. A deterministic, dependency-free load for
 benches/instructions.sh (the server runs under callgrind, so the driver's own speed is irrelevant).
 
-usage: drive_arith.py HOST PORT N BATCH
+usage: drive_arith.py HOST PORT N BATCH [REPLY_LEN]
+
+REPLY_LEN is the length of one reply: 45 for Arith.Mul's reply {C:200} (the default), 47 for the
+null server, which echoes the request back. It must be right: a driver that expects fewer bytes
+than the server sends drifts ahead of the replies and ends up pipelining.
 """
 import socket
 import sys
 import time
 
 host, port, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+resp_len = int(sys.argv[5]) if len(sys.argv) > 5 else 45
 # The Go client's bytes for Arith.Mul {A:10, B:20}, MsgPack, seq 1 (tests/data/rpcx-go-frames.json).
 req = bytes.fromhex("0800003000000000000000010000001f000000054172697468000000034d756c000000000000000782a1410aa14214")
-resp_len = 45
 for _ in range(150):
     try:
         s = socket.create_connection((host, port))
@@ -32,3 +36,11 @@ for _ in range(n // batch):
         if not d:
             raise SystemExit("server closed the connection")
         need -= len(d)
+# Nothing may be left over: extra bytes mean REPLY_LEN is wrong and the run was pipelined.
+s.settimeout(0.3)
+try:
+    extra = s.recv(1 << 16)
+except socket.timeout:
+    extra = b""
+if extra:
+    raise SystemExit(f"the server sent {len(extra)} bytes more than {n} replies of {resp_len}: wrong REPLY_LEN")

@@ -4,6 +4,7 @@
 #
 #   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
 #   REQUESTS=20000 bash benches/instructions.sh
+#   SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
 # (callgrind_control -z), drive REQUESTS calls with benches/drive_arith.py, dump the counters
@@ -26,13 +27,15 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
         valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$NULL" "127.0.0.1:$PORT" 1 \
             >"$out/log.$batch" 2>&1 &
     else
-        valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 \
+        valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 ${SERVER_ARGS:-} \
             --listen "127.0.0.1:$PORT" >"$out/log.$batch" 2>&1 &
     fi
     local pid=$!
-    python3 benches/drive_arith.py 127.0.0.1 "$PORT" 640 "$batch"
+    local reply=45
+    [ "$server" = null ] && reply=47 # the null server echoes the 47-byte request
+    python3 benches/drive_arith.py 127.0.0.1 "$PORT" 640 "$batch" "$reply"
     callgrind_control -z "$pid" >/dev/null
-    python3 benches/drive_arith.py 127.0.0.1 "$PORT" "$REQUESTS" "$batch"
+    python3 benches/drive_arith.py 127.0.0.1 "$PORT" "$REQUESTS" "$batch" "$reply"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill -9 "$pid" 2>/dev/null || true
@@ -50,7 +53,7 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
 }
 
 echo "callgrind, user-space instructions on the server, $REQUESTS requests per run"
-for server in percore null; do
+for server in ${SERVERS:-percore null}; do
     measure 1 "$server"
     measure 32 "$server"
 done

@@ -120,6 +120,13 @@ pub struct Runtime {
     pub io_memory_bytes: usize,
     /// io_uring submission queue depth per executor.
     pub ring_depth: usize,
+    /// How long an executor that ran out of work keeps polling its rings before it sleeps
+    /// (0: sleep at once).
+    #[serde(with = "humantime_serde")]
+    pub spin_before_park: Duration,
+    /// How long a task queue runs before the executor checks for I/O and other queues.
+    #[serde(with = "humantime_serde")]
+    pub preempt_timer: Duration,
 }
 
 /// `[services]`: settings of the built-in services.
@@ -256,6 +263,8 @@ impl Default for Runtime {
         Runtime {
             io_memory_bytes: 512 << 10,
             ring_depth: 256,
+            spin_before_park: Duration::ZERO,
+            preempt_timer: Duration::from_millis(100),
         }
     }
 }

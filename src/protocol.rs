@@ -392,11 +392,42 @@ pub fn encode(
 ) {
     let total = encoded_len(path, method, metadata, payload);
     out.reserve(total);
-    out.extend_from_slice(&[MAGIC, header.version, header.flags, header.serialize << 4]);
-    out.extend_from_slice(&header.seq.to_be_bytes());
-    out.extend_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    out.extend_from_slice(&head(header, total));
     push_bytes(out, path.as_bytes());
     push_bytes(out, method.as_bytes());
+    push_bytes(out, metadata);
+    push_bytes(out, payload);
+}
+
+/// A frame's first 16 bytes: the header and the length of the rest.
+fn head(header: &Header, total: usize) -> [u8; HEADER_LEN] {
+    let mut head = [0u8; HEADER_LEN];
+    head[..4].copy_from_slice(&[MAGIC, header.version, header.flags, header.serialize << 4]);
+    head[4..12].copy_from_slice(&header.seq.to_be_bytes());
+    head[12..].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    head
+}
+
+/// The wire form of `frame`'s path and method (`[u32 len][path][u32 len][method]`), cut from
+/// `raw`, the bytes `frame` was decoded from.
+pub fn names_wire<'a>(raw: &'a [u8], frame: &Frame<'_>) -> &'a [u8] {
+    &raw[HEADER_LEN..HEADER_LEN + 8 + frame.path.len() + frame.method.len()]
+}
+
+/// As [`encode`], with the path and method given in wire form ([`names_wire`]): a reply copies
+/// them from its request in one piece (one copy instead of four pieces; ~60 instructions per
+/// reply, benches/instructions.sh).
+pub fn encode_with_names(
+    out: &mut Vec<u8>,
+    header: &Header,
+    names: &[u8],
+    metadata: &[u8],
+    payload: &[u8],
+) {
+    let total = HEADER_LEN + names.len() + 8 + metadata.len() + payload.len();
+    out.reserve(total);
+    out.extend_from_slice(&head(header, total));
+    out.extend_from_slice(names);
     push_bytes(out, metadata);
     push_bytes(out, payload);
 }

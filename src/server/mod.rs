@@ -286,7 +286,13 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("percore-core-{index}"))
             .io_memory(config.runtime.io_memory_bytes)
-            .ring_depth(config.runtime.ring_depth);
+            .ring_depth(config.runtime.ring_depth)
+            .preempt_timer(config.runtime.preempt_timer);
+        let builder = if config.runtime.spin_before_park.is_zero() {
+            builder
+        } else {
+            builder.spin_before_park(config.runtime.spin_before_park)
+        };
         let thread = builder
             .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, report))
             .map_err(|e| ServerError::Executor {
