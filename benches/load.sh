@@ -41,7 +41,10 @@
 # included): a generator near 100% while the server is well below means the generator, not the
 # server, set the rate. "Anything else" is the busy time of CPUs 0 and 1 (/proc/stat) not charged
 # to the server or the generator: other processes (a build running alongside), interrupts, time
-# stolen by the hypervisor: small on a quiet machine, tens of % in a noisy run.
+# stolen by the hypervisor: small on a quiet machine, tens of % in a noisy run. The server's CPU
+# per call (its CPU over the calls made meanwhile) gives a second ratio, null/percore: when the
+# generator sets the rate, the TPS ratio only says percore kept up with the generator, while the
+# CPU-per-call ratio still says what share of percore's work per call is the bare transport.
 #
 # Generator flags: `--cores 1` (the generator's executor on CPU 1), `--timeout 0`: the default
 # 10 s timeout puts a __ServerTimeout entry in every request's metadata, which percore parses and
@@ -189,7 +192,7 @@ cpu01_ticks() {
 }
 
 RUNS_TSV="$OUT/runs.tsv"
-printf 'server\tworkload\tround\tstatus\ttps\tp50\tp99\tp99.9\tmax\terrors\tserver_cpu\tgen_cpu\tother_cpu\n' >"$RUNS_TSV"
+printf 'server\tworkload\tround\tstatus\ttps\tp50\tp99\tp99.9\tmax\terrors\tserver_cpu\tgen_cpu\tother_cpu\tserver_us_per_call\n' >"$RUNS_TSV"
 FAILED=()
 
 # bench SERVER WORKLOAD ROUND ARGS...: one run against SERVER; one line on the terminal and in
@@ -230,8 +233,11 @@ bench() {
             srv = 100 * s / hz / w
             gen = 100 * (g1 - g0) / w
             other = 100 * c / hz / w - srv - gen
-            printf "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.0f\n", tps, p50, p99, p999, max, errors,
-                srv, gen, other < 0 ? 0 : other
+            # Server CPU per call: its CPU over the whole bench process, warmup included, over the
+            # calls made meanwhile, taking the warmup rate to be the measured one.
+            per_call = tps > 0 ? s / hz / (tps * w) * 1e6 : 0
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\n", tps, p50, p99, p999, max,
+                errors, srv, gen, other < 0 ? 0 : other, per_call
         }' "$base.txt")
     local status=ok why=""
     if ! alive "$server"; then
@@ -327,10 +333,11 @@ SUMMARY="$OUT/summary.txt"
     echo "--timeout 0) on CPU 1; $RUNS round(s) of $DURATION after $WARMUP warmup. Medians over the rounds;"
     echo "latency in us; errors summed over the rounds. CPU in % of one CPU over the whole bench"
     echo "process (warmup included): srv the server, gen the generator, oth the rest of CPUs 0-1's"
-    echo "busy time (other processes, interrupts, steal; much more than a few % means a noisy run)."
+    echo "busy time (other processes, interrupts, steal; much more than a few % means a noisy run);"
+    echo "srv-us the server's CPU microseconds per call (its CPU over the calls made meanwhile)."
     echo
-    printf '%-12s %-22s %5s %11s %9s %9s %9s %9s %7s %5s %5s %5s\n' server workload runs TPS p50 \
-        p99 p99.9 max errors "srv%" "gen%" "oth%"
+    printf '%-12s %-22s %5s %11s %9s %9s %9s %9s %7s %5s %5s %5s %8s\n' server workload runs TPS \
+        p50 p99 p99.9 max errors "srv%" "gen%" "oth%" "srv-us"
     for workload in "${WORKLOADS[@]}" "$RATE_WORKLOAD"; do
         for server in "${SERVERS[@]}"; do
             all=$(awk -F'\t' -v s="$server" -v w="$workload" '$1 == s && $2 == w' "$RUNS_TSV" | wc -l)
@@ -343,20 +350,21 @@ SUMMARY="$OUT/summary.txt"
                 printf '%-12s %-22s %5s %11s\n' "$server" "$workload" "$good/$all" FAILED
                 continue
             fi
-            printf '%-12s %-22s %5s %11s %9s %9s %9s %9s %7s %5s %5s %5s\n' "$server" "$workload" \
+            printf '%-12s %-22s %5s %11s %9s %9s %9s %9s %7s %5s %5s %5s %8s\n' "$server" "$workload" \
                 "$all" "$(median "$server" "$workload" 5)" "$(median "$server" "$workload" 6 %.1f)" \
                 "$(median "$server" "$workload" 7 %.1f)" "$(median "$server" "$workload" 8 %.1f)" \
                 "$(median "$server" "$workload" 9 %.1f)" "$errors" \
                 "$(median "$server" "$workload" 11)" "$(median "$server" "$workload" 12)" \
-                "$(median "$server" "$workload" 13)"
+                "$(median "$server" "$workload" 13)" "$(median "$server" "$workload" 14 %.2f)"
         done
     done
     echo
-    # ratio NUMERATOR DENOMINATOR WORKLOAD TARGET: "0.93 (target >= 0.90: met)".
+    # ratio NUMERATOR DENOMINATOR WORKLOAD TARGET [COLUMN]: NUMERATOR's median of COLUMN (default
+    # 5, TPS) over DENOMINATOR's, e.g. "0.93 (target >= 0.90: met)".
     ratio() {
         local a b
-        a=$(median "$1" "$3" 5)
-        b=$(median "$2" "$3" 5)
+        a=$(median "$1" "$3" "${5:-5}" %.6g)
+        b=$(median "$2" "$3" "${5:-5}" %.6g)
         if [[ -z $a || -z $b ]]; then
             echo "n/a"
             return
@@ -368,7 +376,8 @@ SUMMARY="$OUT/summary.txt"
             if (t != "") s = s sprintf(" (target >= %s: %s)", t, r >= t ? "met" : "MISSED")
             print s }'
     }
-    printf '%-22s %-32s %-32s\n' "ratio of median TPS" percore/null percore/rpcx_server
+    printf '%-22s %-32s %-32s %s\n' "ratio of median TPS" percore/null percore/rpcx_server \
+        "server CPU per call, null/percore"
     for workload in "${WORKLOADS[@]}"; do
         case $workload in
         arith-msgpack-64x1) t_null=0.90 t_rpcx="" ;;
@@ -379,8 +388,8 @@ SUMMARY="$OUT/summary.txt"
         if [[ $workload == arith-* ]]; then
             vs_rpcx=$(ratio percore rpcx_server "$workload" "$t_rpcx")
         fi
-        printf '%-22s %-32s %-32s\n' "$workload" "$(ratio percore null "$workload" "$t_null")" \
-            "$vs_rpcx"
+        printf '%-22s %-32s %-32s %s\n' "$workload" "$(ratio percore null "$workload" "$t_null")" \
+            "$vs_rpcx" "$(ratio null percore "$workload" "" 14)"
     done
     if ((RATE > 0)); then
         p99=$(median percore "$RATE_WORKLOAD" 7 %.1f)
