@@ -150,6 +150,11 @@ struct BenchArgs {
     /// Per-call timeout (also sent as __ServerTimeout); 0 = none.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Count any reply that is not an rpcx error reply as OK, without checking its payload
+    /// (for servers that do not compute the answer, e.g. the null server, which echoes each
+    /// request). The report says the replies were not verified.
+    #[arg(long)]
+    no_verify: bool,
     /// Print the full percentile spectrum (wrk2 style).
     #[arg(long)]
     latency: bool,
@@ -295,6 +300,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         payload_size: args.payload_size,
         codec: args.codec.unwrap_or(args.call.default_codec()),
         timeout: Some(args.timeout).filter(|t| !t.is_zero()),
+        verify: !args.no_verify,
         progress: !args.quiet && std::io::stderr().is_terminal(),
         tls: args.tls.client_tls(),
     };

@@ -142,6 +142,7 @@ fn bench_reports_counts_latency_json_and_plot() {
         (Some(3000), Some(3000))
     );
     assert_eq!(report["config"]["connections"], 2);
+    assert_eq!(report["config"]["verified"], true);
     assert!(
         report["latency_us"]["max"].as_f64().unwrap()
             >= report["latency_us"]["p50"].as_f64().unwrap()
@@ -224,4 +225,103 @@ fn bench_whose_server_dies_reports_the_errors_and_exits() {
         "{report}"
     );
     assert!(report["aborted"].is_string(), "{report}");
+}
+
+/// A tiny null server on 127.0.0.1: answers each rpcx frame by flipping its response bit (the
+/// request comes back as the reply), as benches/null_server.rs does. Its threads end when the
+/// test process does.
+fn echo_server() -> String {
+    use percore::protocol;
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_read_timeout(Some(BOUND));
+                let mut buf = vec![0u8; 64 << 10];
+                let mut filled = 0;
+                loop {
+                    if filled == buf.len() {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                    match stream.read(&mut buf[filled..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => filled += n,
+                    }
+                    let mut done = 0;
+                    while let Ok(Some(len)) = protocol::frame_len(&buf[done..filled], u32::MAX) {
+                        if filled - done < len {
+                            break;
+                        }
+                        buf[done + 2] |= protocol::flags::RESPONSE;
+                        done += len;
+                    }
+                    if done > 0 {
+                        if stream.write_all(&buf[..done]).is_err() {
+                            return;
+                        }
+                        buf.copy_within(done..filled, 0);
+                        filled -= done;
+                    }
+                }
+            });
+        }
+    });
+    format!("tcp@{addr}")
+}
+
+#[test]
+fn bench_no_verify_counts_an_echoed_request_as_ok_and_says_so() {
+    let addr = echo_server();
+    for call in ["Arith.Mul", "Hello.Say"] {
+        let base = [
+            "bench",
+            "-s",
+            &addr,
+            "--call",
+            call,
+            "-c",
+            "4",
+            "--connections",
+            "2",
+            "-n",
+            "200",
+        ];
+        // Verified (the default): the echoed args are not the answer.
+        let out = percore(&base);
+        let stdout = text(&out.stdout);
+        assert!(!out.status.success(), "{call}: no call was OK:\n{stdout}");
+        assert!(
+            stdout.contains("sent 200  ok 0  errors 200") && stdout.contains("bad_reply"),
+            "{call}:\n{stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(!stdout.contains("NOT verified"), "{call}:\n{stdout}");
+
+        let json_path = temp_file(&format!("no-verify-{call}.json"));
+        let mut args = base.to_vec();
+        args.extend(["--no-verify", "-o", json_path.to_str().unwrap()]);
+        let out = percore(&args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{call}:\n{stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("sent 200  ok 200  errors 0"),
+            "{call}:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("replies NOT verified (--no-verify)"),
+            "{call}:\n{stdout}"
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        assert_eq!(report["config"]["verified"], false, "{call}: {report}");
+        assert_eq!(report["ok"], 200, "{call}: {report}");
+    }
 }

@@ -48,6 +48,9 @@ pub struct ReportConfig {
     pub payload_size: usize,
     /// Per-call timeout in milliseconds (None: none).
     pub timeout_ms: Option<u128>,
+    /// Whether replies were checked against the expected answer; false with `--no-verify`,
+    /// when `ok` counts every reply that was not an rpcx error reply.
+    pub verified: bool,
 }
 
 /// Latency statistics in microseconds.
@@ -192,6 +195,7 @@ pub(super) fn build(
             executors,
             payload_size: config.payload_size,
             timeout_ms: config.timeout.map(|t| t.as_millis()),
+            verified: config.verify,
         },
         sent,
         ok,
@@ -249,6 +253,12 @@ impl Report {
         );
         if c.call == "Echo.Echo" {
             let _ = writeln!(out, "  payload {} bytes", c.payload_size);
+        }
+        if !c.verified {
+            let _ = writeln!(
+                out,
+                "  replies NOT verified (--no-verify): ok counts every reply that is not an rpcx error"
+            );
         }
         let failed: u64 = self.errors.values().sum();
         let _ = writeln!(out, "sent {}  ok {}  errors {}", self.sent, self.ok, failed);
@@ -356,12 +366,17 @@ impl Report {
         );
         let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
         let title = format!(
-            "{} {} · {} connections, {} in flight · {:.0} calls/s",
+            "{} {} · {} connections, {} in flight · {:.0} calls/s{}",
             self.config.call,
             self.config.codec,
             self.config.connections,
             self.config.concurrency,
-            self.throughput
+            self.throughput,
+            if self.config.verified {
+                ""
+            } else {
+                " · replies not verified"
+            }
         );
         let _ = writeln!(
             s,
