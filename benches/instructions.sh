@@ -8,8 +8,9 @@
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
 # (callgrind_control -z), drive REQUESTS calls with benches/drive_arith.py, dump the counters
-# (callgrind_control -d); instructions per request = the dump's total / REQUESTS. The top
-# functions by self cost are printed too. Needs valgrind (apt-get install valgrind).
+# (callgrind_control -d); instructions per request = the dump's total / REQUESTS, split into
+# the tasks' share and the reactor's. TOP=N also prints the N functions of highest self cost.
+# Needs valgrind (apt-get install valgrind) and bc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-10000}
@@ -44,12 +45,43 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
     dump=$(ls "$out"/cg."$batch".* | head -n 1)
     mv "$dump" "$out/done.$server.$batch"
     dump="$out/done.$server.$batch"
-    local total
+    local total tasks reactor waits
     total=$(grep '^summary:' "$dump" | awk '{print $2}')
-    printf '%-32s %12s instructions  %8.0f per request\n' "$server Arith.Mul msgpack x$batch" "$total" "$(echo "$total / $REQUESTS" | bc -l)"
-    callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' \
-        | grep -vE 'clone.S|start_thread|__rust_begin_short_backtrace|thread_start|call_once\{\{vtable' | head -n 8 \
-        | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-150 || true
+    # Inclusive costs: everything the tasks ran (the connection's own work, including the
+    # syscalls' user side) and glommio's reactor loop. The reactor's share depends on how often
+    # it runs, which depends on timing (a request that arrives while the reactor spins saves a
+    # sleep), so it varies from run to run at one call in flight; the tasks' share does not.
+    inclusive() { callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
+        | grep -E "$1 \[" | head -n 1 | awk '{gsub(",", "", $1); print $1}'; }
+    tasks=$(inclusive 'glommio::task::raw::RawTask<F,R,S>::run')
+    reactor=$(inclusive 'glommio::sys::uring::Reactor::wait')
+    waits=$(python3 - "$dump" <<'PY'
+import re, sys
+names, callee, n = {}, None, 0
+for line in open(sys.argv[1]):
+    m = re.match(r"^cfn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        callee = names.get(m.group(1), "")
+        continue
+    m = re.match(r"^fn=\((\d+)\) (.*)$", line.rstrip("\n"))
+    if m:
+        names[m.group(1)] = m.group(2)
+    if line.startswith("calls=") and callee == "glommio::sys::uring::Reactor::wait":
+        n += int(line[6:].split()[0])
+print(n)
+PY
+)
+    printf '%-30s %8.0f per request: %6.0f in tasks, %6.0f in the reactor (%.2f reactor loops per request)\n' \
+        "$server Arith.Mul msgpack x$batch" "$(echo "$total / $REQUESTS" | bc -l)" \
+        "$(echo "${tasks:-0} / $REQUESTS" | bc -l)" "$(echo "${reactor:-0} / $REQUESTS" | bc -l)" \
+        "$(echo "$waits / $REQUESTS" | bc -l)"
+    if [ -n "${TOP:-}" ]; then
+        callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' \
+            | grep -vE 'clone.S|start_thread|__rust_begin_short_backtrace|thread_start|call_once\{\{vtable' | head -n "$TOP" \
+            | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/library/##' | cut -c1-150 || true
+    fi
 }
 
 echo "callgrind, user-space instructions on the server, $REQUESTS requests per run"
