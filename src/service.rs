@@ -330,7 +330,7 @@ fn msgpack_args(bytes: &[u8]) -> Option<ArithArgs> {
 /// test checks they agree), without its generic writer.
 fn msgpack_write_int(out: &mut Vec<u8>, v: i64) {
     match v {
-        0..=0x7f | -32..=-1 => out.push(v as u8),
+        -32..=0x7f => out.push(v as u8),
         0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
         0x100..=0xffff => {
             out.push(0xcd);
@@ -372,7 +372,8 @@ fn msgpack_int(bytes: &[u8]) -> Option<(i64, &[u8])> {
         0xcc => be::<1>(rest).map(|(v, r)| (i64::from(v[0]), r))?,
         0xcd => be::<2>(rest).map(|(v, r)| (i64::from(u16::from_be_bytes(v)), r))?,
         0xce => be::<4>(rest).map(|(v, r)| (i64::from(u32::from_be_bytes(v)), r))?,
-        0xcf => be::<8>(rest).and_then(|(v, r)| Some((i64::try_from(u64::from_be_bytes(v)).ok()?, r)))?,
+        0xcf => be::<8>(rest)
+            .and_then(|(v, r)| Some((i64::try_from(u64::from_be_bytes(v)).ok()?, r)))?,
         0xd0 => be::<1>(rest).map(|(v, r)| (i64::from(v[0] as i8), r))?,
         0xd1 => be::<2>(rest).map(|(v, r)| (i64::from(i16::from_be_bytes(v)), r))?,
         0xd2 => be::<4>(rest).map(|(v, r)| (i64::from(i32::from_be_bytes(v)), r))?,

@@ -64,7 +64,7 @@ pub(crate) fn invoke(
     // One call in TIME_ONE_CALL_IN per method and core is timed (the first one included):
     // two clock reads and a bucket search cost ~150 instructions, 8% of a pipelined
     // Arith.Mul call (benches/instructions.sh), for a histogram a sample describes as well.
-    let timed = counts.started.get() % TIME_ONE_CALL_IN == 0;
+    let timed = counts.started.get().is_multiple_of(TIME_ONE_CALL_IN);
     counts.started.inc();
     let started = timed.then(Instant::now);
     let invoked = run(
