@@ -367,11 +367,17 @@ fn record_connect_failure(shared: &Shared, reason: String) {
 }
 
 /// Latencies in nanoseconds, 3 significant digits, 1 ns to an hour: recording never allocates
-/// (longer latencies saturate at an hour).
+/// nor faults a page in (longer latencies saturate at an hour).
 fn histogram() -> Histogram<u64> {
     // The bounds are constants that satisfy hdrhistogram's rules (low >= 1, high >= 2 * low,
     // sigfig <= 5), which are the only way construction can fail.
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid constant histogram bounds")
+    let mut hist = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+        .expect("valid constant histogram bounds");
+    // Its counts are freshly mapped memory: write them all now, or the first calls of each
+    // latency range fault their pages in during the run (on a VM a fresh huge page is
+    // milliseconds, a stall that shows up as latency).
+    hist.reset();
+    hist
 }
 
 struct Worker {
