@@ -143,6 +143,8 @@ fn bench_reports_counts_latency_json_and_plot() {
     );
     assert_eq!(report["config"]["connections"], 2);
     assert_eq!(report["config"]["verified"], true);
+    assert!(report["send_lag_us"].is_null(), "closed loop: {report}");
+    assert!(!stdout.contains("send lag"), "{stdout}");
     assert!(
         report["latency_us"]["max"].as_f64().unwrap()
             >= report["latency_us"]["p50"].as_f64().unwrap()
@@ -336,6 +338,13 @@ fn bench_at_constant_rate_makes_exactly_the_scheduled_calls_spread_over_the_conn
         (Some(1000), Some(1000))
     );
     assert_eq!(report["config"]["rate"], 2000.0);
+    // The generator's own delay is reported apart from the latency.
+    assert!(stdout.contains("send lag (us): p50 "), "{stdout}");
+    let lag = &report["send_lag_us"];
+    assert!(
+        lag["p50"].as_f64().unwrap() <= lag["max"].as_f64().unwrap(),
+        "{report}"
+    );
     assert_eq!(*counts.lock().unwrap(), [250; 4], "calls per connection");
 
     // -d at a constant rate: the slots due in the run, no call after it (the calls a worker

@@ -23,7 +23,8 @@
 //!   takes it at once. Latency is measured from each call's **scheduled** time, so a stalled
 //!   server is charged for the calls it held back, and the pacer's own delay (up to a tick) is
 //!   in it too (coordinated omission corrected, as wrk2 does). A rate the workers cannot reach
-//!   shows up as growing latency, not as a lower rate.
+//!   shows up as growing latency, not as a lower rate. The report's `send lag` is how late the
+//!   calls started after their scheduled time: the generator's own share of the latency.
 //! - **Warmup**: calls in the first `--warmup` are made but not counted; at constant rate the
 //!   schedule starts afresh when the measurement does, so a backlog built up during the warmup
 //!   is not charged to the measured calls.
@@ -192,6 +193,8 @@ impl BenchConfig {
 /// One executor's results.
 struct CoreResult {
     hist: Histogram<u64>,
+    /// Constant rate: each counted call's start after its slot.
+    lag: Option<Histogram<u64>>,
     sent: u64,
     ok: u64,
     errors: [u64; ERROR_KINDS],
@@ -332,6 +335,7 @@ async fn run_executor(
     let end = config.duration.map(|d| measure_from + d);
     let stats = Rc::new(RefCell::new(CoreResult {
         hist: histogram(),
+        lag: (config.rate > 0.0).then(histogram),
         sent: 0,
         ok: 0,
         errors: [0; ERROR_KINDS],
@@ -419,6 +423,7 @@ async fn run_executor(
     let mut stats = stats.borrow_mut();
     Some(CoreResult {
         hist: std::mem::replace(&mut stats.hist, histogram()),
+        lag: stats.lag.take(),
         sent: stats.sent,
         ok: stats.ok,
         errors: stats.errors,
@@ -525,6 +530,14 @@ impl Calls {
                     stats.samples.push((kind, text));
                 }
             }
+        }
+    }
+
+    /// Constant rate: notes how late a counted call due at `slot` starts.
+    fn record_lag(&self, slot: Instant) {
+        let ns = Instant::now().saturating_duration_since(slot).as_nanos() as u64;
+        if let Some(lag) = self.stats.borrow_mut().lag.as_mut() {
+            lag.saturating_record(ns.max(1));
         }
     }
 
@@ -657,6 +670,9 @@ async fn paced_worker(calls: Rc<Calls>, pace: Rc<pacer::Pace>, conns: Rc<[Paced]
             if at > now {
                 glommio::timer::sleep(at - now).await;
             }
+        }
+        if slot.counted {
+            calls.record_lag(slot.at);
         }
         let (result, done) = calls.call(&conn.client, &req).await;
         calls.record(&result, slot.at, done, slot.counted);
