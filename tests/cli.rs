@@ -143,6 +143,8 @@ fn bench_reports_counts_latency_json_and_plot() {
     );
     assert_eq!(report["config"]["connections"], 2);
     assert_eq!(report["config"]["verified"], true);
+    assert!(report["send_lag_us"].is_null(), "closed loop: {report}");
+    assert!(!stdout.contains("send lag"), "{stdout}");
     assert!(
         report["latency_us"]["max"].as_f64().unwrap()
             >= report["latency_us"]["p50"].as_f64().unwrap()
@@ -175,69 +177,89 @@ fn bench_reports_counts_latency_json_and_plot() {
 
 #[test]
 fn bench_whose_server_dies_reports_the_errors_and_exits() {
-    let mut server = ServeProcess::start("");
-    let json_path = temp_file("dies.json");
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_percore"))
-        .args([
-            "bench",
-            "-s",
-            &server.addr,
-            "-c",
-            "8",
-            "--connections",
-            "4",
-            "-d",
-            "120s",
-            "-o",
-        ])
-        .arg(&json_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500)); // let it load the server a little
-    server.kill();
-    let start = Instant::now();
-    while bench.try_wait().unwrap().is_none() {
-        if start.elapsed() > BOUND {
-            let _ = bench.kill();
-            panic!("the bench did not exit after its server died");
+    // Closed loop, and at a constant rate (where workers share the connections).
+    for mode in [&[][..], &["-r", "2000"]] {
+        let mut server = ServeProcess::start("");
+        let json_path = temp_file("dies.json");
+        let mut bench = Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args([
+                "bench",
+                "-s",
+                &server.addr,
+                "-c",
+                "8",
+                "--connections",
+                "4",
+                "-d",
+                "120s",
+                "-o",
+            ])
+            .arg(&json_path)
+            .args(mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500)); // let it load the server a little
+        server.kill();
+        let start = Instant::now();
+        while bench.try_wait().unwrap().is_none() {
+            if start.elapsed() > BOUND {
+                let _ = bench.kill();
+                panic!("{mode:?}: the bench did not exit after its server died");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let out = bench.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "{mode:?}: an aborted run exits non-zero:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("aborted: stopped after 6 failed dials in a row"),
+            "{mode:?}: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        let report = json_report(&json_path);
+        let errors = report["errors"].as_object().unwrap();
+        assert!(
+            errors.get("connect").and_then(Value::as_u64).unwrap_or(0) > 0,
+            "{mode:?}: {report}"
+        );
+        assert!(report["ok"].as_u64().unwrap_or(0) > 0, "{mode:?}: {report}");
+        assert!(report["aborted"].is_string(), "{mode:?}: {report}");
     }
-    let out = bench.wait_with_output().unwrap();
-    let stdout = text(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "an aborted run exits non-zero:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("aborted: stopped after"),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let errors = report["errors"].as_object().unwrap();
-    assert!(
-        errors.get("connect").and_then(Value::as_u64).unwrap_or(0) > 0,
-        "{report}"
-    );
-    assert!(report["aborted"].is_string(), "{report}");
 }
+
+/// Calls (not heartbeats) an echo server received, by connection in the order accepted.
+type FrameCounts = std::sync::Arc<std::sync::Mutex<Vec<u64>>>;
 
 /// A tiny null server on 127.0.0.1: answers each rpcx frame by flipping its response bit (the
 /// request comes back as the reply), as benches/null_server.rs does. Its threads end when the
 /// test process does.
 fn echo_server() -> String {
+    counting_echo_server().0
+}
+
+/// [`echo_server`], counting the calls it answers on each connection.
+fn counting_echo_server() -> (String, FrameCounts) {
     use percore::protocol;
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let counts = FrameCounts::default();
+    let all = counts.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            let counts = all.clone();
+            let conn = {
+                let mut counts = counts.lock().unwrap();
+                counts.push(0);
+                counts.len() - 1
+            };
             std::thread::spawn(move || {
                 let _ = stream.set_nodelay(true);
                 let _ = stream.set_read_timeout(Some(BOUND));
@@ -252,13 +274,18 @@ fn echo_server() -> String {
                         Ok(n) => filled += n,
                     }
                     let mut done = 0;
+                    let mut calls = 0;
                     while let Ok(Some(len)) = protocol::frame_len(&buf[done..filled], u32::MAX) {
                         if filled - done < len {
                             break;
                         }
+                        if buf[done + 2] & protocol::flags::HEARTBEAT == 0 {
+                            calls += 1;
+                        }
                         buf[done + 2] |= protocol::flags::RESPONSE;
                         done += len;
                     }
+                    counts.lock().unwrap()[conn] += calls;
                     if done > 0 {
                         if stream.write_all(&buf[..done]).is_err() {
                             return;
@@ -270,7 +297,98 @@ fn echo_server() -> String {
             });
         }
     });
-    format!("tcp@{addr}")
+    (format!("tcp@{addr}"), counts)
+}
+
+fn json_report(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_at_constant_rate_makes_exactly_the_scheduled_calls_spread_over_the_connections() {
+    // -n at a constant rate: exactly n calls, dealt evenly over the connections.
+    let (addr, counts) = counting_echo_server();
+    let json_path = temp_file("rate-n.json");
+    let out = percore(&[
+        "bench",
+        "-s",
+        &addr,
+        "--call",
+        "Echo.Echo",
+        "--payload-size",
+        "16",
+        "-c",
+        "8",
+        "--connections",
+        "4",
+        "-r",
+        "2000",
+        "-n",
+        "1000",
+        "-o",
+        json_path.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("sent 1000  ok 1000  errors 0"), "{stdout}");
+    assert!(stdout.contains("constant rate 2000 calls/s"), "{stdout}");
+    let report = json_report(&json_path);
+    assert_eq!(
+        (report["sent"].as_u64(), report["ok"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    assert_eq!(report["config"]["rate"], 2000.0);
+    // The generator's own delay is reported apart from the latency.
+    assert!(stdout.contains("send lag (us): p50 "), "{stdout}");
+    let lag = &report["send_lag_us"];
+    assert!(
+        lag["p50"].as_f64().unwrap() <= lag["max"].as_f64().unwrap(),
+        "{report}"
+    );
+    assert_eq!(*counts.lock().unwrap(), [250; 4], "calls per connection");
+
+    // -d at a constant rate: the slots due in the run, no call after it (the calls a worker
+    // had scheduled at the end used to go out too), and the warmup's calls are made but not
+    // counted.
+    let (addr, counts) = counting_echo_server();
+    let json_path = temp_file("rate-d.json");
+    let out = percore(&[
+        "bench",
+        "-s",
+        &addr,
+        "--call",
+        "Echo.Echo",
+        "--payload-size",
+        "16",
+        "-c",
+        "4",
+        "--connections",
+        "2",
+        "-r",
+        "1000",
+        "-d",
+        "1s",
+        "--warmup",
+        "300ms",
+        "-o",
+        json_path.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let report = json_report(&json_path);
+    let (sent, ok) = (
+        report["sent"].as_u64().unwrap(),
+        report["ok"].as_u64().unwrap(),
+    );
+    assert_eq!(sent, ok, "{stdout}");
+    // 1000 slots fall due in the second; a few may be dropped if the machine stalls at the end,
+    // none may be added.
+    assert!((900..=1000).contains(&sent), "{stdout}");
+    let answered: u64 = counts.lock().unwrap().iter().sum();
+    assert!(
+        answered >= sent + 200,
+        "the warmup's ~300 calls were made: the server answered {answered}, {sent} counted"
+    );
 }
 
 #[test]

@@ -5,41 +5,59 @@
 //!  --cores 1,2 ─► one glommio executor per CPU, pinned; connections dealt round-robin to them
 //!  executor: its connections (one Client each) ─► workers (the -c calls in flight, dealt over
 //!            the connections) ─► one HdrHistogram + counters per executor, merged at the end
+//!  constant rate: + one pacer per executor ─► due slots ─► idle workers ─► any connection
 //! ```
 //!
 //! - **Closed loop** (`--rate 0`): each worker sends its next call when the last one returns;
 //!   latency is send to reply.
-//! - **Constant rate** (`--rate R`): the rate is spread over the workers, each keeping a fixed
-//!   schedule (`R / workers` calls per second) with at most one call in flight. Latency is
-//!   measured from each call's **scheduled** send time, so a stalled server is charged for the
-//!   calls it held back (coordinated omission corrected, as wrk2 does). A rate the workers cannot
-//!   reach shows up as growing latency, not as a lower rate.
+//! - **Constant rate** (`--rate R`): each executor keeps a schedule of call slots, its share of
+//!   `R` (in proportion to its workers), evenly spaced, and one pacer task that wakes when the
+//!   next slot is due but at most once per 100 µs (`pacer::TICK`) and hands every slot due by
+//!   then to an idle worker. Timer wakes are bounded by the tick whatever the rate, and the
+//!   calls of one wake start in one executor tick, so those on one connection go out in one
+//!   write. Slots are dealt round-robin over the executor's connections, a tick's worth of
+//!   consecutive slots to each (`pacer::batch`), so one wake's calls mostly share one
+//!   connection and one write (on a VM each write that wakes the server costs the generator
+//!   ~10 µs) and every connection gets the same number of slots. At most `-c` calls are in
+//!   flight: a slot that finds every worker busy waits for the first to finish its call, which
+//!   takes it at once. Latency is measured from each call's **scheduled** time, so a stalled
+//!   server is charged for the calls it held back, and the pacer's own delay (up to a tick) is
+//!   in it too (coordinated omission corrected, as wrk2 does). A rate the workers cannot reach
+//!   shows up as growing latency, not as a lower rate. The report's `send lag` is how late the
+//!   calls started after their scheduled time: the generator's own share of the latency.
 //! - **Warmup**: calls in the first `--warmup` are made but not counted; at constant rate the
 //!   schedule starts afresh when the measurement does, so a backlog built up during the warmup
 //!   is not charged to the measured calls.
-//! - **Stop**: after `-n` calls (counted after the warmup, dealt over the workers) and/or after
-//!   `-d`; a call in flight at the end is awaited (bounded by `--timeout`) and counted.
-//! - **A dead server**: calls fail with `connection`, re-dials fail with `connect`. A worker
-//!   backs off after each connect failure (10 ms, doubling to 320 ms) and after
-//!   [`MAX_CONNECT_FAILURES`] in a row the whole run stops and reports what it saw: the bench
-//!   never hangs on a server that is gone.
+//! - **Stop**: after `-n` calls (counted after the warmup, dealt over the workers; at constant
+//!   rate over the executors' schedules) and/or after `-d`; a call in flight at the end is
+//!   awaited (bounded by `--timeout`) and counted. At constant rate the slots due before the end
+//!   are made (if a worker takes them within a tick of it), and a run by time lasts its full
+//!   `-d`.
+//! - **A dead server**: calls fail with `connection`, re-dials fail with `connect`. After each
+//!   connect failure a closed-loop worker, or at constant rate every call on that connection,
+//!   backs off (10 ms, doubling to 320 ms; calls that failed on the same dial count once) and
+//!   after [`MAX_CONNECT_FAILURES`] in a row the whole run stops and reports what it saw: the
+//!   bench never hangs on a server that is gone.
 //!
 //! - **Replies**: a call counts as OK only if its reply is the right answer
 //!   ([`Workload::check`]); with `--no-verify` ([`BenchConfig::verify`] false) any reply that is
 //!   not an rpcx error reply counts, and the report says the replies were not verified. That is
 //!   for servers that answer without computing, like the null server, which echoes requests.
 //!
-//! The hot path allocates nothing: args are encoded once per worker, requests are encoded into
-//! the connection's reused buffer, replies are checked in place, latencies go into a
-//! pre-sized histogram. A per-call `--timeout` costs no timer per call (the client's deadline
+//! The hot path allocates nothing: args are encoded once per executor, requests are encoded
+//! into the connection's reused buffer, replies are checked in place, latencies go into a
+//! pre-sized histogram whose memory is written before the run, slots are handed over through
+//! per-worker mailboxes and a pre-sized idle stack (the pacer's one timer per tick is not per
+//! call). A per-call `--timeout` costs no timer per call (the client's deadline
 //! sweeper is one timer per connection) but a clock read per call and a `__ServerTimeout`
 //! metadata entry in every request, which the server must parse (percore's Arith also mirrors
 //! it back as `echo-__ServerTimeout`); `--timeout 0` sends none.
 
+mod pacer;
 mod report;
 mod workload;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -175,6 +193,8 @@ impl BenchConfig {
 /// One executor's results.
 struct CoreResult {
     hist: Histogram<u64>,
+    /// Constant rate: each counted call's start after its slot.
+    lag: Option<Histogram<u64>>,
     sent: u64,
     ok: u64,
     errors: [u64; ERROR_KINDS],
@@ -313,37 +333,88 @@ async fn run_executor(
     let start = Instant::now();
     let measure_from = start + config.warmup;
     let end = config.duration.map(|d| measure_from + d);
-    // Worker w (of all) uses connection w % connections.
-    let workers_total = config.concurrency;
     let stats = Rc::new(RefCell::new(CoreResult {
         hist: histogram(),
+        lag: (config.rate > 0.0).then(histogram),
         sent: 0,
         ok: 0,
         errors: [0; ERROR_KINDS],
         samples: Vec::new(),
         measured: Duration::ZERO,
     }));
+    let Ok(work) = Workload::new(config.call, config.codec, config.payload_size) else {
+        return None; // validate() checked it
+    };
+    let calls = Rc::new(Calls {
+        work,
+        shared: Arc::clone(&shared),
+        stats: Rc::clone(&stats),
+        progress,
+        measure_from,
+    });
+    // Worker w (of all) is dealt to connection w % connections, and with it to an executor;
+    // -n is dealt over the workers.
+    let workers_total = config.concurrency;
+    let quota = |w: usize| {
+        config
+            .requests
+            .map(|n| n / workers_total as u64 + u64::from((w as u64) < n % workers_total as u64))
+    };
     let mut tasks = Vec::new();
-    for (c, client) in clients {
-        for w in (c..workers_total).step_by(config.connections) {
-            let quota = config.requests.map(|n| {
-                n / workers_total as u64 + u64::from((w as u64) < n % workers_total as u64)
-            });
-            let worker = Worker {
-                client: client.clone(),
-                shared: Arc::clone(&shared),
-                stats: Rc::clone(&stats),
-                progress: Arc::clone(&progress),
-                measure_from,
-                end,
-                quota,
-                interval: (config.rate > 0.0)
-                    .then(|| Duration::from_secs_f64(workers_total as f64 / config.rate)),
-                offset: (config.rate > 0.0)
-                    .then(|| Duration::from_secs_f64(w as f64 / config.rate)),
-                start,
-            };
-            tasks.push(glommio::spawn_local(worker.run()));
+    if config.rate > 0.0 {
+        // Constant rate: this executor's workers, free to take a slot on any of its
+        // connections, paced by one pacer (see `pacer`).
+        let mine: Vec<usize> = clients
+            .iter()
+            .flat_map(|(c, _)| (*c..workers_total).step_by(config.connections))
+            .collect();
+        let share = mine.len() as f64 / workers_total as f64;
+        let quota = config
+            .requests
+            .map(|_| mine.iter().filter_map(|&w| quota(w)).sum::<u64>());
+        let schedule = pacer::Schedule::new(
+            config.rate * share,
+            start,
+            Duration::from_secs_f64(index as f64 / config.rate),
+            measure_from,
+            end,
+            quota,
+            clients.len(),
+            pacer::batch(config.rate * share),
+        );
+        let pace = Rc::new(pacer::Pace::new(schedule, mine.len()));
+        let conns: Rc<[Paced]> = clients
+            .into_iter()
+            .map(|(_, client)| Paced {
+                client,
+                health: ConnHealth::default(),
+            })
+            .collect();
+        for worker in 0..mine.len() {
+            let run = paced_worker(
+                Rc::clone(&calls),
+                Rc::clone(&pace),
+                Rc::clone(&conns),
+                worker,
+            );
+            tasks.push(glommio::spawn_local(run));
+        }
+        tasks.push(glommio::spawn_local(run_pacer(
+            Rc::clone(&pace),
+            Arc::clone(&shared),
+            end,
+        )));
+    } else {
+        for (c, client) in clients {
+            for w in (c..workers_total).step_by(config.connections) {
+                let worker = Worker {
+                    client: client.clone(),
+                    calls: Rc::clone(&calls),
+                    end,
+                    quota: quota(w),
+                };
+                tasks.push(glommio::spawn_local(worker.run()));
+            }
         }
     }
     for task in tasks {
@@ -352,6 +423,7 @@ async fn run_executor(
     let mut stats = stats.borrow_mut();
     Some(CoreResult {
         hist: std::mem::replace(&mut stats.hist, histogram()),
+        lag: stats.lag.take(),
         sent: stats.sent,
         ok: stats.ok,
         errors: stats.errors,
@@ -367,147 +439,283 @@ fn record_connect_failure(shared: &Shared, reason: String) {
 }
 
 /// Latencies in nanoseconds, 3 significant digits, 1 ns to an hour: recording never allocates
-/// (longer latencies saturate at an hour).
+/// nor faults a page in (longer latencies saturate at an hour).
 fn histogram() -> Histogram<u64> {
     // The bounds are constants that satisfy hdrhistogram's rules (low >= 1, high >= 2 * low,
     // sigfig <= 5), which are the only way construction can fail.
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid constant histogram bounds")
+    let mut hist = Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+        .expect("valid constant histogram bounds");
+    // Its counts are freshly mapped memory: write them all now, or the first calls of each
+    // latency range fault their pages in during the run (on a VM a fresh huge page is
+    // milliseconds, a stall that shows up as latency).
+    hist.reset();
+    hist
 }
 
-struct Worker {
-    client: Client,
+/// What every worker of an executor shares: the call, and where its outcome goes.
+struct Calls {
+    work: Workload,
     shared: Arc<Shared>,
     stats: Rc<RefCell<CoreResult>>,
     progress: Arc<Progress>,
-    start: Instant,
     measure_from: Instant,
+}
+
+impl Calls {
+    fn request(&self) -> Request<'_> {
+        let config = &self.shared.config;
+        let (service, method) = config.call.names();
+        Request {
+            timeout: config.timeout,
+            ..Request::new(service, method, self.work.codec, &self.work.payload)
+        }
+    }
+
+    /// Makes one call on `client`; returns its outcome and when it ended.
+    async fn call(
+        &self,
+        client: &Client,
+        req: &Request<'_>,
+    ) -> (Result<bool, crate::client::Error>, Instant) {
+        let verify = self.shared.config.verify;
+        let result = client
+            .call_with(req, |reply| {
+                Ok(if verify {
+                    self.work.check(reply)
+                } else {
+                    !reply.header.is_error()
+                })
+            })
+            .await;
+        (result, Instant::now())
+    }
+
+    /// Counts a call sent at `sent_at` (its slot, at constant rate) that ended at `done`.
+    fn record(
+        &self,
+        result: &Result<bool, crate::client::Error>,
+        sent_at: Instant,
+        done: Instant,
+        counted: bool,
+    ) {
+        if !counted {
+            return;
+        }
+        let failure = match result {
+            Ok(true) => None,
+            Ok(false) => Some(BAD_REPLY),
+            Err(e) => Some(e.kind() as usize),
+        };
+        let mut stats = self.stats.borrow_mut();
+        stats.sent += 1;
+        match failure {
+            None => {
+                stats.ok += 1;
+                let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
+                stats.hist.saturating_record(ns.max(1));
+                self.progress.ok.inc();
+            }
+            Some(kind) => {
+                stats.errors[kind] += 1;
+                self.progress.errors.inc();
+                // The message of the first error of each kind, for the report.
+                if !stats.samples.iter().any(|(k, _)| *k == kind) {
+                    let text = match result {
+                        Err(e) => e.to_string(),
+                        Ok(_) if self.shared.config.verify => {
+                            "the reply was not the expected answer".to_owned()
+                        }
+                        Ok(_) => "an error reply without an error text".to_owned(),
+                    };
+                    stats.samples.push((kind, text));
+                }
+            }
+        }
+    }
+
+    /// Constant rate: notes how late a counted call due at `slot` starts.
+    fn record_lag(&self, slot: Instant) {
+        let ns = Instant::now().saturating_duration_since(slot).as_nanos() as u64;
+        if let Some(lag) = self.stats.borrow_mut().lag.as_mut() {
+            lag.saturating_record(ns.max(1));
+        }
+    }
+
+    fn aborted(&self) -> bool {
+        self.shared.abort.load(Ordering::Relaxed)
+    }
+
+    /// Stops the run after `failures` failed dials in a row.
+    fn abort(&self, failures: u32, error: &crate::client::Error) {
+        if let Ok(mut reason) = self.shared.abort_reason.lock() {
+            reason.get_or_insert_with(|| {
+                format!("stopped after {failures} failed dials in a row: {error}")
+            });
+        }
+        self.shared.abort.store(true, Ordering::Relaxed);
+    }
+}
+
+fn is_connect_error(result: &Result<bool, crate::client::Error>) -> bool {
+    matches!(result, Err(e) if e.kind() == ErrorKind::Connect)
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(320);
+
+/// Closed loop: one call in flight on its connection, the next sent when it returns.
+struct Worker {
+    client: Client,
+    calls: Rc<Calls>,
     end: Option<Instant>,
     /// Counted calls left (None: until `end`).
     quota: Option<u64>,
-    /// Constant rate: time between this worker's sends, and its first send's offset.
-    interval: Option<Duration>,
-    offset: Option<Duration>,
 }
 
 impl Worker {
     async fn run(mut self) {
-        let config = &self.shared.config;
-        let Ok(work) = Workload::new(config.call, config.codec, config.payload_size) else {
-            return;
-        };
-        let (service, method) = config.call.names();
-        let verify = config.verify;
-        let req = Request {
-            timeout: config.timeout,
-            ..Request::new(service, method, work.codec, &work.payload)
-        };
+        let calls = &*self.calls;
+        let req = calls.request();
         let mut connect_failures = 0u32;
-        let mut backoff = Duration::from_millis(10);
-        let mut next = self.offset.map(|o| self.start + o);
-        let mut rebased = self.measure_from <= self.start;
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            if self.shared.abort.load(Ordering::Relaxed) || self.quota == Some(0) {
+            if calls.aborted() || self.quota == Some(0) {
                 return;
             }
-            let now = Instant::now();
-            if self.end.is_some_and(|end| now >= end) {
+            let sent_at = Instant::now();
+            if self.end.is_some_and(|end| sent_at >= end) {
                 return;
             }
-            // Constant rate: the warmup's backlog is forgiven, the schedule restarts with the
-            // measurement.
-            if let (Some(at), Some(offset)) = (next, self.offset)
-                && !rebased
-                && now >= self.measure_from
-            {
-                rebased = true;
-                next = Some(at.max(self.measure_from + offset));
-            }
-            // Constant rate: wait for this call's slot; latency counts from the slot.
-            let scheduled = match (next, self.interval) {
-                (Some(at), Some(interval)) => {
-                    if at > now {
-                        glommio::timer::sleep(at - now).await;
-                    }
-                    next = Some(at + interval);
-                    at
-                }
-                _ => now,
-            };
-            let sent_at = if self.interval.is_some() {
-                scheduled
-            } else {
-                Instant::now()
-            };
-            let result = self
-                .client
-                .call_with(&req, |reply| {
-                    Ok(if verify {
-                        work.check(reply)
-                    } else {
-                        !reply.header.is_error()
-                    })
-                })
-                .await;
-            let done = Instant::now();
-            let counted = sent_at >= self.measure_from;
+            let (result, done) = calls.call(&self.client, &req).await;
+            let counted = sent_at >= calls.measure_from;
             if counted && let Some(q) = self.quota.as_mut() {
                 *q -= 1;
             }
-            let failure = match &result {
-                Ok(true) => None,
-                Ok(false) => Some(BAD_REPLY),
-                Err(e) => Some(e.kind() as usize),
-            };
-            let connect_error = matches!(&result, Err(e) if e.kind() == ErrorKind::Connect);
-            if counted {
-                let mut stats = self.stats.borrow_mut();
-                stats.sent += 1;
-                match failure {
-                    None => {
-                        stats.ok += 1;
-                        let ns = done.saturating_duration_since(sent_at).as_nanos() as u64;
-                        stats.hist.saturating_record(ns.max(1));
-                        self.progress.ok.inc();
-                    }
-                    Some(kind) => {
-                        stats.errors[kind] += 1;
-                        self.progress.errors.inc();
-                        // The message of the first error of each kind, for the report.
-                        if !stats.samples.iter().any(|(k, _)| *k == kind) {
-                            let text = match &result {
-                                Err(e) => e.to_string(),
-                                Ok(_) if verify => {
-                                    "the reply was not the expected answer".to_owned()
-                                }
-                                Ok(_) => "an error reply without an error text".to_owned(),
-                            };
-                            stats.samples.push((kind, text));
-                        }
-                    }
-                }
-            }
+            calls.record(&result, sent_at, done, counted);
             match &result {
-                Err(text) if connect_error => {
+                Err(error) if is_connect_error(&result) => {
                     connect_failures += 1;
                     if connect_failures >= MAX_CONNECT_FAILURES {
-                        if let Ok(mut reason) = self.shared.abort_reason.lock() {
-                            reason.get_or_insert_with(|| {
-                                format!(
-                                    "stopped after {connect_failures} failed dials in a row: {text}"
-                                )
-                            });
-                        }
-                        self.shared.abort.store(true, Ordering::Relaxed);
+                        calls.abort(connect_failures, error);
                         return;
                     }
                     glommio::timer::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(320));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 _ => {
                     connect_failures = 0;
-                    backoff = Duration::from_millis(10);
+                    backoff = FIRST_BACKOFF;
                 }
             }
+        }
+    }
+}
+
+/// A connection at constant rate, shared by the executor's workers.
+struct Paced {
+    client: Client,
+    health: ConnHealth,
+}
+
+/// Failed dials of one connection at constant rate. Calls that failed on the same dial (the
+/// client dials once for all callers waiting) count as one failure; after each, calls on the
+/// connection wait out a backoff (10 ms, doubling to 320 ms) before dialing again.
+#[derive(Default)]
+struct ConnHealth {
+    failures: Cell<u32>,
+    backoff: Cell<Duration>,
+    retry_at: Cell<Option<Instant>>,
+}
+
+impl ConnHealth {
+    /// Notes a call's outcome; returns the failures in a row when the run must stop.
+    fn note(&self, result: &Result<bool, crate::client::Error>, done: Instant) -> Option<u32> {
+        if !is_connect_error(result) {
+            self.failures.set(0);
+            self.retry_at.set(None);
+            return None;
+        }
+        if self.retry_at.get().is_some_and(|at| done < at) {
+            return None; // the dial that already counted
+        }
+        let failures = self.failures.get() + 1;
+        self.failures.set(failures);
+        if failures >= MAX_CONNECT_FAILURES {
+            return Some(failures);
+        }
+        let backoff = match failures {
+            1 => FIRST_BACKOFF,
+            _ => (self.backoff.get() * 2).min(MAX_BACKOFF),
+        };
+        self.backoff.set(backoff);
+        self.retry_at.set(Some(done + backoff));
+        None
+    }
+}
+
+/// Constant rate: makes the calls of the slots it is given, on the slot's connection.
+async fn paced_worker(calls: Rc<Calls>, pace: Rc<pacer::Pace>, conns: Rc<[Paced]>, id: usize) {
+    let req = calls.request();
+    let mut now = Instant::now();
+    loop {
+        if calls.aborted() {
+            return;
+        }
+        let Some(slot) = pace.next(id, now).await else {
+            return;
+        };
+        let conn = &conns[slot.conn];
+        if let Some(at) = conn.health.retry_at.get() {
+            let now = Instant::now();
+            if at > now {
+                glommio::timer::sleep(at - now).await;
+            }
+        }
+        if slot.counted {
+            calls.record_lag(slot.at);
+        }
+        let (result, done) = calls.call(&conn.client, &req).await;
+        calls.record(&result, slot.at, done, slot.counted);
+        if let Some(failures) = conn.health.note(&result, done) {
+            if let Err(error) = &result {
+                calls.abort(failures, error);
+            }
+            pace.finish();
+            return;
+        }
+        now = done;
+    }
+}
+
+/// The pacer of one executor: hands due slots to idle workers, at most once per tick. Ends
+/// with the schedule (at the run's end, once `-n` is spent, or on abort).
+async fn run_pacer(pace: Rc<pacer::Pace>, shared: Arc<Shared>, end: Option<Instant>) {
+    loop {
+        if shared.abort.load(Ordering::Relaxed) {
+            pace.finish();
+            return;
+        }
+        let now = Instant::now();
+        let Some(at) = pace.dispatch(now) else {
+            break;
+        };
+        // At most one look per tick, and one at the end (slots due just before it go out).
+        let mut wake = at.max(now + pacer::TICK);
+        if let Some(end) = end
+            && now < end
+        {
+            wake = wake.min(end);
+        }
+        glommio::timer::sleep(wake.saturating_duration_since(Instant::now())).await;
+    }
+    // A run by time lasts its full time, even when its last slot came a little earlier.
+    if let Some(end) = end
+        && !pace.quota_spent()
+        && !shared.abort.load(Ordering::Relaxed)
+    {
+        let now = Instant::now();
+        if end > now {
+            glommio::timer::sleep(end - now).await;
         }
     }
 }

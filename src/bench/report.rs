@@ -1,6 +1,7 @@
 //! The bench report: text (with rpcx-benchmark's `throughput (TPS)` line and, with
 //! `--latency`, wrk2's percentile spectrum), JSON, and an SVG latency-by-percentile plot.
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -106,6 +107,9 @@ pub struct Report {
     pub throughput: f64,
     /// Latency of OK calls.
     pub latency_us: LatencySummary,
+    /// Constant rate: how late each counted call started after its scheduled time, the
+    /// generator's own share of the latency (pacer tick, busy executor). None in closed loop.
+    pub send_lag_us: Option<LatencySummary>,
     /// The percentile spectrum (wrk2 / HdrHistogram style, 5 ticks per half distance).
     pub percentiles: Vec<PercentilePoint>,
     /// Set when the run stopped early because the servers could not be reached.
@@ -149,21 +153,16 @@ pub(super) fn build(
         .map(|(k, n)| (kind_name(k).to_owned(), *n))
         .collect();
     let us = |ns: u64| ns as f64 / 1000.0;
-    let latency_us = if hist.is_empty() {
-        LatencySummary::default()
-    } else {
-        LatencySummary {
-            min: us(hist.min()),
-            mean: hist.mean() / 1000.0,
-            stdev: hist.stdev() / 1000.0,
-            p50: us(hist.value_at_quantile(0.5)),
-            p90: us(hist.value_at_quantile(0.9)),
-            p99: us(hist.value_at_quantile(0.99)),
-            p99_9: us(hist.value_at_quantile(0.999)),
-            p99_99: us(hist.value_at_quantile(0.9999)),
-            max: us(hist.max()),
+    let latency_us = summary(&hist);
+    let send_lag_us = (config.rate > 0.0).then(|| {
+        let mut lag = super::histogram();
+        for r in &results {
+            if let Some(h) = &r.lag {
+                let _ = lag.add(h);
+            }
         }
-    };
+        summary(&lag)
+    });
     let percentiles = if hist.is_empty() {
         Vec::new()
     } else {
@@ -208,8 +207,28 @@ pub(super) fn build(
             0.0
         },
         latency_us,
+        send_lag_us,
         percentiles,
         aborted,
+    }
+}
+
+/// Latency statistics of a histogram of nanoseconds, in microseconds.
+fn summary(hist: &Histogram<u64>) -> LatencySummary {
+    if hist.is_empty() {
+        return LatencySummary::default();
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    LatencySummary {
+        min: us(hist.min()),
+        mean: hist.mean() / 1000.0,
+        stdev: hist.stdev() / 1000.0,
+        p50: us(hist.value_at_quantile(0.5)),
+        p90: us(hist.value_at_quantile(0.9)),
+        p99: us(hist.value_at_quantile(0.99)),
+        p99_9: us(hist.value_at_quantile(0.999)),
+        p99_99: us(hist.value_at_quantile(0.9999)),
+        max: us(hist.max()),
     }
 }
 
@@ -285,6 +304,13 @@ impl Report {
             "latency (us): min {:.1}  mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
             l.min, l.mean, l.p50, l.p90, l.p99, l.p99_9, l.p99_99, l.max
         );
+        if let Some(l) = &self.send_lag_us {
+            let _ = writeln!(
+                out,
+                "send lag (us): p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (from each call's scheduled time to its start: the generator's own share)",
+                l.p50, l.p90, l.p99, l.p99_9, l.max
+            );
+        }
         if latency {
             out.push_str(&self.spectrum());
         }
