@@ -563,7 +563,10 @@ async fn accept_loop(
             debug!(core = core.index, %peer, "closing connection: limits.max_connections_per_core reached");
             continue;
         }
-        // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency.
+        // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency (it
+        // would hold a reply while an earlier one is unacknowledged). Socket buffer sizes are
+        // left to the kernel's autotuning: setting SO_SNDBUF/SO_RCVBUF turns it off, and the
+        // largest write here (a pipelined batch's replies) is far below the default window.
         let _ = stream.set_nodelay(true);
         debug!(core = core.index, %peer, "connection accepted");
         let core = Rc::clone(&core);
