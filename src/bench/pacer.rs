@@ -206,7 +206,8 @@ impl Pace {
         }
         if let Some(look) = self.last_look.get() {
             let mut schedule = self.schedule.borrow_mut();
-            if let Next::Due(at) = schedule.next(now)
+            // `now` may be a little older than the pacer's last look.
+            if let Next::Due(at) = schedule.next(now.max(look))
                 && at <= look
             {
                 return Some(schedule.issue(at));
@@ -248,15 +249,13 @@ impl Pace {
                     return None;
                 }
                 Next::Wait(at) => return Some(at),
-                // Every worker is busy: the due slots wait for the first to finish its call,
-                // which takes one itself. Look again a tick later.
-                Next::Due(_) if idle.is_empty() => return Some(now),
                 Next::Due(at) => {
-                    let slot = schedule.issue(at);
-                    // Not empty: checked above.
+                    // Every worker is busy: the due slots wait for the first to finish its
+                    // call, which takes one itself. Look again a tick later.
                     let Some(worker) = idle.pop() else {
                         return Some(now);
                     };
+                    let slot = schedule.issue(at);
                     let mail = &self.mail[worker];
                     mail.parked.set(false);
                     mail.slot.set(Some(slot));
