@@ -30,9 +30,10 @@
 //!   is not charged to the measured calls.
 //! - **Stop**: after `-n` calls (counted after the warmup, dealt over the workers; at constant
 //!   rate over the executors' schedules) and/or after `-d`; a call in flight at the end is
-//!   awaited (bounded by `--timeout`) and counted. At constant rate the slots due before the end
-//!   are made (if a worker takes them within a tick of it), and a run by time lasts its full
-//!   `-d`.
+//!   awaited (bounded by `--timeout`) and counted. At constant rate the pacer's first look at
+//!   or after the end is its last: the slots due before the end go out if a worker is idle to
+//!   take them (a backlog left when all are busy is not made, as a closed-loop worker stops at
+//!   the end), and a run by time lasts its full `-d`.
 //! - **A dead server**: calls fail with `connection`, re-dials fail with `connect`. After each
 //!   connect failure a closed-loop worker, or at constant rate every call on that connection,
 //!   backs off (10 ms, doubling to 320 ms; calls that failed on the same dial count once) and

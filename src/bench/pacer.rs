@@ -122,10 +122,9 @@ impl Schedule {
         }
         let at = self.slot_time();
         if self.counted {
-            // Slots due before the end go out if taken by a tick after it (the pacer's look at
-            // the end is a little late); a backlog left then is not made (an overloaded run
-            // sends fewer calls, as a closed-loop worker stops at the end).
-            if self.end.is_some_and(|end| at >= end || now >= end + TICK) {
+            // The schedule ends with the last slot due before the end; which of those still
+            // go out once the end has passed is the pacer's business (`Pace::dispatch`).
+            if self.end.is_some_and(|end| at >= end) {
                 return Next::Done;
             }
         } else if at >= self.measure_from {
@@ -206,9 +205,12 @@ impl Pace {
         }
         if let Some(look) = self.last_look.get() {
             let mut schedule = self.schedule.borrow_mut();
-            // `now` may be a little older than the pacer's last look.
-            if let Next::Due(at) = schedule.next(now.max(look))
+            // `now` may be a little older than the pacer's last look. After the end a leftover
+            // is a backlog of an overloaded run, not made (as a closed-loop worker stops).
+            let now = now.max(look);
+            if let Next::Due(at) = schedule.next(now)
                 && at <= look
+                && schedule.end.is_none_or(|end| now < end)
             {
                 return Some(schedule.issue(at));
             }
@@ -237,34 +239,45 @@ impl Pace {
 
     /// The pacer's look at the schedule: hands every slot due at `now` to an idle worker.
     /// Returns when to look again (None: the schedule is over).
+    ///
+    /// Its first look at or after the run's end is its last: the slots due before the end go to
+    /// the idle workers then, however late the look (the lateness is charged to them), and what
+    /// no idle worker can take is the backlog of an overloaded run, not made.
     pub(super) fn dispatch(&self, now: Instant) -> Option<Instant> {
         self.last_look.set(Some(now));
+        let last = self.schedule.borrow().end.is_some_and(|end| now >= end);
+        match self.hand_out(now) {
+            Next::Wait(at) if !last => Some(at),
+            // Every worker is busy: the due slots wait for the first to finish its call, which
+            // takes one itself. Look again a tick later.
+            Next::Due(_) if !last => Some(now),
+            _ => {
+                self.finish();
+                None
+            }
+        }
+    }
+
+    /// Hands the slots due at `now` to idle workers while there are any; returns what is next.
+    fn hand_out(&self, now: Instant) -> Next {
         let mut schedule = self.schedule.borrow_mut();
         let mut idle = self.idle.borrow_mut();
         loop {
-            match schedule.next(now) {
-                Next::Done => {
-                    drop((schedule, idle));
-                    self.finish();
-                    return None;
-                }
-                Next::Wait(at) => return Some(at),
-                Next::Due(at) => {
-                    // Every worker is busy: the due slots wait for the first to finish its
-                    // call, which takes one itself. Look again a tick later.
-                    let Some(worker) = idle.pop() else {
-                        return Some(now);
-                    };
-                    let slot = schedule.issue(at);
-                    let mail = &self.mail[worker];
-                    mail.parked.set(false);
-                    mail.slot.set(Some(slot));
-                    // Waking only queues the worker: it runs after the pacer yields, with the
-                    // others woken in this look, before the connections' writers run.
-                    if let Some(w) = mail.waker.borrow_mut().take() {
-                        w.wake();
-                    }
-                }
+            let next = schedule.next(now);
+            let Next::Due(at) = next else {
+                return next;
+            };
+            let Some(worker) = idle.pop() else {
+                return next;
+            };
+            let slot = schedule.issue(at);
+            let mail = &self.mail[worker];
+            mail.parked.set(false);
+            mail.slot.set(Some(slot));
+            // Waking only queues the worker: it runs after the pacer yields, with the others
+            // woken in this look, before the connections' writers run.
+            if let Some(w) = mail.waker.borrow_mut().take() {
+                w.wake();
             }
         }
     }
@@ -370,14 +383,27 @@ mod tests {
     }
 
     #[test]
-    fn nothing_goes_out_after_the_end() {
+    fn the_last_look_after_the_end_hands_out_what_idle_workers_can_take() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(1000.0, t0, ms(0), t0, Some(t0 + ms(10)), None, 1, 1);
-        assert!(s.take(t0).is_ok());
-        // Slots due before the end are made at the end...
-        assert_eq!(s.next(t0 + ms(10)), Next::Due(t0 + ms(1)));
-        // ...but a backlog still there a tick later is not.
-        assert_eq!(s.next(t0 + ms(10) + TICK), Next::Done);
+        let s = Schedule::new(1000.0, t0, ms(0), t0, Some(t0 + ms(10)), None, 1, 1);
+        let pace = Pace::new(s, 2);
+        let cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            pace.dispatch(t0),
+            Some(t0),
+            "no idle worker yet: look again"
+        );
+        for w in 0..2 {
+            assert!(pace.poll_mailbox(w, &cx).is_pending());
+        }
+        // A look at 2 ms late, after the end: the two idle workers take the oldest two slots,
+        // the other 8 due before the end are the backlog of an overloaded run, and that was
+        // the last look.
+        assert_eq!(pace.dispatch(t0 + ms(12)), None);
+        for w in 0..2 {
+            assert!(matches!(pace.poll_mailbox(w, &cx), Poll::Ready(Some(s)) if s.at < t0 + ms(2)));
+        }
+        assert!(pace.done.get() && !pace.quota_spent());
     }
 
     #[test]
