@@ -450,17 +450,13 @@ impl Frame<'_> {
     }
 
     pub fn to_message(&self) -> Message {
-        Message {
-            header: self.header,
-            path: self.path.to_owned(),
-            method: self.method.to_owned(),
-            metadata: self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            payload: self.payload.to_vec(),
-        }
+        Message::from_parts(
+            self.header,
+            self.path,
+            self.method,
+            self.metadata,
+            self.payload,
+        )
     }
 }
 
@@ -475,6 +471,26 @@ pub struct Message {
 }
 
 impl Message {
+    /// An owned copy of a frame's parts.
+    pub fn from_parts(
+        header: Header,
+        path: &str,
+        method: &str,
+        metadata: Metadata<'_>,
+        payload: &[u8],
+    ) -> Message {
+        Message {
+            header,
+            path: path.to_owned(),
+            method: method.to_owned(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            payload: payload.to_vec(),
+        }
+    }
+
     /// The metadata block in wire form.
     pub fn metadata_block(&self) -> Vec<u8> {
         let mut block = Vec::new();

@@ -162,17 +162,7 @@ impl ReplyView<'_> {
 
     /// The reply as an owned message.
     pub fn to_message(&self, path: &str, method: &str) -> Message {
-        Message {
-            header: self.header,
-            path: path.to_owned(),
-            method: method.to_owned(),
-            metadata: self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            payload: self.payload.to_vec(),
-        }
+        Message::from_parts(self.header, path, method, self.metadata, self.payload)
     }
 }
 
