@@ -236,10 +236,11 @@ impl Idle {
 /// Closes the connection (through the reader) once it has sent nothing for `timeout` and is
 /// owed nothing. Sleeps until the earliest moment that can be true, so a busy connection arms
 /// one timer per `timeout` instead of one per read (a timer registered in and removed from the
-/// reactor's timer map on every read). Measured with benches/instructions.sh at one call in
-/// flight, the per-read timer's cost was within run-to-run variation (tasks' share 3,074 with it,
-/// 3,162 with the idle timeout off), so this is for the thousands of mostly idle connections,
-/// not for speed; the reader's side is one clock read per read.
+/// reactor's timer map, and a `Timer` allocated, on every read: an allocation per request at
+/// one call in flight). Its instruction cost was within run-to-run variation in
+/// benches/instructions.sh (tasks' share 3,074 with it, 3,162 with the idle timeout off); what
+/// this removes is the allocation and the timer-map churn. The reader's side is one clock read
+/// per read.
 async fn watch_idle(idle: Rc<Idle>, outbox: Rc<Outbox>, timeout: Duration) {
     let mut wait = timeout;
     loop {
