@@ -30,12 +30,12 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, warn};
 
 use super::Core;
+use super::end::End;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
 use crate::codec::{self, CodecError};
-use crate::metrics::{BadFrame, Close, Transport};
+use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
@@ -49,38 +49,6 @@ const INITIAL_READ_BUFFER: usize = 8 << 10;
 /// once per read batch otherwise, which is what makes pipelined load one read and one write
 /// per batch).
 const WRITE_NUDGE: usize = 64 << 10;
-
-/// Why a connection ended.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// The peer closed its side.
-    Eof,
-    /// Reading failed (reset, timeout).
-    ReadError(io::Error),
-    /// Writing failed; the reader stopped too.
-    WriteFailed,
-    /// The peer sent something that is not an rpcx frame (metric reason, description).
-    Refused(BadFrame, String),
-    /// No request for `limits.idle_timeout`, and no reply owed.
-    IdleTimeout,
-    /// A call failed the auth check.
-    Unauthenticated,
-}
-
-impl End {
-    /// The `reason` label of the close (the accept loop turns `Eof` during a drain into
-    /// `Shutdown`).
-    pub(crate) fn close(&self) -> Close {
-        match self {
-            End::Eof => Close::Eof,
-            End::ReadError(_) => Close::ReadError,
-            End::WriteFailed => Close::WriteError,
-            End::Refused(..) => Close::BadFrame,
-            End::IdleTimeout => Close::IdleTimeout,
-            End::Unauthenticated => Close::Unauthenticated,
-        }
-    }
-}
 
 /// Serves rpcx frames on `stream` until the peer closes it, it breaks, it idles past the idle
 /// timeout, or it sends bad input or a bad token. Bytes and refusals are counted under
@@ -111,23 +79,7 @@ where
         let end = read_loop(core, ReadHalf(&stream), &outbox, &idle, transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
-        match &end {
-            End::Refused(reason, what) => {
-                core.metrics.transport(transport).bad_frame(*reason);
-                warn!(core = core.index, %peer, reason = reason.name(), "closing connection: {what}");
-            }
-            End::Unauthenticated => {
-                warn!(core = core.index, %peer, "closing connection: a call failed the auth check")
-            }
-            End::IdleTimeout => {
-                debug!(core = core.index, %peer, "closing connection: idle timeout")
-            }
-            End::ReadError(e) => {
-                debug!(core = core.index, %peer, error = %e, "connection read failed")
-            }
-            End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
-            End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
-        }
+        end.report(core, peer, transport);
         outbox.close();
         end
     };
@@ -362,7 +314,7 @@ fn take_frames(
         let total = match protocol::frame_len(data, limits.max_frame_bytes) {
             Ok(Some(total)) => total,
             Ok(None) => return Ok(Taken::NeedMore),
-            Err(e) => return Err(End::Refused(BadFrame::from(&e), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         };
         if data.len() < total {
             rbuf.reserve_frame(total);
@@ -378,12 +330,12 @@ fn take_frames(
         match protocol::decode(raw, limits.max_frame_bytes) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
-                return Err(End::Refused(
+                return Err(End::BadFrame(
                     BadFrame::Truncated,
                     "frame shorter than its header says".into(),
                 ));
             }
-            Err(e) => return Err(End::Refused(BadFrame::from(&e), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         }
         rbuf.consume(total);
     }
@@ -446,7 +398,7 @@ fn handle(
                 CodecError::TooLarge { .. } => BadFrame::DecompressedTooLarge,
                 _ => BadFrame::BadGzip,
             };
-            return Err(End::Refused(reason, e.to_string()));
+            return Err(End::BadFrame(reason, e.to_string()));
         }
         &scratch.inflated
     } else {

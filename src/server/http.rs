@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{debug, warn};
 
 use super::Core;
+use super::end::End;
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use crate::config::Gateway;
 use crate::metrics::{BadHttp, Transport};
@@ -49,38 +49,6 @@ pub(crate) trait Handler {
     /// A whole request: append its reply to `out`. Returns how long to wait before the reply
     /// may be sent (replies before it are sent first).
     fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Duration>;
-}
-
-/// Why an HTTP connection ended.
-#[derive(Debug)]
-enum End {
-    /// The peer closed its side between requests.
-    Eof,
-    /// The request asked for it (`Connection: close`, or HTTP/1.0 without keep-alive).
-    Requested,
-    /// No request within `idle_timeout`.
-    Idle,
-    /// Reading failed (reset), or the peer closed in the middle of a request.
-    ReadError(io::Error),
-    /// Writing failed.
-    WriteFailed,
-    /// Bad input, answered with its status before closing.
-    Refused(Refusal),
-}
-
-impl End {
-    /// The `reason` label of the connection close.
-    fn close(&self) -> crate::metrics::Close {
-        use crate::metrics::Close;
-        match self {
-            End::Refused(_) => Close::BadFrame,
-            End::Idle => Close::IdleTimeout,
-            // Asked for by the peer (`Connection: close`), as good as the peer closing.
-            End::Requested | End::Eof => Close::Eof,
-            End::ReadError(_) => Close::ReadError,
-            End::WriteFailed => Close::WriteError,
-        }
-    }
 }
 
 /// Input refused with an HTTP error status; the connection closes after the reply.
@@ -165,21 +133,7 @@ where
     H: Handler,
 {
     let end = run(core, &mut stream, transport, handler).await;
-    match &end {
-        End::Refused(r) => {
-            core.metrics.bad_http(r.reason);
-            warn!(core = core.index, %peer, reason = r.reason.name(), status = r.status, "closing HTTP connection: {}", r.what);
-        }
-        End::Idle => debug!(core = core.index, %peer, "HTTP connection idle: closing"),
-        End::Requested => {
-            debug!(core = core.index, %peer, "HTTP connection closed as the request asked")
-        }
-        End::ReadError(e) => {
-            debug!(core = core.index, %peer, error = %e, "HTTP connection read failed")
-        }
-        End::WriteFailed => debug!(core = core.index, %peer, "HTTP connection write failed"),
-        End::Eof => debug!(core = core.index, %peer, "HTTP connection closed by peer"),
-    }
+    end.report(core, peer, transport);
     let _ = stream.close().await;
     end.close()
 }
@@ -208,7 +162,7 @@ where
                 Err(refusal) => {
                     write_refusal(&mut out, &refusal);
                     let _ = write_out(core, transport, stream, &mut out).await;
-                    return End::Refused(refusal);
+                    return End::BadHttp(refusal);
                 }
             };
             match step {
@@ -265,9 +219,9 @@ where
                 );
                 write_refusal(&mut out, &refusal);
                 let _ = write_out(core, transport, stream, &mut out).await;
-                return End::Refused(refusal);
+                return End::BadHttp(refusal);
             }
-            None => return End::Idle,
+            None => return End::IdleTimeout,
             Some(Ok(0)) if mid_request => {
                 return End::ReadError(io::ErrorKind::UnexpectedEof.into());
             }

@@ -19,6 +19,7 @@ mod conn;
 #[cfg(feature = "alloc-audit")]
 pub use conn::audit::in_request_path;
 mod dispatch;
+mod end;
 mod gateway;
 mod http;
 mod jsonrpc;
