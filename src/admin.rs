@@ -75,7 +75,11 @@ fn serve(listener: &TcpListener, state: &State) {
         fds.clear();
         fds.push(pollfd(listener.as_raw_fd(), libc::POLLIN));
         for c in &conns {
-            let events = if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN };
+            let events = if c.answer.is_some() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
             fds.push(pollfd(c.stream.as_raw_fd(), events));
         }
         let now = Instant::now();
@@ -165,7 +169,12 @@ fn step(c: &mut Conn, revents: i16, state: &State) -> bool {
         match request(&c.head) {
             Parsed::Partial if c.head.len() <= MAX_REQUEST => return true,
             Parsed::Partial | Parsed::Bad => {
-                c.answer = Some(respond("400 Bad Request", "text/plain", "bad request\n", true));
+                c.answer = Some(respond(
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad request\n",
+                    true,
+                ));
             }
             Parsed::Request { method, path } => c.answer = Some(answer(method, path, state)),
         }

@@ -66,4 +66,5 @@ pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod service;
+mod stream;
 pub mod transport;

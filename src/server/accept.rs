@@ -335,23 +335,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for StopReading<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for StopReading<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
+crate::stream::forward_write!(StopReading, inner);
 
 #[cfg(test)]
 mod tests {

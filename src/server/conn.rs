@@ -22,9 +22,7 @@
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -32,11 +30,12 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Core;
-use super::end::End;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
+use super::end::End;
 use crate::codec::{self, CodecError};
 use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
+use crate::stream::Half;
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done. 8 KiB holds a whole pipelined batch of small calls
@@ -76,14 +75,14 @@ where
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(core, ReadHalf(&stream), &outbox, &idle, transport).await;
+        let end = read_loop(core, Half(&stream), &outbox, &idle, transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
         end.report(core, peer, transport);
         outbox.close();
         end
     };
-    let writer = write_loop(WriteHalf(&stream), &outbox, core, transport);
+    let writer = write_loop(Half(&stream), &outbox, core, transport);
     futures_lite::future::zip(reader, writer).await.0
 }
 
@@ -404,16 +403,14 @@ fn handle(
     } else {
         frame.payload
     };
-    let invoked = dispatch::invoke(
-        core,
-        frame.path,
-        frame.method,
-        frame.header.serialize,
-        frame.metadata,
+    let call = dispatch::Call {
+        path: frame.path,
+        method: frame.method,
+        serialize: frame.header.serialize,
+        metadata: frame.metadata,
         payload,
-        &mut scratch.meta,
-        &mut scratch.payload,
-    );
+    };
+    let invoked = dispatch::invoke(core, &call, &mut scratch.meta, &mut scratch.payload);
     let oneway = frame.header.is_oneway();
     match invoked {
         // rpcx: an error reply unless oneway, then the connection closes.
@@ -493,41 +490,6 @@ fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
         wake(&outbox.writer);
     })
     .detach();
-}
-
-/// The read side of a stream both halves of one task use in turn.
-struct ReadHalf<'a, S>(&'a RefCell<S>);
-/// The write side; see [`ReadHalf`].
-struct WriteHalf<'a, S>(&'a RefCell<S>);
-
-// The halves are polled by one task, one at a time (the reader and writer are joined, not
-// spawned), so the `RefCell` borrow in each poll can never overlap another.
-impl<S: AsyncRead + Unpin> AsyncRead for ReadHalf<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
 }
 
 /// The allocation audit: with the `alloc-audit` feature, a thread-local flag is set while a

@@ -39,20 +39,33 @@ pub(crate) const UNAUTHENTICATED: &str = "invalid token";
 /// `context.DeadlineExceeded`).
 pub(crate) const DEADLINE_EXCEEDED: &str = "context deadline exceeded";
 
-/// Runs `path.method` on an already decompressed payload. On `Ready`/`After` the reply's
-/// metadata block (wire form) is in `meta_out` and its payload in `payload_out`; both are
-/// cleared first.
-#[allow(clippy::too_many_arguments)]
+/// One call as dispatch sees it, whatever carried it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call<'a> {
+    /// The service (rpcx's service path).
+    pub(crate) path: &'a str,
+    pub(crate) method: &'a str,
+    /// The wire serialize type of the payload and of the reply.
+    pub(crate) serialize: u8,
+    pub(crate) metadata: Metadata<'a>,
+    /// The args, already decompressed.
+    pub(crate) payload: &'a [u8],
+}
+
+/// Runs a call. On `Ready`/`After` the reply's metadata block (wire form) is in `meta_out` and
+/// its payload in `payload_out`; both are cleared first.
 pub(crate) fn invoke(
     core: &Core,
-    path: &str,
-    method: &str,
-    serialize: u8,
-    metadata: Metadata<'_>,
-    payload: &[u8],
+    call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
+    let &Call {
+        path,
+        method,
+        metadata,
+        ..
+    } = call;
     if !core.auth.is_empty() && !authorized(&core.auth, metadata.get(META_AUTH)) {
         core.metrics.auth_failures.inc();
         return Invoked::Unauthenticated;
@@ -75,15 +88,7 @@ pub(crate) fn invoke(
     let timed = counts.started.get().is_multiple_of(TIME_ONE_CALL_IN);
     counts.started.inc();
     let started = timed.then(Instant::now);
-    let invoked = run(
-        core,
-        found,
-        serialize,
-        metadata,
-        payload,
-        meta_out,
-        payload_out,
-    );
+    let invoked = run(core, found, call, meta_out, payload_out);
     let invoked = match invoked {
         Invoked::After(delay) => match server_timeout(metadata) {
             Some(deadline) if deadline < delay => Invoked::Expired(deadline),
@@ -137,20 +142,18 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 fn run(
     core: &Core,
     method: Method,
-    serialize: u8,
-    metadata: Metadata<'_>,
-    payload: &[u8],
+    call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
-    let codec = match SerializeType::from_wire(serialize) {
+    let codec = match SerializeType::from_wire(call.serialize) {
         Ok(codec) => codec,
         Err(e) => return Invoked::Failed(Cow::Owned(e.to_string())),
     };
     let req = Request {
         codec,
-        metadata,
-        payload,
+        metadata: call.metadata,
+        payload: call.payload,
     };
     let mut reply = Reply::new(meta_out, payload_out);
     // A panicking handler answers rpcx's internal-error text instead of taking the core down.

@@ -351,13 +351,16 @@ fn call(
         let text = format!("can not find codec for {}", checked.serialize);
         return Outcome::Invoked(Invoked::Failed(Cow::Owned(text)));
     };
-    Outcome::Invoked(dispatch::invoke(
-        core,
-        &checked.service_path,
-        checked.method,
+    let call = dispatch::Call {
+        path: &checked.service_path,
+        method: checked.method,
         serialize,
         metadata,
-        body,
+        payload: body,
+    };
+    Outcome::Invoked(dispatch::invoke(
+        core,
+        &call,
         &mut scratch.meta_out,
         &mut scratch.payload,
     ))

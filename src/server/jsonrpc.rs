@@ -185,16 +185,14 @@ impl Call<'_> {
         // A serde_json Value always serializes.
         let _ = serde_json::to_writer(&mut self.params, params);
         let metadata = Metadata::parse(self.meta_in).unwrap_or_default();
-        let invoked = dispatch::invoke(
-            self.core,
-            &method[..dot],
-            &method[dot + 1..],
-            JSON,
+        let call = dispatch::Call {
+            path: &method[..dot],
+            method: &method[dot + 1..],
+            serialize: JSON,
             metadata,
-            &self.params,
-            self.meta_out,
-            self.payload,
-        );
+            payload: &self.params,
+        };
+        let invoked = dispatch::invoke(self.core, &call, self.meta_out, self.payload);
         if id.is_none() {
             return false;
         }
