@@ -43,6 +43,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
     let bound = listener.local_addr()?;
     let state = State {
         cores: server.metrics().to_vec(),
+        names: server.method_names(),
         health: server.health(),
     };
     std::thread::Builder::new()
@@ -55,6 +56,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
 /// What the answers are made from.
 struct State {
     cores: Vec<Arc<CoreMetrics>>,
+    names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
 }
 
@@ -228,7 +230,7 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics::prometheus(&state.cores, status),
+            &metrics::prometheus(&state.cores, &state.names, status),
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),
