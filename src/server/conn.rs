@@ -107,11 +107,13 @@ struct Outbox {
 }
 
 impl Outbox {
+    #[inline]
     fn pending(&self) -> usize {
         self.buf.borrow().len() + self.writing.get()
     }
 
     /// Appends a finished reply from outside the connection task.
+    #[inline]
     fn push(&self, bytes: &[u8]) {
         if self.failed.get() {
             return;
@@ -120,17 +122,20 @@ impl Outbox {
         wake(&self.writer);
     }
 
+    #[inline]
     fn close(&self) {
         self.closed.set(true);
         wake(&self.writer);
     }
 
+    #[inline]
     fn fail(&self) {
         self.failed.set(true);
         wake(&self.reader);
     }
 
     /// Ready(true) when there is something to write, Ready(false) when the connection is done.
+    #[inline]
     fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
         if !self.buf.borrow().is_empty() {
             return Poll::Ready(true);
@@ -143,6 +148,7 @@ impl Outbox {
     }
 
     /// Ready once the reader may read again.
+    #[inline]
     fn poll_room(&self, cx: &mut TaskContext<'_>, max_bytes: usize, max_calls: usize) -> Poll<()> {
         if self.failed.get() || (self.pending() < max_bytes && self.delayed.get() < max_calls) {
             return Poll::Ready(());
@@ -174,6 +180,7 @@ impl Idle {
 
     /// Ready once the watchdog has found the connection idle. Polled next to every pending read,
     /// so it only stores the waker (a pointer compare when it is already there): no timer here.
+    #[inline]
     fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
         if self.expired.get() {
             return Poll::Ready(());
@@ -209,6 +216,7 @@ async fn watch_idle(idle: Rc<Idle>, outbox: Rc<Outbox>, timeout: Duration) {
     }
 }
 
+#[inline]
 fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     let waker = match slot.take() {
         Some(w) if w.will_wake(cx.waker()) => w,
@@ -217,6 +225,7 @@ fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     slot.set(Some(waker));
 }
 
+#[inline]
 fn wake(slot: &Cell<Option<Waker>>) {
     if let Some(w) = slot.take() {
         w.wake();
@@ -448,6 +457,7 @@ fn handle<R: Registry>(
 
 /// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
 /// the request was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
 fn write_reply(
     out: &mut Vec<u8>,
     frame: &Frame<'_>,
@@ -468,6 +478,7 @@ fn write_reply(
 
 /// Encodes a successful reply; its payload is gzipped (into `deflated`) only when the request
 /// was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
 fn encode_reply<'a>(
     out: &mut Vec<u8>,
     mut header: Header,
