@@ -396,14 +396,14 @@ fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
     assert!(reply.ends_with(r#"{"C":6}"#), "{reply}");
     let m = &server.metrics()[0];
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_in.get(),
+        m.transport(Transport::Unix).bytes_in.get(),
         request.len() as u64
     );
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_out.get(),
+        m.transport(Transport::Unix).bytes_out.get(),
         reply.len() as u64
     );
-    assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
+    assert_eq!(m.transport(Transport::Tcp).bytes_in.get(), 0);
     common::stop(server);
 }
 
@@ -440,7 +440,7 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
         "the server read every call without its replies being read"
     );
     let read = server.metrics()[0]
-        .transport(percore::metrics::Transport::TCP)
+        .transport(percore::metrics::Transport::Tcp)
         .bytes_in
         .get();
     assert!(read < all.len() as u64);

@@ -33,12 +33,10 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::Core;
-use super::dispatch::{self, Invoked, UNAUTHENTICATED};
+use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
 use crate::codec::{self, CodecError};
-use crate::metrics::{Close, Transport};
-use crate::protocol::{
-    self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
-};
+use crate::metrics::{BadFrame, Close, Transport};
+use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done. 8 KiB holds a whole pipelined batch of small calls
@@ -62,7 +60,7 @@ pub(crate) enum End {
     /// Writing failed; the reader stopped too.
     WriteFailed,
     /// The peer sent something that is not an rpcx frame (metric reason, description).
-    Refused(&'static str, String),
+    Refused(BadFrame, String),
     /// No request for `limits.idle_timeout`, and no reply owed.
     IdleTimeout,
     /// A call failed the auth check.
@@ -115,8 +113,8 @@ where
         // also sees the count.
         match &end {
             End::Refused(reason, what) => {
-                core.metrics.transport(transport).bad_frame(reason);
-                warn!(core = core.index, %peer, reason, "closing connection: {what}");
+                core.metrics.transport(transport).bad_frame(*reason);
+                warn!(core = core.index, %peer, reason = reason.name(), "closing connection: {what}");
             }
             End::Unauthenticated => {
                 warn!(core = core.index, %peer, "closing connection: a call failed the auth check")
@@ -364,7 +362,7 @@ fn take_frames(
         let total = match protocol::frame_len(data, limits.max_frame_bytes) {
             Ok(Some(total)) => total,
             Ok(None) => return Ok(Taken::NeedMore),
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::Refused(BadFrame::from(&e), e.to_string())),
         };
         if data.len() < total {
             rbuf.reserve_frame(total);
@@ -381,11 +379,11 @@ fn take_frames(
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
                 return Err(End::Refused(
-                    "truncated",
+                    BadFrame::Truncated,
                     "frame shorter than its header says".into(),
                 ));
             }
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::Refused(BadFrame::from(&e), e.to_string())),
         }
         rbuf.consume(total);
     }
@@ -445,8 +443,8 @@ fn handle(
         let limit = core.config.limits.max_decompressed_bytes;
         if let Err(e) = codec::gunzip(frame.payload, limit, &mut scratch.inflated) {
             let reason = match e {
-                CodecError::TooLarge { .. } => "decompressed_too_large",
-                _ => "bad_gzip",
+                CodecError::TooLarge { .. } => BadFrame::DecompressedTooLarge,
+                _ => BadFrame::BadGzip,
             };
             return Err(End::Refused(reason, e.to_string()));
         }
@@ -484,7 +482,12 @@ fn handle(
         Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, raw, compressed, scratch);
-            delay_reply(core, outbox, frame, delay, bytes);
+            delay_reply(outbox, delay, bytes);
+        }
+        Invoked::Expired(deadline) => {
+            let mut bytes = Vec::new();
+            error_reply(core, &mut bytes, frame, DEADLINE_EXCEEDED);
+            delay_reply(outbox, deadline, bytes);
         }
         Invoked::Failed(text) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &text),
     }
@@ -526,28 +529,8 @@ fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
     protocol::encode(out, &header, frame.path, frame.method, &meta, &[]);
 }
 
-/// Sends `bytes` after `delay`, or an error reply once the client's `__ServerTimeout` passes if
-/// that comes first.
-fn delay_reply(
-    core: &Rc<Core>,
-    outbox: &Rc<Outbox>,
-    frame: &Frame<'_>,
-    delay: Duration,
-    bytes: Vec<u8>,
-) {
-    let deadline = frame
-        .metadata
-        .get(META_SERVER_TIMEOUT)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    let (wait, bytes) = match deadline {
-        Some(deadline) if deadline < delay => {
-            let mut out = Vec::new();
-            error_reply(core, &mut out, frame, "context deadline exceeded");
-            (deadline, out)
-        }
-        _ => (delay, bytes),
-    };
+/// Sends `bytes` after `wait`, from a task of its own, so other calls go on meanwhile.
+fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
     outbox.delayed.set(outbox.delayed.get() + 1);
     let outbox = Rc::clone(outbox);
     glommio::spawn_local(async move {
