@@ -20,6 +20,7 @@ use tracing::{debug, info};
 
 use crate::metrics::{self, CoreMetrics, Status};
 use crate::server::{Health, ServerHandle};
+use crate::transport::quic::QuicCounters;
 
 /// How long one admin client may take to send its request and to read the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +34,11 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let cores = server.metrics().to_vec();
+    let quic: Vec<_> = server
+        .quic_counters()
+        .into_iter()
+        .map(|(addr, counters)| (addr.to_string(), counters))
+        .collect();
     let health = server.health();
     std::thread::Builder::new()
         .name("percore-admin".into())
@@ -40,7 +46,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(e) = answer(stream, &cores, &health) {
+                        if let Err(e) = answer(stream, &cores, &quic, &health) {
                             debug!(error = %e, "admin request failed");
                         }
                     }
@@ -53,7 +59,12 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
     Ok(bound)
 }
 
-fn answer(mut stream: TcpStream, cores: &[Arc<CoreMetrics>], health: &Health) -> io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    cores: &[Arc<CoreMetrics>],
+    quic: &[(String, Arc<QuicCounters>)],
+    health: &Health,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
@@ -92,7 +103,8 @@ fn answer(mut stream: TcpStream, cores: &[Arc<CoreMetrics>], health: &Health) ->
     };
     match path {
         "/metrics" => {
-            let body = metrics::prometheus(cores, status);
+            let mut body = metrics::prometheus(cores, status);
+            body.push_str(&metrics::prometheus_quic(quic));
             respond(
                 &mut stream,
                 "200 OK",

@@ -77,7 +77,8 @@ impl TlsArgs {
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS.
+    /// (rpcx's HTTP CONNECT), unix@/path or quic@host:port; add --tls-ca or --tls-insecure for
+    /// TLS (quic@ always needs one of them).
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -104,8 +105,9 @@ struct CallArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
-    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS.
+    /// Servers, `network@address` (tcp, reuseport, http, unix or quic), comma-separated;
+    /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
+    /// needs one of them).
     #[arg(
         short = 's',
         long = "server",

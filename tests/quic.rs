@@ -200,16 +200,16 @@ fn a_glommio_client_exchanges_bytes_with_a_stream_served_on_glommio() {
     let counters = Arc::clone(server.counters());
     assert_eq!(counters.connections_accepted.load(Ordering::Relaxed), 1);
     assert_eq!(counters.streams_accepted.load(Ordering::Relaxed), 1);
-    assert_eq!(
-        counters.bytes_in.load(Ordering::Relaxed),
-        5 + (3 << 20) as u64
-    );
     eventually("the stream is closed and acknowledged", || {
         counters.streams_closed.load(Ordering::Relaxed) == 1
     });
     eventually("the client closed its connection", || {
         counters.connections_closed.load(Ordering::Relaxed) == 1
     });
+    // Wire bytes, counted when the connection ended: the payload and QUIC's own.
+    let payload = 5 + (3 << 20) as u64;
+    assert!(counters.bytes_in.load(Ordering::Relaxed) > payload);
+    assert!(counters.bytes_out.load(Ordering::Relaxed) > payload);
     server.shutdown(TIMEOUT);
 }
 

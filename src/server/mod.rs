@@ -22,6 +22,7 @@ mod dispatch;
 mod gateway;
 mod http;
 mod jsonrpc;
+mod quic;
 mod sniff;
 
 use std::cell::{Cell, RefCell};
@@ -74,6 +75,8 @@ pub enum ServerError {
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
     Panicked { cpu: usize },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
@@ -85,6 +88,9 @@ pub struct ServerHandle {
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
     metrics: Vec<Arc<CoreMetrics>>,
     health: Arc<Health>,
+    /// The `quic@` listeners' threads, closed after the cores have drained.
+    quic: Vec<transport::quic::QuicListener>,
+    drain_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
@@ -107,6 +113,17 @@ impl ServerHandle {
     /// Each core's counters.
     pub fn metrics(&self) -> &[Arc<CoreMetrics>] {
         &self.metrics
+    }
+
+    /// Each `quic@` listener's own counters (handshakes, streams, refusals), in config order;
+    /// its calls and connections are in the cores' metrics under transport `quic`.
+    pub fn quic_counters(&self) -> Vec<(Addr, Arc<transport::quic::QuicCounters>)> {
+        self.listen
+            .iter()
+            .filter(|a| a.network == transport::addr::Network::Quic)
+            .cloned()
+            .zip(self.quic.iter().map(|q| Arc::clone(q.counters())))
+            .collect()
     }
 
     /// Whether every core listens, and whether the server is draining; for `/readyz`.
@@ -132,9 +149,12 @@ impl ServerHandle {
         Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then for the `quic@` listeners to close their
+    /// connections (with an application close, once the streams the cores closed are
+    /// acknowledged, within `server.drain_timeout`).
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
+        let (quic, drain_timeout) = (self.quic, self.drain_timeout);
         for (cpu, thread) in self.threads {
             let error = match thread.join() {
                 Ok(()) => continue,
@@ -149,6 +169,9 @@ impl ServerHandle {
             if result.is_ok() {
                 result = Err(error);
             }
+        }
+        for listener in quic {
+            listener.shutdown(drain_timeout);
         }
         result
     }
@@ -268,7 +291,20 @@ pub(crate) fn start_with(
     // sockets[core][listener]
     let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
+    let stop = Arc::new(Stop::default());
+    let mut quic_handed = Vec::new();
+    let mut quic_listeners = Vec::new();
     for listen in &config.server.listen {
+        if listen.network == transport::addr::Network::Quic {
+            // Started here, in config order; its streams reach the cores like any handed-over
+            // listener's.
+            let (h, listener) = quic::start(&config, listen, cpus.len(), &stop)?;
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+            quic_listeners.push(listener);
+            quic_handed.push(h);
+            continue;
+        }
         let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
@@ -283,9 +319,13 @@ pub(crate) fn start_with(
     // receive loops[core]
     let mut receivers: Vec<Vec<accept::ReceiveLoop>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
-    for h in handed {
-        resolved.push(h.listening.addr.clone());
-        addrs.extend(h.listening.socket_addr);
+    let quic_count = quic_handed.len();
+    for (i, h) in quic_handed.into_iter().chain(handed).enumerate() {
+        // The quic@ listeners are in `resolved` already, in config order.
+        if i >= quic_count {
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+        }
         for (core, receive) in h.per_core.into_iter().enumerate() {
             receivers[core].push(receive);
         }
@@ -296,8 +336,8 @@ pub(crate) fn start_with(
         .into_iter()
         .map(|t| t.into_bytes().into_boxed_slice())
         .collect();
+    let drain_timeout = config.server.drain_timeout;
     let config = Arc::new(config);
-    let stop = Arc::new(Stop::default());
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
@@ -350,6 +390,8 @@ pub(crate) fn start_with(
         threads,
         metrics,
         health,
+        quic: quic_listeners,
+        drain_timeout,
     })
 }
 

@@ -210,9 +210,12 @@ pub struct QuicCounters {
     pub streams_closed: AtomicU64,
     /// Streams a client opened during shutdown, reset without being served.
     pub streams_refused: AtomicU64,
-    /// Stream payload bytes read by the streams' owners.
+    /// UDP payload bytes received on connections that have ended (QUIC headers, handshakes and
+    /// acknowledgements included). Counted on the QUIC thread when a connection ends, so the
+    /// cores' reads and writes pay nothing for it; the streams' own bytes are counted live by
+    /// their owners (the server's per-transport metrics).
     pub bytes_in: AtomicU64,
-    /// Stream payload bytes written by the streams' owners.
+    /// UDP payload bytes sent on connections that have ended, likewise.
     pub bytes_out: AtomicU64,
 }
 
@@ -260,22 +263,44 @@ impl fmt::Debug for QuicListener {
     }
 }
 
-/// Binds `addr` (UDP) and starts the `percore-quic` thread serving it. `tls` must offer TLS 1.3
-/// (use [`super::tls::quic_server_config`], which also sets ALPN `rpcx`). Returns once the
-/// endpoint is up, or the reason it cannot be.
+/// Binds the UDP socket for a listener at `addr`, on the caller's thread, so a bind error is
+/// reported before anything starts and port 0 is resolved for [`listen_on`].
+pub fn bind(addr: SocketAddr) -> Result<UdpSocket, QuicError> {
+    UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+/// Binds `addr` (UDP) and starts the `percore-quic` thread serving it: [`bind`], then
+/// [`listen_on`] with no stop signal but [`QuicListener::shutdown`].
 pub fn listen(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     limits: &QuicLimits,
     sink: StreamSink,
 ) -> Result<QuicListener, QuicError> {
+    listen_on(bind(addr)?, tls, limits, sink, std::future::pending())
+}
+
+/// Starts the `percore-quic` thread serving `socket`. `tls` must offer TLS 1.3 (use
+/// [`super::tls::quic_server_config`], which also sets ALPN `rpcx`). When `stop` completes (the
+/// server's shutdown signal; it is polled on the QUIC thread), the listener stops accepting
+/// connections and streams and closes the connections once every stream it handed out is
+/// closed, as [`QuicListener::shutdown`] does without a deadline. Returns once the endpoint is
+/// up, or the reason it cannot be.
+pub fn listen_on(
+    socket: UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &QuicLimits,
+    sink: StreamSink,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<QuicListener, QuicError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(limits.transport()?));
-    let socket = UdpSocket::bind(addr).map_err(|source| QuicError::Bind { addr, source })?;
-    let local_addr = socket
-        .local_addr()
-        .map_err(|source| QuicError::Bind { addr, source })?;
+    let unbound = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let local_addr = socket.local_addr().map_err(|source| QuicError::Bind {
+        addr: unbound,
+        source,
+    })?;
     let counters = Arc::new(QuicCounters::default());
     let shared = Arc::new(Shared {
         counters: Arc::clone(&counters),
@@ -300,7 +325,7 @@ pub fn listen(
                     return;
                 }
             };
-            rt.block_on(serve(socket, server, shared, shutdown_rx, ready_tx));
+            rt.block_on(serve(socket, server, shared, stop, shutdown_rx, ready_tx));
         })
         .map_err(QuicError::Thread)?;
     let started = ready_rx.recv().unwrap_or_else(|_| {
@@ -310,7 +335,10 @@ pub fn listen(
     });
     if let Err(source) = started {
         let _ = thread.join();
-        return Err(QuicError::Bind { addr, source });
+        return Err(QuicError::Bind {
+            addr: local_addr,
+            source,
+        });
     }
     tracing::info!(addr = %local_addr, "listening on quic");
     Ok(QuicListener {
@@ -342,6 +370,7 @@ impl QuicListener {
 
     fn stop(&mut self, grace: Duration) {
         if let Some(tx) = self.shutdown.take() {
+            // Err: the thread already closed everything (its stop signal came first).
             let _ = tx.send(grace);
         }
         if let Some(thread) = self.thread.take()
@@ -353,16 +382,18 @@ impl QuicListener {
 }
 
 impl Drop for QuicListener {
+    /// Closes everything at once (no grace) and joins the thread.
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
     }
 }
 
-/// The listener thread's body.
+/// The listener thread's body: accept until told to stop, then drain and close.
 async fn serve(
     socket: UdpSocket,
     server: quinn::ServerConfig,
     shared: Arc<Shared>,
+    stop: impl Future<Output = ()>,
     mut shutdown: oneshot::Receiver<Duration>,
     ready: std_mpsc::Sender<io::Result<()>>,
 ) {
@@ -383,11 +414,15 @@ async fn serve(
     let _ = ready.send(Ok(()));
     drop(ready);
 
-    let grace = loop {
+    // The deadline for streams still open: none when the stop signal came first (the owner's
+    // drain bounds them; `shutdown` may set one later).
+    let mut stop = std::pin::pin!(stop);
+    let mut deadline = loop {
         tokio::select! {
-            grace = &mut shutdown => break grace.unwrap_or(Duration::ZERO),
+            grace = &mut shutdown => break Some(deadline_after(grace.unwrap_or(Duration::ZERO))),
+            () = &mut stop => break None,
             incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break Duration::ZERO };
+                let Some(incoming) = incoming else { break Some(deadline_after(Duration::ZERO)) };
                 if shared.live_connections.load(Ordering::Relaxed) >= shared.max_connections {
                     shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(peer = %incoming.remote_address(), "quic: max_connections reached, refused");
@@ -400,16 +435,35 @@ async fn serve(
         }
     };
 
-    // No new connections: quinn refuses them from now on.
+    // No new connections (quinn refuses them from now on), no new streams.
     endpoint.set_server_config(None);
     shared.closing.store(true, Ordering::Release);
-    let deadline = tokio::time::Instant::now() + grace;
+    let mut shutdown = deadline.is_none().then_some(shutdown);
     loop {
         let closed = shared.stream_closed.notified();
         if shared.counters.streams_open() == 0 {
             break;
         }
-        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+        let timed_out = tokio::select! {
+            () = closed => false,
+            grace = async {
+                match shutdown.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                shutdown = None;
+                deadline = Some(deadline_after(grace.unwrap_or(Duration::ZERO)));
+                false
+            }
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        if timed_out {
             tracing::warn!(
                 streams = shared.counters.streams_open(),
                 "quic: streams still open after the grace period, closing their connections"
@@ -419,6 +473,12 @@ async fn serve(
     }
     endpoint.close(VarInt::from_u32(0), SHUTDOWN_REASON.as_bytes());
     let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+}
+
+fn deadline_after(grace: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(grace)
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// One connection: the handshake, then every bidirectional stream the client opens, to the
@@ -480,10 +540,15 @@ async fn serve_connection(
             }
         }
     }
-    shared
-        .counters
-        .connections_closed
-        .fetch_add(1, Ordering::Relaxed);
+    let stats = conn.stats();
+    let counters = &shared.counters;
+    counters
+        .bytes_in
+        .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+    counters
+        .bytes_out
+        .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
+    counters.connections_closed.fetch_add(1, Ordering::Release);
     shared.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -597,12 +662,7 @@ impl AsyncRead for QuicStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let read = this.recv.poll_read(cx, buf).map_err(read_error);
-        if let (Poll::Ready(Ok(n)), Some(counters)) = (&read, &this.counters) {
-            counters.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        read
+        self.get_mut().recv.poll_read(cx, buf).map_err(read_error)
     }
 }
 
@@ -612,15 +672,10 @@ impl AsyncWrite for QuicStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let Some(send) = this.send.as_mut() else {
+        let Some(send) = self.get_mut().send.as_mut() else {
             return Poll::Ready(Err(closed()));
         };
-        let written = Pin::new(send).poll_write(cx, buf).map_err(write_error);
-        if let (Poll::Ready(Ok(n)), Some(counters)) = (&written, &this.counters) {
-            counters.bytes_out.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        written
+        Pin::new(send).poll_write(cx, buf).map_err(write_error)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -704,8 +759,9 @@ impl DialConfig {
 
 /// Dials `quic@addr` (`host:port`; a name is resolved and each address tried in turn), checks
 /// the server's certificate against `server_name`, and opens one bidirectional stream. Nothing
-/// is sent until the stream is written to (rpcx clients write first). Runs on any executor:
-/// the work happens on the process's `percore-quic-client` thread.
+/// is sent until the stream is written to (rpcx clients write first). Gives up after `timeout`
+/// (zero: no limit but the handshake's idle timeout). Runs on any executor: the work happens on
+/// the process's `percore-quic-client` thread.
 pub async fn dial(
     addr: &str,
     server_name: &str,
@@ -771,12 +827,16 @@ async fn run_client(mut rx: mpsc::UnboundedReceiver<DialRequest>) {
                 reply,
             } = request;
             let dial = dial_on_thread(&addr, &server_name, config, &endpoints, reap);
-            let result = match tokio::time::timeout(timeout, dial).await {
-                Ok(result) => result,
-                Err(_) => Err(QuicError::Timeout {
-                    addr,
-                    after: timeout,
-                }),
+            let result = if timeout.is_zero() {
+                dial.await
+            } else {
+                match tokio::time::timeout(timeout, dial).await {
+                    Ok(result) => result,
+                    Err(_) => Err(QuicError::Timeout {
+                        addr,
+                        after: timeout,
+                    }),
+                }
             };
             // The caller gave up (its own timeout): the stream, if any, is dropped and closed.
             let _ = reply.send(result);
