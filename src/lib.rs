@@ -28,6 +28,8 @@
 //!            one glommio executor per allowed CPU, pinned; shared: read-only config only
 //! client ─► SO_REUSEPORT listener (one socket per core) ─┐
 //! client ─► unix socket (one socket, accepted by every core) ─┴► accept ─► sniff (first bytes)
+//! client ─► QUIC: `percore-quic` thread (quinn on tokio) ─► each stream handed to a core
+//!          (server::Handoff, round robin) ─► accept ─► the rpcx frame loop (no sniffing)
 //!   sniff: 0x08 rpcx ─► connection task (the bare socket: the hot path has no wrapper)
 //!          0x16 TLS (rustls) ─► sniff again inside TLS
 //!          `C`  HTTP CONNECT /_rpcx_ ─► connection task;  HTTP ─► the gateway seam
@@ -49,6 +51,8 @@
 //! `/metrics`, `/healthz` and `/readyz` with blocking std I/O, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
+//! `percore-quic-client` does the same for the client's `quic@` dials.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
