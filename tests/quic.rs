@@ -27,6 +27,8 @@ struct Certs {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 impl Drop for Certs {
@@ -53,6 +55,10 @@ fn certs(name: &str) -> Certs {
         .unwrap()
         .signed_by(&key, &ca)
         .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["client.test".into()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client = client_params.signed_by(&client_key, &ca).unwrap();
     let write = |file: &str, text: &str| {
         let path = dir.join(file);
         std::fs::write(&path, text).unwrap();
@@ -62,6 +68,8 @@ fn certs(name: &str) -> Certs {
         ca: write("ca.pem", &ca.pem()),
         cert: write("server.pem", &leaf.pem()),
         key: write("server.key", &key.serialize_pem()),
+        client_cert: write("client.pem", &client.pem()),
+        client_key: write("client.key", &client_key.serialize_pem()),
         dir,
     }
 }
@@ -87,6 +95,10 @@ fn client_tls(ca: &Path) -> Arc<rustls::ClientConfig> {
 /// A QUIC listener on 127.0.0.1 whose sink sends every stream to a glommio executor thread,
 /// which serves each with an echo task (read, write back, finish at end of input).
 fn echo_server(certs: &Certs, limits: &QuicLimits) -> QuicListener {
+    echo_server_with(server_tls(certs), limits)
+}
+
+fn echo_server_with(tls: Arc<rustls::ServerConfig>, limits: &QuicLimits) -> QuicListener {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(QuicStream, SocketAddr)>();
     std::thread::spawn(move || {
         let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -103,13 +115,7 @@ fn echo_server(certs: &Certs, limits: &QuicLimits) -> QuicListener {
     let sink: quic::StreamSink = Box::new(move |stream, peer| {
         let _ = tx.send((stream, peer));
     });
-    quic::listen(
-        "127.0.0.1:0".parse().unwrap(),
-        server_tls(certs),
-        limits,
-        sink,
-    )
-    .unwrap()
+    quic::listen("127.0.0.1:0".parse().unwrap(), tls, limits, sink).unwrap()
 }
 
 async fn echo(mut stream: QuicStream) {
@@ -462,4 +468,80 @@ fn shutdown_closes_streams_left_open_with_an_application_close() {
     server.shutdown(Duration::from_millis(100));
     let err = client.join().unwrap();
     assert!(err.contains(SHUTDOWN_REASON), "{err}");
+}
+
+#[test]
+fn connections_past_max_connections_are_refused() {
+    let certs = certs("max");
+    let limits = QuicLimits {
+        max_connections: 1,
+        ..QuicLimits::default()
+    };
+    let server = echo_server(&certs, &limits);
+    let addr = server.local_addr().to_string();
+    let config = DialConfig::new(client_tls(&certs.ca)).unwrap();
+    on_glommio(async move {
+        let mut first = quic::dial(&addr, "localhost", &config, TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(round_trip(&mut first, b"one").await, b"one");
+        let err = quic::dial(&addr, "localhost", &config, TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QuicError::Connect { .. }), "{err:?}");
+        // The first is still served.
+        assert_eq!(round_trip(&mut first, b"two").await, b"two");
+    });
+    let counters = server.counters();
+    assert_eq!(counters.connections_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.connections_accepted.load(Ordering::Relaxed), 1);
+    server.shutdown(TIMEOUT);
+}
+
+#[test]
+fn mutual_tls_needs_a_client_certificate_from_the_ca() {
+    let certs = certs("mtls");
+    let tls = tls::quic_server_config(&TlsConfig {
+        cert: Some(certs.cert.clone()),
+        key: Some(certs.key.clone()),
+        client_ca: Some(certs.ca.clone()),
+        ..TlsConfig::default()
+    })
+    .unwrap()
+    .unwrap();
+    let server = echo_server_with(tls, &QuicLimits::default());
+    let addr = server.local_addr().to_string();
+    let anonymous = DialConfig::new(client_tls(&certs.ca)).unwrap();
+    let known = DialConfig::new(
+        tls::quic_client_config(&ClientTls {
+            ca: Some(certs.ca.clone()),
+            cert: Some(certs.client_cert.clone()),
+            key: Some(certs.client_key.clone()),
+            ..ClientTls::default()
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    on_glommio(async move {
+        // TLS 1.3: the client learns of the refusal once it uses the connection.
+        let refused = match quic::dial(&addr, "localhost", &anonymous, TIMEOUT).await {
+            Err(_) => true,
+            Ok(mut stream) => {
+                let _ = stream.write_all(b"x").await;
+                let mut buf = [0u8; 1];
+                stream.read(&mut buf).await.is_err()
+            }
+        };
+        assert!(refused, "a client without a certificate is refused");
+        let mut stream = quic::dial(&addr, "localhost", &known, TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(round_trip(&mut stream, b"mtls").await, b"mtls");
+    });
+    let counters = Arc::clone(server.counters());
+    eventually("the refused handshake is counted", || {
+        counters.handshake_failures.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(counters.streams_accepted.load(Ordering::Relaxed), 1);
+    server.shutdown(TIMEOUT);
 }
