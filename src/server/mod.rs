@@ -79,7 +79,8 @@ pub enum ServerError {
     Quic(#[from] transport::quic::QuicError),
 }
 
-/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+/// A running server. Dropping it does not stop the cores (call [`ServerHandle::shutdown`]), but
+/// it does close its `quic@` listeners at once.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     listen: Vec<Addr>,

@@ -612,12 +612,6 @@ impl QuicStream {
     pub fn peer_addr(&self) -> SocketAddr {
         self.conn.remote_address()
     }
-
-    /// Closes the whole connection at once (every stream on it), e.g. after bad input: an
-    /// application close with `code` and `reason`. Unsent data is discarded.
-    pub fn close_connection(&self, code: u32, reason: &str) {
-        self.conn.close(VarInt::from_u32(code), reason.as_bytes());
-    }
 }
 
 fn closed() -> io::Error {
