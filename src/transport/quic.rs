@@ -24,7 +24,8 @@
 //! [`QuicListener::shutdown`] stops accepting connections and streams, waits (up to its grace
 //! period) until every stream it handed out is closed that way, then closes the remaining
 //! connections with an application close, code 0, reason `server shutting down`, and joins the
-//! thread.
+//! thread. The stop signal given to [`listen_on`] (the server's drain) starts the same without a
+//! deadline of its own: the cores' drain closes the streams, and `shutdown` bounds the rest.
 
 use std::fmt;
 use std::io;
