@@ -64,7 +64,7 @@ fn connections_past_the_per_core_limit_are_accepted_and_closed() {
 fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
     let server = common::start_with(1, |c| {
         c.limits.idle_timeout = Duration::from_millis(200);
-        c.services.hello.delay = Duration::from_millis(700);
+        common::hello_delay(c, Duration::from_millis(700));
     });
     let addr = server.local_addrs()[0];
     let mut idle = connect(addr);
@@ -91,7 +91,7 @@ fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
 fn at_the_in_flight_limit_buffered_requests_wait_for_replies() {
     let server = common::start_with(1, |c| {
         c.limits.max_calls_in_flight = 2;
-        c.services.hello.delay = Duration::from_millis(300);
+        common::hello_delay(c, Duration::from_millis(300));
     });
     let mut s = connect(server.local_addrs()[0]);
     // One write: three delayed calls, then a quick one. Without the limit the quick call's reply
@@ -454,5 +454,38 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
     s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
     s.write_all(&all[written..]).unwrap();
     assert!(replies.join().unwrap());
+    common::stop(server);
+}
+
+#[test]
+fn slow_and_idle_admin_clients_do_not_hold_up_probes() {
+    let server = common::start_with(1, |_| {});
+    let admin = percore::admin::start("127.0.0.1:0".parse().unwrap(), &server).unwrap();
+    server.wait_ready();
+    // One client trickles its request a byte at a time; 200 more connect and send nothing.
+    let mut slow = connect(admin);
+    let idle: Vec<TcpStream> = (0..200).map(|_| connect(admin)).collect();
+    let request = b"GET /healthz HTTP/1.1\r\n\r\n";
+    for (i, path) in ["/healthz", "/metrics", "/readyz"]
+        .iter()
+        .cycle()
+        .take(15)
+        .enumerate()
+    {
+        if i < request.len() {
+            slow.write_all(&request[i..i + 1]).unwrap();
+        }
+        // Each probe must be answered within 2 s (a read past that fails the test).
+        let mut probe = TcpStream::connect(admin).unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        write!(probe, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+        let mut text = String::new();
+        probe.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {text}");
+    }
+    drop(idle);
+    drop(slow);
     common::stop(server);
 }

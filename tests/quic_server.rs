@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::{IO_TIMEOUT, msgpack_args, msgpack_reply, request};
 use percore::bench_message::BenchmarkMessage;
+use percore::builtin::{ArithArgs, ArithReply};
 use percore::client::{Client, Options, Request};
 use percore::codec::SerializeType;
 use percore::config::Config;
 use percore::metrics::{Close, Transport};
 use percore::server::ServerHandle;
-use percore::service::{ArithArgs, ArithReply};
 use percore::transport::tls::ClientTls;
 use prost::Message as _;
 
@@ -476,7 +476,7 @@ fn sigterm_finishes_quic_calls_in_flight_then_closes_the_connections() {
         &config,
         format!(
             "[server]\nlisten = [\"quic@127.0.0.1:{port}\"]\ncores = 2\ndrain_timeout = \"60s\"\n\
-             [services.hello]\ndelay = \"2s\"\n[admin]\nlisten = \"{admin}\"\n\
+             [services.Hello]\ndelay = \"2s\"\n[admin]\nlisten = \"{admin}\"\n\
              [tls]\ncert = {:?}\nkey = {:?}\n",
             certs.cert, certs.key
         ),

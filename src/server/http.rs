@@ -15,19 +15,22 @@
 //! What a request means is the handler's business: it sees the headers this module does not
 //! interpret itself ([`Handler::header`]) and each whole request ([`Handler::request`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{debug, warn};
 
 use super::Core;
+use super::end::End;
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use crate::config::Gateway;
 use crate::metrics::{BadHttp, Transport};
+use crate::service::Registry;
 
 /// First size of a connection's read buffer; it grows to hold a request head and shrinks back.
 pub(crate) const INITIAL_READ_BUFFER: usize = 8 << 10;
@@ -46,41 +49,17 @@ pub(crate) trait Handler {
     /// A header this module does not interpret itself (everything but `Content-Length`,
     /// `Transfer-Encoding`, `Connection` and `Expect`).
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), Refusal>;
-    /// A whole request: append its reply to `out`. Returns how long to wait before the reply
-    /// may be sent (replies before it are sent first).
-    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Duration>;
+    /// A whole request: append its reply to `out`, or say what it waits for.
+    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait>;
 }
 
-/// Why an HTTP connection ended.
-#[derive(Debug)]
-enum End {
-    /// The peer closed its side between requests.
-    Eof,
-    /// The request asked for it (`Connection: close`, or HTTP/1.0 without keep-alive).
-    Requested,
-    /// No request within `idle_timeout`.
-    Idle,
-    /// Reading failed (reset), or the peer closed in the middle of a request.
-    ReadError(io::Error),
-    /// Writing failed.
-    WriteFailed,
-    /// Bad input, answered with its status before closing.
-    Refused(Refusal),
-}
-
-impl End {
-    /// The `reason` label of the connection close.
-    fn close(&self) -> crate::metrics::Close {
-        use crate::metrics::Close;
-        match self {
-            End::Refused(_) => Close::BadFrame,
-            End::Idle => Close::IdleTimeout,
-            // Asked for by the peer (`Connection: close`), as good as the peer closing.
-            End::Requested | End::Eof => Close::Eof,
-            End::ReadError(_) => Close::ReadError,
-            End::WriteFailed => Close::WriteError,
-        }
-    }
+/// A reply that cannot go out yet; the replies before it are sent first (HTTP/1.1 answers in
+/// order), and no later request is read until it is done.
+pub(crate) enum Wait {
+    /// The reply is in `out`: send it after this delay.
+    Delay(Duration),
+    /// The reply is what this future gives, once it is done (an async handler's call).
+    Until(Pin<Box<dyn Future<Output = Vec<u8>>>>),
 }
 
 /// Input refused with an HTTP error status; the connection closes after the reply.
@@ -129,7 +108,7 @@ enum Chunk {
 }
 
 /// What the HTTP layer takes from a request head; the handler gets the other headers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Head {
     pub(crate) method: HttpMethod,
     /// The request target as sent (path and query).
@@ -153,8 +132,8 @@ pub(crate) enum HttpMethod {
 
 /// Serves HTTP requests on `stream` with `handler` until the peer closes it, asks to, idles
 /// out, or sends input that is refused.
-pub(crate) async fn serve<S, H>(
-    core: &Rc<Core>,
+pub(crate) async fn serve<S, H, R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: S,
     peer: SocketAddr,
     transport: Transport,
@@ -165,26 +144,17 @@ where
     H: Handler,
 {
     let end = run(core, &mut stream, transport, handler).await;
-    match &end {
-        End::Refused(r) => {
-            core.metrics.bad_http(r.reason);
-            warn!(core = core.index, %peer, reason = r.reason.name(), status = r.status, "closing HTTP connection: {}", r.what);
-        }
-        End::Idle => debug!(core = core.index, %peer, "HTTP connection idle: closing"),
-        End::Requested => {
-            debug!(core = core.index, %peer, "HTTP connection closed as the request asked")
-        }
-        End::ReadError(e) => {
-            debug!(core = core.index, %peer, error = %e, "HTTP connection read failed")
-        }
-        End::WriteFailed => debug!(core = core.index, %peer, "HTTP connection write failed"),
-        End::Eof => debug!(core = core.index, %peer, "HTTP connection closed by peer"),
-    }
+    end.report(core, peer, transport);
     let _ = stream.close().await;
     end.close()
 }
 
-async fn run<S, H>(core: &Rc<Core>, stream: &mut S, transport: Transport, handler: &mut H) -> End
+async fn run<S, H, R: Registry>(
+    core: &Rc<Core<R>>,
+    stream: &mut S,
+    transport: Transport,
+    handler: &mut H,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -208,7 +178,7 @@ where
                 Err(refusal) => {
                     write_refusal(&mut out, &refusal);
                     let _ = write_out(core, transport, stream, &mut out).await;
-                    return End::Refused(refusal);
+                    return End::BadHttp(refusal);
                 }
             };
             match step {
@@ -221,7 +191,7 @@ where
                 Step::Request => {
                     started = None;
                     let before = out.len();
-                    if let Some(delay) = handler.request(&head, &body, &mut out) {
+                    if let Some(wait) = handler.request(&head, &body, &mut out) {
                         // Replies go out in order: flush the ones before this, then wait.
                         let mut ready: Vec<u8> = out.drain(..before).collect();
                         if write_out(core, transport, stream, &mut ready)
@@ -230,7 +200,13 @@ where
                         {
                             return End::WriteFailed;
                         }
-                        glommio::timer::sleep(delay).await;
+                        match wait {
+                            Wait::Delay(delay) => glommio::timer::sleep(delay).await,
+                            Wait::Until(reply) => {
+                                let bytes = reply.await;
+                                out.extend_from_slice(&bytes);
+                            }
+                        }
                     }
                     shrink(&mut body);
                     if !head.keep_alive {
@@ -265,9 +241,9 @@ where
                 );
                 write_refusal(&mut out, &refusal);
                 let _ = write_out(core, transport, stream, &mut out).await;
-                return End::Refused(refusal);
+                return End::BadHttp(refusal);
             }
-            None => return End::Idle,
+            None => return End::IdleTimeout,
             Some(Ok(0)) if mid_request => {
                 return End::ReadError(io::ErrorKind::UnexpectedEof.into());
             }
@@ -281,8 +257,8 @@ where
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(
-    core: &Core,
+async fn write_out<S: AsyncWrite + Unpin, R: Registry>(
+    core: &Core<R>,
     transport: Transport,
     stream: &mut S,
     out: &mut Vec<u8>,
@@ -649,7 +625,7 @@ mod tests {
                 .push(format!("{name}: {}", String::from_utf8_lossy(value)));
             Ok(())
         }
-        fn request(&mut self, _: &Head, _: &[u8], _: &mut Vec<u8>) -> Option<Duration> {
+        fn request(&mut self, _: &Head, _: &[u8], _: &mut Vec<u8>) -> Option<Wait> {
             None
         }
     }

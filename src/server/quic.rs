@@ -9,18 +9,19 @@ use super::accept::Handed;
 use super::{Listening, ServerError, Stop};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Transport;
+use crate::service::Registry;
 use crate::transport::addr::{Addr, Network};
 use crate::transport::quic::{self, QuicListener, QuicStream};
 use crate::transport::tls;
 
 /// Binds `listen` and starts its QUIC thread, handing streams to `cores` cores. The thread stops
 /// accepting when `stop` triggers; [`QuicListener::shutdown`] then closes it.
-pub(super) fn start(
+pub(super) fn start<R: Registry>(
     config: &Config,
     listen: &Addr,
     cores: usize,
     stop: &Arc<Stop>,
-) -> Result<(Handed, QuicListener), ServerError> {
+) -> Result<(Handed<R>, QuicListener), ServerError> {
     let invalid = |message: String| ConfigError::Invalid {
         key: "server.listen",
         message,
@@ -34,7 +35,7 @@ pub(super) fn start(
         addr: listen.to_string(),
         source,
     })?;
-    let (handed, handoff) = Handed::new::<QuicStream>(
+    let (handed, handoff) = Handed::<R>::new::<QuicStream>(
         Listening::reactor(Network::Quic, bound),
         Transport::Quic,
         cores,
