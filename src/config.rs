@@ -75,7 +75,7 @@ pub struct Limits {
     pub max_pending_write_bytes: usize,
     /// Calls of one connection that may be in flight at once: decoded, reply not yet queued.
     /// Synchronous handlers finish inside the read that brought them, so these are the calls
-    /// that wait (a `Hello.Say` with a configured delay). At the limit the connection stops
+    /// that wait (async handlers, a `Hello.Say` with a configured delay). At the limit the connection stops
     /// taking requests, including ones already read into its buffer, until a reply is queued;
     /// further requests wait in the socket, and TCP flow control slows the peer.
     pub max_calls_in_flight: usize,

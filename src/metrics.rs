@@ -12,7 +12,7 @@
 //! label values, so every reason the code can count is exported.
 //!
 //! Handling time is sampled: one call in 16 per method and core (the first included) costs an `Instant::now()` pair and a bucket search;
-//! a delayed call (`Hello.Say` with `services.hello.delay`) is observed as its handler's time
+//! a delayed call (`Hello.Say` with `services.Hello.delay`) is observed as its handler's time
 //! plus the delay, when its outcome is decided.
 
 use std::fmt::Write as _;
