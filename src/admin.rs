@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use crate::metrics::{self, CoreMetrics, Status};
 use crate::server::{Health, ServerHandle};
+use crate::transport::quic::QuicCounters;
 
 /// How long one admin client may take to send its request and read the whole answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +46,11 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         cores: server.metrics().to_vec(),
         names: server.method_names(),
         health: server.health(),
+        quic: server
+            .quic_counters()
+            .into_iter()
+            .map(|(addr, counters)| (addr.to_string(), counters))
+            .collect(),
     };
     std::thread::Builder::new()
         .name("percore-admin".into())
@@ -58,6 +64,8 @@ struct State {
     cores: Vec<Arc<CoreMetrics>>,
     names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// Each `quic@` listener's own counters, by its address.
+    quic: Vec<(String, Arc<QuicCounters>)>,
 }
 
 /// One admin connection: reading its request, then writing its answer.
@@ -230,7 +238,8 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics::prometheus(&state.cores, &state.names, status),
+            &(metrics::prometheus(&state.cores, &state.names, status)
+                + &metrics::prometheus_quic(&state.quic)),
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

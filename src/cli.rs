@@ -91,7 +91,8 @@ impl TlsArgs {
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS.
+    /// (rpcx's HTTP CONNECT), unix@/path or quic@host:port; add --tls-ca or --tls-insecure for
+    /// TLS (quic@ always needs one of them).
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -118,8 +119,9 @@ struct CallArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
-    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS.
+    /// Servers, `network@address` (tcp, reuseport, http, unix or quic), comma-separated;
+    /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
+    /// needs one of them).
     #[arg(
         short = 's',
         long = "server",
@@ -226,8 +228,8 @@ struct ServeArgs {
     /// Default: $PERCORE_CONFIG, else the embedded defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address `network@address` (tcp, reuseport, http or unix, e.g.
-    /// `unix@/run/percore.sock`); repeat for several. Replaces server.listen.
+    /// Listen address `network@address` (tcp, reuseport, http, unix or quic, e.g.
+    /// `unix@/run/percore.sock`; quic needs [tls]); repeat for several. Replaces server.listen.
     #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
     listen: Vec<crate::transport::addr::Addr>,
     /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.

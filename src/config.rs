@@ -35,6 +35,8 @@ pub struct Config {
     pub log: Log,
     pub admin: Admin,
     pub auth: Auth,
+    /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
+    pub quic: crate::transport::quic::QuicLimits,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -276,8 +278,8 @@ impl Default for Log {
 /// and a network percore serves.
 pub fn check_listen(addr: &Addr) -> Result<(), String> {
     match addr.network {
-        Network::Quic | Network::Kcp => Err(format!(
-            "{addr}: network {} is not served yet (tcp, reuseport, http and unix are)",
+        Network::Kcp => Err(format!(
+            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and quic are)",
             addr.network
         )),
         Network::Unix => Ok(()),
@@ -633,6 +635,25 @@ impl Config {
                 message,
             })?;
         }
+        if let Some(quic) = self
+            .server
+            .listen
+            .iter()
+            .find(|a| a.network == Network::Quic)
+            && !tls.enabled()
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert",
+                message: format!(
+                    "{quic}: QUIC always runs TLS 1.3: set tls.cert and tls.key in [tls] (the quic@ listener uses that certificate)"
+                ),
+            });
+        }
+        if let Err(crate::transport::quic::QuicError::Limits { key, message }) =
+            self.quic.validate()
+        {
+            return Err(ConfigError::Invalid { key, message });
+        }
         if self
             .auth
             .tokens
@@ -697,6 +718,7 @@ mod tests {
         for text in [
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
+            include_str!("../configs/quic.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }
@@ -729,12 +751,40 @@ mod tests {
         let long = format!("unix@/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("107"));
         assert!(
-            parse_listen("quic@127.0.0.1:1")
+            parse_listen("kcp@127.0.0.1:1")
                 .unwrap_err()
                 .contains("not served yet")
         );
+        assert_eq!(parse_listen("quic@[::1]:0").unwrap().network, Network::Quic);
+        assert!(
+            parse_listen("quic@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
+        );
         let err = Config::from_toml("[server]\nlisten = [\"tcp@nohost:1\"]").unwrap_err();
         assert!(err.to_string().contains("nohost"), "{err}");
+    }
+
+    #[test]
+    fn a_quic_listener_needs_tls_and_sound_limits() {
+        let mut c = Config::default();
+        c.server.listen = vec![parse_listen("quic@127.0.0.1:0").unwrap()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.cert: quic@127.0.0.1:0"), "{err}");
+        assert!(err.contains("[tls]"), "{err}");
+        c.tls.cert = Some("cert.pem".into());
+        c.tls.key = Some("key.pem".into());
+        c.validate().unwrap();
+        c.quic.idle_timeout = Duration::ZERO;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("quic.idle_timeout"), "{err}");
+        let err = Config::from_toml(
+            "[quic]
+max_streams = 2
+",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_streams"), "{err}");
     }
 
     #[test]

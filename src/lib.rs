@@ -54,6 +54,8 @@
 //! `/metrics`, `/healthz` and `/readyz` from one poll(2) loop, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
+//! `percore-quic-client` does the same for the client's `quic@` dials.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::protocol::DecodeError;
+use crate::transport::quic::QuicCounters;
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -602,6 +603,93 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], names: &[(&str, &str)], status: St
     ] {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+/// The per-listener counters of `quic@` listeners: (name, type, help, the value).
+type PerQuicListener = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QuicCounters) -> u64,
+);
+
+const PER_QUIC_LISTENER: &[PerQuicListener] = &[
+    (
+        "rpcx_server_quic_connections_open",
+        "gauge",
+        "QUIC connections open now (handshake done).",
+        QuicCounters::connections_open,
+    ),
+    (
+        "rpcx_server_quic_connections_accepted_total",
+        "counter",
+        "QUIC handshakes completed.",
+        |q| q.connections_accepted.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_connections_closed_total",
+        "counter",
+        "QUIC connections ended (closed by either side, idle timeout, shutdown).",
+        |q| q.connections_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_connections_refused_total",
+        "counter",
+        "QUIC connection attempts refused at quic.max_connections.",
+        |q| q.connections_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_handshake_failures_total",
+        "counter",
+        "QUIC handshakes that failed (wrong ALPN, bad client certificate, timeout).",
+        |q| q.handshake_failures.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_accepted_total",
+        "counter",
+        "QUIC streams handed to the cores.",
+        |q| q.streams_accepted.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_closed_total",
+        "counter",
+        "QUIC streams closed and acknowledged by the client.",
+        |q| q.streams_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_refused_total",
+        "counter",
+        "QUIC streams opened during shutdown and reset unserved.",
+        |q| q.streams_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_received_bytes_total",
+        "counter",
+        "UDP payload bytes received on QUIC connections that have ended.",
+        |q| q.bytes_in.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_sent_bytes_total",
+        "counter",
+        "UDP payload bytes sent on QUIC connections that have ended.",
+        |q| q.bytes_out.load(Ordering::Relaxed),
+    ),
+];
+
+/// Prometheus text of the `quic@` listeners' own counters, one series per listener (labelled
+/// with its address from the config); appended to [`prometheus`]'s. Empty without listeners.
+pub fn prometheus_quic(listeners: &[(String, Arc<QuicCounters>)]) -> String {
+    let mut out = String::new();
+    if listeners.is_empty() {
+        return out;
+    }
+    for &(name, kind, help, value) in PER_QUIC_LISTENER {
+        header(&mut out, name, kind, help);
+        for (listener, counters) in listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(counters));
+        }
     }
     out
 }

@@ -23,6 +23,7 @@ mod end;
 mod gateway;
 mod http;
 mod jsonrpc;
+mod quic;
 mod sniff;
 
 use std::cell::{Cell, RefCell};
@@ -77,9 +78,12 @@ pub enum ServerError {
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
     Panicked { cpu: usize },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
-/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+/// A running server. Dropping it does not stop the cores (call [`ServerHandle::shutdown`]), but
+/// it does close its `quic@` listeners at once.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     listen: Vec<Addr>,
@@ -90,6 +94,9 @@ pub struct ServerHandle {
     /// (service, method) of every registered method, indexed like the per-method counters.
     method_names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// The `quic@` listeners' threads, closed after the cores have drained.
+    quic: Vec<transport::quic::QuicListener>,
+    drain_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
@@ -119,6 +126,17 @@ impl ServerHandle {
         &self.metrics
     }
 
+    /// Each `quic@` listener's own counters (handshakes, streams, refusals), in config order;
+    /// its calls and connections are in the cores' metrics under transport `quic`.
+    pub fn quic_counters(&self) -> Vec<(Addr, Arc<transport::quic::QuicCounters>)> {
+        self.listen
+            .iter()
+            .filter(|a| a.network == transport::addr::Network::Quic)
+            .cloned()
+            .zip(self.quic.iter().map(|q| Arc::clone(q.counters())))
+            .collect()
+    }
+
     /// Whether every core listens, and whether the server is draining; for `/readyz`.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
@@ -142,9 +160,12 @@ impl ServerHandle {
         Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then for the `quic@` listeners to close their
+    /// connections (with an application close, once the streams the cores closed are
+    /// acknowledged, within `server.drain_timeout`).
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
+        let (quic, drain_timeout) = (self.quic, self.drain_timeout);
         for (cpu, thread) in self.threads {
             let error = match thread.join() {
                 Ok(()) => continue,
@@ -159,6 +180,9 @@ impl ServerHandle {
             if result.is_ok() {
                 result = Err(error);
             }
+        }
+        for listener in quic {
+            listener.shutdown(drain_timeout);
         }
         result
     }
@@ -280,7 +304,20 @@ pub(crate) fn start_with<R: Registry>(
     // sockets[core][listener]
     let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
+    let stop = Arc::new(Stop::default());
+    let mut quic_handed = Vec::new();
+    let mut quic_listeners = Vec::new();
     for listen in &config.server.listen {
+        if listen.network == transport::addr::Network::Quic {
+            // Started here, in config order; its streams reach the cores like any handed-over
+            // listener's.
+            let (h, listener) = quic::start(&config, listen, cpus.len(), &stop)?;
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+            quic_listeners.push(listener);
+            quic_handed.push(h);
+            continue;
+        }
         let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
@@ -295,9 +332,13 @@ pub(crate) fn start_with<R: Registry>(
     // receive loops[core]
     let mut receivers: Vec<Vec<accept::ReceiveLoop<R>>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
-    for h in handed {
-        resolved.push(h.listening.addr.clone());
-        addrs.extend(h.listening.socket_addr);
+    let quic_count = quic_handed.len();
+    for (i, h) in quic_handed.into_iter().chain(handed).enumerate() {
+        // The quic@ listeners are in `resolved` already, in config order.
+        if i >= quic_count {
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+        }
         for (core, receive) in h.per_core.into_iter().enumerate() {
             receivers[core].push(receive);
         }
@@ -308,8 +349,8 @@ pub(crate) fn start_with<R: Registry>(
         .into_iter()
         .map(|t| t.into_bytes().into_boxed_slice())
         .collect();
+    let drain_timeout = config.server.drain_timeout;
     let config = Arc::new(config);
-    let stop = Arc::new(Stop::default());
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
@@ -366,6 +407,8 @@ pub(crate) fn start_with<R: Registry>(
         metrics,
         method_names,
         health,
+        quic: quic_listeners,
+        drain_timeout,
     })
 }
 
