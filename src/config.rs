@@ -86,6 +86,12 @@ pub struct Limits {
     /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (reason `timeout`), so a peer trickling bytes cannot hold a connection forever,
+    /// e.g. "30s"; "0s" turns it off. Partial bytes do not count as a request for
+    /// `idle_timeout`. HTTP requests have `gateway.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
     /// peers that would wait forever. 0 means no limit.
@@ -236,6 +242,7 @@ impl Default for Limits {
             max_calls_in_flight: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
         }
     }

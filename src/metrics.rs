@@ -104,6 +104,11 @@ labels! {
         Shutdown = "shutdown",
         /// Still open when the drain timeout ran out.
         DrainTimeout = "drain_timeout",
+        /// A frame (rpcx) or request (HTTP) not complete in time after its first byte
+        /// (`limits.frame_timeout`, `gateway.request_timeout`).
+        Timeout = "timeout",
+        /// The TLS handshake failed (bad certificate, not TLS, ...).
+        TlsHandshake = "tls_handshake",
     }
 }
 

@@ -25,6 +25,8 @@ pub(crate) enum End {
     WriteFailed,
     /// No request within the idle timeout (and, for rpcx, no reply owed).
     IdleTimeout,
+    /// A frame not complete this long after its first byte (`limits.frame_timeout`).
+    FrameTimeout(std::time::Duration),
     /// The peer sent something that is not an rpcx frame (reason, description).
     BadFrame(BadFrame, String),
     /// HTTP input refused with an error status (answered before closing).
@@ -42,8 +44,10 @@ impl End {
             End::Eof | End::Requested => Close::Eof,
             End::ReadError(_) => Close::ReadError,
             End::WriteFailed => Close::WriteError,
+            End::BadHttp(r) if r.reason == crate::metrics::BadHttp::Timeout => Close::Timeout,
             End::BadFrame(..) | End::BadHttp(_) => Close::BadFrame,
             End::IdleTimeout => Close::IdleTimeout,
+            End::FrameTimeout(_) => Close::Timeout,
             End::Unauthenticated => Close::Unauthenticated,
         }
     }
@@ -70,6 +74,9 @@ impl End {
                 warn!(core = core_index, %peer, "closing connection: a call failed the auth check")
             }
             End::IdleTimeout => debug!(core = core_index, %peer, "closing connection: idle"),
+            End::FrameTimeout(after) => {
+                warn!(core = core_index, %peer, "closing connection: a frame was not complete {after:?} after its first byte (limits.frame_timeout)")
+            }
             End::Requested => {
                 debug!(core = core_index, %peer, "closing connection as the request asked")
             }

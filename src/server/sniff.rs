@@ -176,7 +176,7 @@ async fn serve_tls<S: Socket, R: Registry>(
         Some(Err(e)) => {
             core.metrics.tls_handshake_failures.inc();
             warn!(core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
-            return Close::BadFrame;
+            return Close::TlsHandshake;
         }
         Some(Ok(tls)) => tls,
     };
