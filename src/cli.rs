@@ -511,7 +511,13 @@ fn init_logging(config: &Config) -> LogReload {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(config));
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal (and not with NO_COLOR): escape codes in a file or the journal
+    // are noise.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let fmt = match (config.log.format, journald) {
         (LogFormat::Json, _) => fmt.json().boxed(),
         (LogFormat::Text, true) => fmt.without_time().boxed(),

@@ -94,8 +94,14 @@ pub struct Limits {
     pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
-    /// peers that would wait forever. 0 means no limit.
+    /// peers that would wait forever. 0 means this core's share of the open-files limit
+    /// (RLIMIT_NOFILE less 256, divided by the cores), so a flood is refused before the process
+    /// runs out of descriptors.
     pub max_connections_per_core: usize,
+    /// Connections one peer address may keep open on one core; past it a new one from that
+    /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
+    /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
+    pub max_connections_per_ip: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -244,6 +250,7 @@ impl Default for Limits {
             idle_timeout: Duration::ZERO,
             frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
+            max_connections_per_ip: 0,
         }
     }
 }

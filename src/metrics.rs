@@ -96,8 +96,11 @@ labels! {
         IdleTimeout = "idle_timeout",
         /// Nothing sent within `limits.handshake_timeout`.
         HandshakeTimeout = "handshake_timeout",
-        /// Over `limits.max_connections_per_core`: accepted and closed at once.
+        /// Over `limits.max_connections_per_core` (or the core's share of the open-files
+        /// limit), or out of descriptors: accepted and closed at once.
         MaxConnections = "max_connections",
+        /// Over `limits.max_connections_per_ip` for its peer: accepted and closed at once.
+        MaxConnectionsPerIp = "max_connections_per_ip",
         /// A call failed the auth check.
         Unauthenticated = "unauthenticated",
         /// Drained on shutdown, every reply sent.

@@ -23,6 +23,7 @@ mod end;
 mod gateway;
 mod http;
 mod jsonrpc;
+mod logs;
 mod quic;
 mod sniff;
 
@@ -520,6 +521,11 @@ pub(crate) struct Core<R> {
     pub(crate) auth: Arc<[Box<[u8]>]>,
     /// Set when shutdown starts: a connection that then sees end of input was drained.
     pub(crate) draining: Cell<bool>,
+    /// Rate limits of this core's warnings about connections.
+    pub(crate) logs: logs::LogLimit,
+    /// Connections this core keeps open at once: `limits.max_connections_per_core`, or when
+    /// that is 0, this core's share of the open-files limit.
+    pub(crate) max_connections: usize,
     conns: RefCell<Conns>,
 }
 
@@ -528,6 +534,8 @@ pub(crate) struct Core<R> {
 struct Conns {
     next: u64,
     open: HashMap<u64, accept::Drain>,
+    /// Open connections per peer address (only with `limits.max_connections_per_ip`).
+    per_ip: HashMap<std::net::IpAddr, u32>,
     idle_waker: Option<Waker>,
 }
 
@@ -536,6 +544,8 @@ struct Conns {
 pub(crate) struct ConnGuard<R: Registry> {
     core: Rc<Core<R>>,
     id: u64,
+    /// Counted against `limits.max_connections_per_ip`.
+    ip: Option<std::net::IpAddr>,
     transport: Transport,
     reason: Cell<Option<Close>>,
 }
@@ -550,6 +560,14 @@ impl<R: Registry> Drop for ConnGuard<R> {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
         conns.open.remove(&self.id);
+        if let Some(ip) = self.ip
+            && let Some(n) = conns.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                conns.per_ip.remove(&ip);
+            }
+        }
         let reason = self.reason.get().unwrap_or(Close::DrainTimeout);
         self.core.metrics.transport(self.transport).close(reason);
         if conns.open.is_empty()
@@ -567,25 +585,66 @@ impl<R: Registry> Core<R> {
         self: &Rc<Core<R>>,
         drain: accept::Drain,
         transport: Transport,
+        ip: Option<std::net::IpAddr>,
     ) -> ConnGuard<R> {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
         conns.open.insert(id, drain);
+        let ip = ip.filter(|_| self.config.limits.max_connections_per_ip != 0);
+        if let Some(ip) = ip {
+            *conns.per_ip.entry(ip).or_insert(0) += 1;
+        }
         self.metrics.transport(transport).accepted.inc();
         ConnGuard {
             core: Rc::clone(self),
             id,
+            ip,
             transport,
             reason: Cell::new(None),
         }
     }
 
-    /// True if `limits.max_connections_per_core` leaves no room for one more connection.
-    pub(crate) fn full(&self) -> bool {
-        let max = self.config.limits.max_connections_per_core;
-        max != 0 && self.conns.borrow().open.len() >= max
+    /// Why one more connection from `ip` may not be served, if it may not: the core is at its
+    /// connection cap (`limits.max_connections_per_core`, or what the open-files limit allows),
+    /// or the peer at `limits.max_connections_per_ip`.
+    pub(crate) fn refuses(&self, ip: Option<std::net::IpAddr>) -> Option<Close> {
+        let conns = self.conns.borrow();
+        if conns.open.len() >= self.max_connections {
+            return Some(Close::MaxConnections);
+        }
+        let per_ip = self.config.limits.max_connections_per_ip;
+        match ip {
+            Some(ip)
+                if per_ip != 0 && conns.per_ip.get(&ip).is_some_and(|&n| n as usize >= per_ip) =>
+            {
+                Some(Close::MaxConnectionsPerIp)
+            }
+            _ => None,
+        }
     }
+}
+
+/// Descriptors kept back from connections: listeners, the rings, logs, the admin endpoint,
+/// clients of async handlers.
+const RESERVED_FDS: u64 = 256;
+
+/// One core's share of the open-files limit (RLIMIT_NOFILE), less [`RESERVED_FDS`]: the
+/// connection cap when `limits.max_connections_per_core` is 0, so a flood of connections is
+/// refused at once instead of running the process out of descriptors.
+fn nofile_share(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `limit` is.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    let share = soft.saturating_sub(RESERVED_FDS) / cores.max(1) as u64;
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
 }
 
 /// What one core takes connections from.
@@ -608,6 +667,10 @@ async fn run_core<R: Registry>(
     report: StartReport,
 ) {
     let index = info.index;
+    let max_connections = match config.limits.max_connections_per_core {
+        0 => nofile_share(info.cores),
+        max => max,
+    };
     // Checked by `start` already, so only a service's own `new` could fail here (it cannot).
     let services = match R::build(&info, &config.services) {
         Ok(services) => services,
@@ -624,6 +687,8 @@ async fn run_core<R: Registry>(
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth,
         draining: Cell::new(false),
+        logs: logs::LogLimit::default(),
+        max_connections,
         conns: RefCell::new(Conns::default()),
     });
     let mut accepts: Vec<_> = listeners
