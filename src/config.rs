@@ -102,6 +102,10 @@ pub struct Limits {
     /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
     /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
     pub max_connections_per_ip: usize,
+    /// Metadata entries one rpcx frame may carry; a frame with more is refused and its
+    /// connection closed (reason `too_many_metadata`), so a frame of a million tiny entries
+    /// costs no more than this many. rpcx's clients send a handful.
+    pub max_metadata_entries: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -123,6 +127,9 @@ pub struct Gateway {
     /// A keep-alive connection with no request in progress is closed after this long, e.g. "60s".
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Calls in one JSON-RPC batch; a larger batch is answered with one -32600 error and no call
+    /// runs, so one request cannot hold its core for long.
+    pub max_batch: usize,
     /// A request must arrive whole (head and body) within this long of its first byte, or the
     /// connection is closed (so a client trickling bytes cannot hold it forever), e.g. "30s".
     #[serde(with = "humantime_serde")]
@@ -251,6 +258,7 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
             max_connections_per_ip: 0,
+            max_metadata_entries: 1024,
         }
     }
 }
@@ -264,6 +272,7 @@ impl Default for Gateway {
             max_body_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            max_batch: 256,
         }
     }
 }
