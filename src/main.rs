@@ -12,7 +12,9 @@ use percore::codec::SerializeType;
 use percore::config::{
     self, Config, ConfigError, EXIT_CONFIG, ListenAddr, LogFormat, Origin, Overrides,
 };
+use percore::host::{self, EXIT_HOST, HostError, Needs};
 use percore::notify;
+use percore::server::ServerError;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -37,6 +39,27 @@ enum Command {
     Call(CallArgs),
     /// Load an rpcx server (percore or another) and report throughput and latency.
     Bench(BenchArgs),
+    /// Check that this host can run `percore serve` with this configuration (io_uring,
+    /// memlock, open files, listen addresses, CPUs) and show the facts that shape its
+    /// performance. Exits 0 when every check passes, 71 when one fails, 78 for a bad config.
+    CheckHost(CheckHostArgs),
+}
+
+/// The config flags of `check-host`: the same sources as `serve`.
+#[derive(clap::Args)]
+struct CheckHostArgs {
+    /// TOML config file (default: $PERCORE_CONFIG, else the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address `network@address`; repeat for several. Replaces server.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<ListenAddr>,
+    /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Set any config key, as `serve --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 /// Client TLS flags, shared by `call` and `bench`. TLS is used when any of them is given.
@@ -245,10 +268,69 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Call(args) => call(args),
         Command::Bench(args) => bench(args),
+        Command::CheckHost(args) => check_host(args),
+    }
+}
+
+/// Prints a host problem found before any executor started, and the exit status for it.
+fn host_failure(e: &HostError) -> ExitCode {
+    eprintln!("percore: {e}");
+    ExitCode::from(EXIT_HOST)
+}
+
+fn check_host(args: CheckHostArgs) -> ExitCode {
+    let flags = config_overrides(
+        args.config.clone(),
+        &args.listen,
+        args.cores,
+        None,
+        None,
+        &args.set,
+    );
+    let config = match flags.and_then(|flags| load(&flags)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    // What `serve` would do first: without it the open-files line would judge the soft limit.
+    if let Err(e) = host::raise_nofile() {
+        eprintln!("percore: {e}");
+    }
+    let cpus = server_cpus(&config);
+    let lines = host::report(&config, cpus);
+    let mut failed = false;
+    for line in &lines {
+        failed |= line.status == host::Status::Fail;
+        println!("{line}");
+    }
+    if failed {
+        ExitCode::from(EXIT_HOST)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The CPUs `serve` would run on: the first server.cores of the affinity mask (all if 0).
+fn server_cpus(config: &Config) -> Result<Vec<usize>, String> {
+    let allowed = percore::server::allowed_cpus()
+        .map_err(|e| format!("cannot read the CPUs this process may run on: {e}"))?;
+    match config.server.cores {
+        0 => Ok(allowed),
+        n if n <= allowed.len() => Ok(allowed[..n].to_vec()),
+        n => Err(format!(
+            "server.cores = {n}, but this process may run on only {} CPUs ({})",
+            allowed.len(),
+            host::format_cpu_list(&allowed)
+        )),
     }
 }
 
 fn call(args: CallArgs) -> ExitCode {
+    if let Err(e) = host::preflight(&Needs::client(1, 1)) {
+        return host_failure(&e);
+    }
     let cmd = CallCommand {
         address: args.address,
         service_method: args.service_method,
@@ -309,6 +391,10 @@ fn bench(args: BenchArgs) -> ExitCode {
         json: args.output,
         plot: args.plot,
     };
+    let executors = config.cores.len().max(1).min(config.connections.max(1));
+    if let Err(e) = host::preflight(&Needs::client(executors, config.connections)) {
+        return host_failure(&e);
+    }
     match percore::bench::run(&config) {
         Ok(report) => {
             if let Err(e) = report.emit(&output) {
@@ -346,14 +432,41 @@ fn serve(args: ServeArgs) -> ExitCode {
         print!("{}", config.redacted().to_toml());
         return ExitCode::SUCCESS;
     }
+    // Before any executor: a host that cannot run glommio fails here with one line, not with
+    // a panic in a core thread. (Too many cores for the CPUs is left to start(), which names
+    // the key.)
+    if let Ok(cpus) = server_cpus(&config)
+        && let Err(e) = host::preflight_server(&config, cpus.len())
+    {
+        return host_failure(&e);
+    }
     let log = init_logging(&config);
     match run(config, flags, log) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("percore: {e:#}");
-            ExitCode::FAILURE
+        Err(e) => match e.downcast_ref::<ServerError>() {
+            // The server's own error already carries its cause: printed once, on one line.
+            Some(start) => {
+                eprintln!("percore: {start}");
+                ExitCode::from(server_exit_code(start))
+            }
+            None => {
+                tracing::error!("{e:#}");
+                eprintln!("percore: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// The exit status for a server that could not start: 78 when the configuration is at fault
+/// (systemd's RestartPreventExitStatus=78 then stops retrying), 71 when the host is (a port
+/// in use, a missing directory, an executor the kernel would not give us).
+fn server_exit_code(e: &ServerError) -> u8 {
+    match e {
+        ServerError::Config(_) | ServerError::Tls(_) | ServerError::TooManyCores { .. } => {
+            EXIT_CONFIG as u8
         }
+        _ => EXIT_HOST,
     }
 }
 
@@ -367,32 +480,51 @@ fn load(flags: &Overrides) -> Result<Config, ConfigError> {
 
 /// The flags as config keys, in precedence order (later wins).
 fn overrides(args: &ServeArgs) -> Result<Overrides, ConfigError> {
+    config_overrides(
+        args.config.clone(),
+        &args.listen,
+        args.cores,
+        args.admin_listen.as_deref(),
+        args.log_level.as_deref(),
+        &args.set,
+    )
+}
+
+/// The config flags shared by `serve` and `check-host`, as config keys.
+fn config_overrides(
+    config: Option<PathBuf>,
+    listen: &[ListenAddr],
+    cores: Option<usize>,
+    admin_listen: Option<&str>,
+    log_level: Option<&str>,
+    sets: &[String],
+) -> Result<Overrides, ConfigError> {
     let mut flags = Overrides {
-        config: args.config.clone(),
+        config,
         sets: Vec::new(),
     };
     let mut set = |key: &str, value: toml::Value, flag: &str| {
         flags.sets.push((key.to_owned(), value, flag.to_owned()))
     };
     let text = |s: &str| toml::Value::String(s.to_owned());
-    if !args.listen.is_empty() {
-        let list = args.listen.iter().map(|a| text(&a.to_string())).collect();
+    if !listen.is_empty() {
+        let list = listen.iter().map(|a| text(&a.to_string())).collect();
         set("server.listen", toml::Value::Array(list), "--listen");
     }
-    if let Some(cores) = args.cores {
+    if let Some(cores) = cores {
         set(
             "server.cores",
             toml::Value::Integer(cores as i64),
             "--cores",
         );
     }
-    if let Some(addr) = &args.admin_listen {
+    if let Some(addr) = admin_listen {
         set("admin.listen", text(addr), "--admin-listen");
     }
-    if let Some(level) = &args.log_level {
+    if let Some(level) = log_level {
         set("log.level", text(level), "--log-level");
     }
-    for kv in &args.set {
+    for kv in sets {
         let Some((key, value)) = kv.split_once('=') else {
             return Err(ConfigError::Override {
                 key: kv.clone(),

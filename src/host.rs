@@ -1,0 +1,986 @@
+//! What the host must give percore, checked before any executor starts: the preflight of
+//! `percore serve`, `bench` and `call`, and the report of `percore check-host`.
+//!
+//! glommio learns about a host it cannot run on too late and too loudly: with io_uring disabled
+//! or denied by seccomp it panics with "kernel should be at least 5.8", and below its memlock
+//! floor an executor fails with `MemLockLimit(65536/524288)`. These checks ask the kernel the
+//! same questions first, with plain syscalls, and turn each answer into one line that names the
+//! cause and the fix. A failed check is [`HostError`]; `main` prints it and exits
+//! [`EXIT_HOST`] (EX_OSERR), distinct from a bad configuration's 78 (EX_CONFIG).
+//!
+//! The checks:
+//! - **io_uring**: a raw `io_uring_setup` (no glommio), then `IORING_REGISTER_PROBE` for every
+//!   operation glommio's reactor insists on. `EPERM`/`ENOSYS` are told apart by
+//!   `kernel.io_uring_disabled` and the process's seccomp mode.
+//! - **memlock**: each executor registers its `runtime.io_memory_bytes` buffer with each of its
+//!   three rings (main, latency, poll), and the kernel charges every registration, and the ring
+//!   memory, to the user's `RLIMIT_MEMLOCK` unless the process has `CAP_IPC_LOCK`. mimalloc
+//!   asks for transparent huge pages, and the kernel charges the whole huge page a registered
+//!   buffer sits in, so where THP is on a buffer costs at least one huge page (2 MiB) per ring.
+//!   glommio itself refuses to start below 512 KiB, capability or not.
+//! - **open files**: each core holds its rings, an eventfd and one socket per listener; each
+//!   connection is one more. The soft limit is raised to the hard one first (as Go's runtime
+//!   does), so only a low hard limit fails.
+//! - **listeners**: a unix socket's directory must exist.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// Exit status for a host that cannot run percore (EX_OSERR from sysexits.h).
+pub const EXIT_HOST: u8 = 71;
+
+/// glommio's floor: its reactor refuses to start below this memlock limit (`MIN_MEMLOCK_LIMIT`
+/// in glommio's `sys/uring.rs`).
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 << 10;
+/// Rings per glommio executor (main, latency, poll); each registers the io buffer.
+const RINGS_PER_EXECUTOR: u64 = 3;
+/// glommio's default ring depth, used by the client's and the load generator's executors.
+const GLOMMIO_DEFAULT_RING_DEPTH: usize = 128;
+/// io memory the client (`percore call`) and the load generator give each executor.
+pub const CLIENT_IO_MEMORY: usize = 256 << 10;
+/// Descriptors one executor holds besides its sockets: three rings, an eventfd, and room for
+/// glommio's blocking-thread pipes.
+const FDS_PER_EXECUTOR: u64 = 8;
+/// Descriptors the process holds besides the cores': stdio, the signal pipe, the admin
+/// listener and its connection, the log, the config and key files while read.
+const FDS_BASE: u64 = 32;
+
+/// A reason this host cannot run percore, with the fix, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// `kernel.io_uring_disabled = 2`: io_uring is off for every process.
+    #[error(
+        "io_uring is disabled on this host (sysctl kernel.io_uring_disabled = 2); percore needs it: \
+         run `sysctl -w kernel.io_uring_disabled=0` and set it in /etc/sysctl.d/ to keep it"
+    )]
+    IoUringDisabled,
+    /// `kernel.io_uring_disabled = 1` and this process is not in `kernel.io_uring_group`.
+    #[error(
+        "io_uring is limited to the group in kernel.io_uring_group (sysctl \
+         kernel.io_uring_disabled = 1) and this process is not in it: add percore's user to that \
+         group, or set kernel.io_uring_disabled=0"
+    )]
+    IoUringGroup,
+    /// A seccomp filter answers `io_uring_setup` with an error (Docker's and containerd's
+    /// default profiles do).
+    #[error(
+        "io_uring_setup is denied by a seccomp filter ({errno}): allow io_uring_setup, \
+         io_uring_enter and io_uring_register; Docker: `--security-opt \
+         seccomp=deploy/seccomp.json`; Kubernetes: `seccompProfile: {{type: Localhost, \
+         localhostProfile: percore.json}}` (deploy/kubernetes/); systemd: keep @system-service \
+         in SystemCallFilter="
+    )]
+    IoUringSeccomp { errno: Errno },
+    /// The kernel has no io_uring at all (built without it, or older than 5.1).
+    #[error(
+        "this kernel has no io_uring (io_uring_setup: {errno}): percore needs Linux 5.8 or later \
+         built with CONFIG_IO_URING=y"
+    )]
+    IoUringMissing { errno: Errno },
+    /// io_uring works but lacks operations glommio needs (kernel older than 5.8), or cannot
+    /// be probed (older than 5.6).
+    #[error(
+        "this kernel's io_uring lacks what glommio needs ({missing}): percore needs Linux 5.8 or \
+         later"
+    )]
+    IoUringOld { missing: String },
+    /// `io_uring_setup` failed for another reason.
+    #[error("io_uring_setup failed: {0}")]
+    IoUringSetup(io::Error),
+    /// `RLIMIT_MEMLOCK` is below what the executors need.
+    #[error(
+        "memlock limit {limit} < {needed} needed ({why}): raise it with LimitMEMLOCK=infinity \
+         (systemd), `--ulimit memlock=-1` (docker) or memlock in /etc/security/limits.conf{lower}"
+    )]
+    MemLock {
+        limit: Bytes,
+        needed: Bytes,
+        why: String,
+        /// ", or lower KEYS" where the config can lower the need.
+        lower: String,
+    },
+    /// The hard `RLIMIT_NOFILE` is below what the listeners and the connection limits need.
+    #[error(
+        "open-files limit {limit} < {needed} needed ({why}): raise it with LimitNOFILE= \
+         (systemd), `--ulimit nofile=N` (docker) or `ulimit -n`, or lower {lower}"
+    )]
+    NoFile {
+        limit: u64,
+        needed: u64,
+        why: String,
+        lower: &'static str,
+    },
+    /// A unix listener's directory does not exist.
+    #[error(
+        "cannot listen on {addr}: the directory {dir} does not exist: create it (under systemd, \
+         listen in /run/percore/, which RuntimeDirectory= makes)"
+    )]
+    UnixDir { addr: String, dir: PathBuf },
+    /// A resource limit could not be read or set.
+    #[error("cannot {what} {resource}: {source}")]
+    Rlimit {
+        what: &'static str,
+        resource: &'static str,
+        source: io::Error,
+    },
+}
+
+/// An errno shown by its name (`EPERM`), as an operator greps for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.0 {
+            libc::EPERM => "EPERM",
+            libc::ENOSYS => "ENOSYS",
+            libc::EACCES => "EACCES",
+            libc::EINVAL => "EINVAL",
+            libc::ENOMEM => "ENOMEM",
+            libc::EMFILE => "EMFILE",
+            libc::ENFILE => "ENFILE",
+            _ => return write!(f, "errno {}", self.0),
+        };
+        f.write_str(name)
+    }
+}
+
+/// A byte count shown in binary units (`64 KiB`, `12.1 MiB`), or `unlimited`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        if self.0 == libc::RLIM_INFINITY {
+            return f.write_str("unlimited");
+        }
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut value = self.0 as f64 / 1024.0;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        if value.fract() == 0.0 {
+            write!(f, "{value} {}", UNITS[unit])
+        } else {
+            write!(f, "{value:.1} {}", UNITS[unit])
+        }
+    }
+}
+
+/// What a set of glommio executors asks of the host.
+#[derive(Clone, Debug)]
+pub struct Needs {
+    /// Executors that will start.
+    pub executors: usize,
+    /// Each executor's `io_memory`.
+    pub io_memory: usize,
+    /// Each ring's depth.
+    pub ring_depth: usize,
+    /// Descriptors for listeners and connections, beyond each executor's own.
+    pub sockets: u64,
+    /// What `sockets` is made of, for the message.
+    pub sockets_why: String,
+    /// The config keys that lower the memlock need, for the message.
+    pub lower_memlock: &'static str,
+    /// The config keys that lower the open-files need, for the message.
+    pub lower_nofile: &'static str,
+}
+
+impl Needs {
+    /// What `percore serve` with this configuration needs; `cores` is the number of executors
+    /// it will start (server.cores resolved against the affinity mask).
+    pub fn server(config: &Config, cores: usize) -> Needs {
+        let listeners = config.server.listen.len() as u64;
+        let per_core_conns = config.limits.max_connections_per_core as u64;
+        let cores_u = cores as u64;
+        let mut sockets = cores_u * listeners;
+        let mut why = format!("{cores} cores x {listeners} listeners");
+        if per_core_conns > 0 {
+            sockets += cores_u * per_core_conns;
+            why += &format!(" + {cores} x {per_core_conns} limits.max_connections_per_core");
+        }
+        Needs {
+            executors: cores,
+            io_memory: config.runtime.io_memory_bytes,
+            ring_depth: config.runtime.ring_depth,
+            sockets,
+            sockets_why: why,
+            lower_memlock: "runtime.io_memory_bytes or server.cores",
+            lower_nofile: "limits.max_connections_per_core or server.cores",
+        }
+    }
+
+    /// What the client's or the load generator's executors need for `connections` connections.
+    pub fn client(executors: usize, connections: usize) -> Needs {
+        Needs {
+            executors,
+            io_memory: CLIENT_IO_MEMORY,
+            ring_depth: GLOMMIO_DEFAULT_RING_DEPTH,
+            sockets: connections as u64,
+            sockets_why: format!("{connections} connections"),
+            lower_memlock: "--cores",
+            lower_nofile: "--connections",
+        }
+    }
+
+    /// Bytes of locked memory the executors need, and how that was reckoned.
+    pub fn memlock(&self, host: &MemHost) -> (u64, String) {
+        if host.cap_ipc_lock {
+            return (
+                GLOMMIO_MIN_MEMLOCK,
+                "glommio's floor; CAP_IPC_LOCK exempts the rings and buffers".into(),
+            );
+        }
+        // glommio rounds the buffer up to pages, and to at least 64 KiB.
+        let buffer = align_up(self.io_memory.max(64 << 10) as u64, 4096);
+        let charged = match host.huge_page {
+            Some(huge) => align_up(buffer, huge),
+            None => buffer,
+        };
+        let ring = ring_bytes(self.ring_depth as u64);
+        let per_ring = charged + ring;
+        let total = self.executors as u64 * RINGS_PER_EXECUTOR * per_ring;
+        let huge = match host.huge_page {
+            Some(huge) => format!(", charged in {} huge pages", Bytes(huge)),
+            None => String::new(),
+        };
+        let why = format!(
+            "{} executors x {RINGS_PER_EXECUTOR} rings x ({} io buffer{huge} + {} ring)",
+            self.executors,
+            Bytes(buffer),
+            Bytes(ring),
+        );
+        (total.max(GLOMMIO_MIN_MEMLOCK), why)
+    }
+
+    /// Descriptors the process needs, and how that was reckoned.
+    pub fn nofile(&self) -> (u64, String) {
+        let executors = self.executors as u64;
+        let total = FDS_BASE + executors * FDS_PER_EXECUTOR + self.sockets;
+        let why = format!(
+            "{FDS_BASE} + {executors} executors x {FDS_PER_EXECUTOR} + {}",
+            self.sockets_why
+        );
+        (total, why)
+    }
+}
+
+/// Memory for one ring: the submission entries (64 bytes each) and the shared ring of
+/// completions (twice as many, 16 bytes each) with the submission index array.
+fn ring_bytes(depth: u64) -> u64 {
+    align_up(depth * 64, 4096) + align_up(64 * 4 + depth * 2 * 16 + depth * 4, 4096)
+}
+
+fn align_up(value: u64, align: u64) -> u64 {
+    value.div_ceil(align) * align
+}
+
+/// The parts of the host that decide how locked memory is charged.
+#[derive(Clone, Copy, Debug)]
+pub struct MemHost {
+    /// The process may lock memory without limit (root, or the capability granted).
+    pub cap_ipc_lock: bool,
+    /// Transparent huge pages are on (not `never`), and their size.
+    pub huge_page: Option<u64>,
+}
+
+impl MemHost {
+    pub fn read() -> MemHost {
+        let cap_ipc_lock = effective_caps().is_some_and(|caps| caps & (1 << 14) != 0);
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .map(|s| !s.contains("[never]"))
+            .unwrap_or(false);
+        let huge_page = thp.then(|| {
+            read_trimmed("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2 << 20)
+        });
+        MemHost {
+            cap_ipc_lock,
+            huge_page,
+        }
+    }
+}
+
+/// The effective capability set of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The seccomp mode of this process (0 none, 1 strict, 2 filter), from /proc/self/status.
+fn seccomp_mode() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?;
+    mode.trim().parse().ok()
+}
+
+fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Runs every check that can stop the executors from starting, first failure first. Raises
+/// the soft open-files limit to the hard one on the way.
+pub fn preflight(needs: &Needs) -> Result<(), HostError> {
+    io_uring()?;
+    let host = MemHost::read();
+    check_memlock(needs, &host)?;
+    raise_nofile()?;
+    check_nofile(needs)?;
+    Ok(())
+}
+
+/// [`preflight`] for `percore serve`, plus the listeners the kernel would refuse later.
+pub fn preflight_server(config: &Config, cores: usize) -> Result<(), HostError> {
+    preflight(&Needs::server(config, cores))?;
+    check_unix_dirs(config)
+}
+
+/// The directory of every unix listener exists.
+pub fn check_unix_dirs(config: &Config) -> Result<(), HostError> {
+    for listen in &config.server.listen {
+        let Some(path) = listen.unix_path() else {
+            continue;
+        };
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(HostError::UnixDir {
+                addr: listen.to_string(),
+                dir: dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the io_uring probe found.
+#[derive(Clone, Debug)]
+pub struct IoUringInfo {
+    /// Operations the kernel supports, of those glommio needs: all of them when it passed.
+    pub ops_checked: usize,
+}
+
+/// The io_uring operations glommio's reactor checks for at start-up (`GLOMMIO_URING_OPS` in
+/// glommio's `sys/uring.rs`): it exits if any is missing. Numbers from `enum io_uring_op`.
+const GLOMMIO_OPS: &[(u8, &str)] = &[
+    (0, "NOP"),
+    (1, "READV"),
+    (2, "WRITEV"),
+    (3, "FSYNC"),
+    (4, "READ_FIXED"),
+    (5, "WRITE_FIXED"),
+    (6, "POLL_ADD"),
+    (7, "POLL_REMOVE"),
+    (9, "SENDMSG"),
+    (10, "RECVMSG"),
+    (11, "TIMEOUT"),
+    (12, "TIMEOUT_REMOVE"),
+    (13, "ACCEPT"),
+    (15, "LINK_TIMEOUT"),
+    (16, "CONNECT"),
+    (17, "FALLOCATE"),
+    (18, "OPENAT"),
+    (19, "CLOSE"),
+    (21, "STATX"),
+    (22, "READ"),
+    (23, "WRITE"),
+    (26, "SEND"),
+    (27, "RECV"),
+];
+
+const IORING_REGISTER_PROBE: libc::c_uint = 8;
+const IO_URING_OP_SUPPORTED: u16 = 1;
+/// Operation slots asked of `IORING_REGISTER_PROBE` (the kernel fills up to its last op).
+const PROBE_OPS: usize = 256;
+
+/// `struct io_uring_probe` followed by its `ops[]` array: 16 header bytes, then 8 per op.
+#[repr(C)]
+struct Probe {
+    last_op: u8,
+    ops_len: u8,
+    resv: u16,
+    resv2: [u32; 3],
+    ops: [ProbeOp; PROBE_OPS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ProbeOp {
+    op: u8,
+    resv: u8,
+    flags: u16,
+    resv2: u32,
+}
+
+/// Sets up a small io_uring with the raw syscall, probes its operations, and closes it.
+pub fn io_uring() -> Result<IoUringInfo, HostError> {
+    // struct io_uring_params is 120 bytes; zeroed asks for no flags. u64 keeps it aligned.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup(entries, params) writes at most sizeof(struct io_uring_params)
+    // (120 bytes) into params, which is that size; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(setup_error(io::Error::last_os_error()));
+    }
+    let fd = fd as libc::c_int;
+    // SAFETY: all-zero is a valid Probe (plain integers).
+    let mut probe: Box<Probe> = Box::new(unsafe { std::mem::zeroed() });
+    // SAFETY: IORING_REGISTER_PROBE writes a struct io_uring_probe with at most nr_args
+    // (PROBE_OPS) ops into the buffer, which has room for exactly that many.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            IORING_REGISTER_PROBE,
+            &mut *probe as *mut Probe,
+            PROBE_OPS as libc::c_uint,
+        )
+    };
+    let probe_error = (rc < 0).then(io::Error::last_os_error);
+    // SAFETY: fd is the ring this function opened and nothing else holds it.
+    unsafe { libc::close(fd) };
+    if let Some(e) = probe_error {
+        return Err(HostError::IoUringOld {
+            missing: format!("IORING_REGISTER_PROBE: {e}"),
+        });
+    }
+    let supported = |op: u8| {
+        let slot = usize::from(op);
+        slot < usize::from(probe.ops_len).min(PROBE_OPS)
+            && probe.ops[slot].flags & IO_URING_OP_SUPPORTED != 0
+    };
+    let missing: Vec<&str> = GLOMMIO_OPS
+        .iter()
+        .filter(|(op, _)| !supported(*op))
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(HostError::IoUringOld {
+            missing: format!("operations {}", missing.join(", ")),
+        });
+    }
+    Ok(IoUringInfo {
+        ops_checked: GLOMMIO_OPS.len(),
+    })
+}
+
+/// Names the reason `io_uring_setup` failed: the sysctl, a seccomp filter, or the kernel.
+fn setup_error(e: io::Error) -> HostError {
+    let errno = Errno(e.raw_os_error().unwrap_or(0));
+    let disabled = read_trimmed("/proc/sys/kernel/io_uring_disabled");
+    let filtered = seccomp_mode() == Some(2);
+    match (errno.0, disabled.as_deref()) {
+        (libc::EPERM, Some("2")) => HostError::IoUringDisabled,
+        (libc::EPERM, Some("1")) if !filtered => HostError::IoUringGroup,
+        (libc::EPERM | libc::ENOSYS | libc::EACCES, _) if filtered => {
+            HostError::IoUringSeccomp { errno }
+        }
+        (libc::ENOSYS, _) => HostError::IoUringMissing { errno },
+        _ => HostError::IoUringSetup(e),
+    }
+}
+
+/// `RLIMIT_MEMLOCK` covers what the executors need.
+pub fn check_memlock(needs: &Needs, host: &MemHost) -> Result<(), HostError> {
+    let (limit, _) = rlimit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK")?;
+    let (needed, why) = needs.memlock(host);
+    if limit != libc::RLIM_INFINITY && limit < needed {
+        return Err(HostError::MemLock {
+            limit: Bytes(limit),
+            needed: Bytes(needed),
+            why,
+            // With CAP_IPC_LOCK only glommio's floor counts, which no key lowers.
+            lower: if host.cap_ipc_lock {
+                String::new()
+            } else {
+                format!(", or lower {}", needs.lower_memlock)
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
+/// percore uses no select(2), which is why the soft limit stays low by default.
+pub fn raise_nofile() -> Result<(), HostError> {
+    let (soft, hard) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
+    if soft == hard {
+        return Ok(());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads one struct rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(HostError::Rlimit {
+            what: "raise",
+            resource: "RLIMIT_NOFILE",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The hard open-files limit covers the executors, listeners and bounded connections.
+pub fn check_nofile(needs: &Needs) -> Result<(), HostError> {
+    let (_, hard) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
+    let (needed, why) = needs.nofile();
+    if hard != libc::RLIM_INFINITY && hard < needed {
+        return Err(HostError::NoFile {
+            limit: hard,
+            needed,
+            why,
+            lower: needs.lower_nofile,
+        });
+    }
+    Ok(())
+}
+
+/// (soft, hard) of a resource limit.
+fn rlimit(
+    resource: libc::__rlimit_resource_t,
+    name: &'static str,
+) -> Result<(u64, u64), HostError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return Err(HostError::Rlimit {
+            what: "read",
+            resource: name,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// One line of `percore check-host`.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub status: Status,
+    pub name: &'static str,
+    pub text: String,
+}
+
+/// How a line of `check-host` came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// A check that passed.
+    Ok,
+    /// Works, but worth a look (e.g. a backlog the kernel caps).
+    Warn,
+    /// percore will not start: the text says why and what to do.
+    Fail,
+    /// A fact about the host, not a check.
+    Info,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Info => "INFO",
+        })
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<5} {:<15} {}", self.status, self.name, self.text)
+    }
+}
+
+/// Everything `percore check-host` reports for this configuration, on `cpus` (the CPUs the
+/// server would run on; an error if they cannot be chosen).
+pub fn report(config: &Config, cpus: Result<Vec<usize>, String>) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let mut push = |status, name, text: String| lines.push(Line { status, name, text });
+    let cores = match &cpus {
+        Ok(cpus) => cpus.len(),
+        Err(_) => 1,
+    };
+    let needs = Needs::server(config, cores);
+    let host = MemHost::read();
+
+    match io_uring() {
+        Ok(info) => push(
+            Status::Ok,
+            "io_uring",
+            format!(
+                "io_uring_setup works and the {} operations glommio needs are supported",
+                info.ops_checked
+            ),
+        ),
+        Err(e) => push(Status::Fail, "io_uring", e.to_string()),
+    }
+    match check_memlock(&needs, &host) {
+        Ok(()) => {
+            let (limit, _) = rlimit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK").unwrap_or((0, 0));
+            let (needed, why) = needs.memlock(&host);
+            push(
+                Status::Ok,
+                "memlock",
+                format!("{} >= {} needed ({why})", Bytes(limit), Bytes(needed)),
+            );
+        }
+        Err(e) => push(Status::Fail, "memlock", e.to_string()),
+    }
+    match check_nofile(&needs) {
+        Ok(()) => {
+            let (soft, hard) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE").unwrap_or((0, 0));
+            let (needed, why) = needs.nofile();
+            let unbounded = if config.limits.max_connections_per_core == 0 {
+                "; connections are bounded by this limit alone (limits.max_connections_per_core = 0)"
+            } else {
+                ""
+            };
+            push(
+                Status::Ok,
+                "open files",
+                format!(
+                    "hard {} >= {needed} needed ({why}); soft {} is raised to it at start{unbounded}",
+                    show_limit(hard),
+                    show_limit(soft)
+                ),
+            );
+        }
+        Err(e) => push(Status::Fail, "open files", e.to_string()),
+    }
+    for (status, text) in listen_lines(config) {
+        push(status, "listen", text);
+    }
+    match &cpus {
+        Ok(cpus) => push(Status::Ok, "cores", cpu_text(cpus)),
+        Err(e) => push(Status::Fail, "cores", e.clone()),
+    }
+
+    push(Status::Info, "kernel", kernel());
+    push(Status::Info, "seccomp", seccomp_text());
+    push(Status::Info, "numa", numa());
+    let somaxconn = read_trimmed("/proc/sys/net/core/somaxconn").and_then(|s| s.parse().ok());
+    match somaxconn {
+        Some(max) if u64::from(config.server.backlog) > max => push(
+            Status::Warn,
+            "somaxconn",
+            format!(
+                "net.core.somaxconn = {max} caps server.backlog = {}: raise the sysctl or lower \
+                 the backlog",
+                config.server.backlog
+            ),
+        ),
+        Some(max) => push(
+            Status::Info,
+            "somaxconn",
+            format!(
+                "net.core.somaxconn = {max} (server.backlog = {})",
+                config.server.backlog
+            ),
+        ),
+        None => push(Status::Info, "somaxconn", "unreadable".into()),
+    }
+    push(Status::Info, "socket buffers", socket_buffers());
+    lines
+}
+
+fn show_limit(limit: u64) -> String {
+    if limit == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        limit.to_string()
+    }
+}
+
+/// Each listen address: a unix socket's directory exists; a TCP port is free (a plain bind,
+/// released at once).
+fn listen_lines(config: &Config) -> Vec<(Status, String)> {
+    let mut lines = Vec::new();
+    for listen in &config.server.listen {
+        if let Some(path) = listen.unix_path() {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if dir.is_dir() {
+                lines.push((
+                    Status::Ok,
+                    format!("{listen}: directory {} exists", dir.display()),
+                ));
+            } else {
+                let e = HostError::UnixDir {
+                    addr: listen.to_string(),
+                    dir: dir.to_owned(),
+                };
+                lines.push((Status::Fail, e.to_string()));
+            }
+            continue;
+        }
+        match listen.socket_addr() {
+            Ok(addr) => match std::net::TcpListener::bind(addr) {
+                Ok(_) => lines.push((Status::Ok, format!("{listen}: free"))),
+                Err(e) => lines.push((Status::Fail, format!("{listen}: cannot bind: {e}"))),
+            },
+            Err(e) => lines.push((Status::Fail, e)),
+        }
+    }
+    if let Some(addr) = config.admin.listen {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => lines.push((Status::Ok, format!("admin {addr}: free"))),
+            Err(e) => lines.push((Status::Fail, format!("admin {addr}: cannot bind: {e}"))),
+        }
+    }
+    lines
+}
+
+/// The CPUs percore would run on, which of them are isolated, and the cgroup's CPU share.
+fn cpu_text(cpus: &[usize]) -> String {
+    let online = read_trimmed("/sys/devices/system/cpu/online").unwrap_or_else(|| "?".into());
+    let isolated = read_trimmed("/sys/devices/system/cpu/isolated")
+        .map(|s| parse_cpu_list(&s))
+        .unwrap_or_default();
+    let nohz = read_trimmed("/sys/devices/system/cpu/nohz_full")
+        .map(|s| parse_cpu_list(&s))
+        .unwrap_or_default();
+    let ours_isolated: Vec<usize> = cpus
+        .iter()
+        .copied()
+        .filter(|c| isolated.contains(c))
+        .collect();
+    let ours_nohz: Vec<usize> = cpus.iter().copied().filter(|c| nohz.contains(c)).collect();
+    let mut text = format!(
+        "{} executors on CPUs {} (online {online}); isolated (isolcpus): {}; nohz_full: {}",
+        cpus.len(),
+        format_cpu_list(cpus),
+        none_or(&ours_isolated),
+        none_or(&ours_nohz),
+    );
+    // cgroup v2: a cpuset partition marks CPUs this cgroup holds exclusively; cpu.max is a
+    // CFS quota that throttles the executors when they together use more than it.
+    if let Some(partition) = read_trimmed("/sys/fs/cgroup/cpuset.cpus.partition") {
+        text += &format!("; cgroup cpuset partition: {partition}");
+    }
+    if let Some(max) = read_trimmed("/sys/fs/cgroup/cpu.max") {
+        text += &format!("; cgroup cpu.max: {max}");
+    }
+    text
+}
+
+fn none_or(cpus: &[usize]) -> String {
+    if cpus.is_empty() {
+        "none".into()
+    } else {
+        format_cpu_list(cpus)
+    }
+}
+
+/// Parses the kernel's CPU list format (`0-3,8,10-11`).
+pub fn parse_cpu_list(s: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
+/// Formats CPUs as the kernel does (`0-3,8`).
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        let mut end = start;
+        while i + 1 < cpus.len() && cpus[i + 1] == end + 1 {
+            i += 1;
+            end = cpus[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+fn kernel() -> String {
+    // SAFETY: uname fills a utsname of plain char arrays; zeroed is valid input.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes one struct utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return "unknown".into();
+    }
+    let field = |chars: &[libc::c_char]| {
+        let bytes: Vec<u8> = chars
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    format!(
+        "{} {} {}",
+        field(&uts.sysname),
+        field(&uts.release),
+        field(&uts.machine)
+    )
+}
+
+fn seccomp_text() -> String {
+    let disabled = read_trimmed("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| format!("kernel.io_uring_disabled = {v}"))
+        .unwrap_or_else(|| "kernel.io_uring_disabled absent (kernel before 6.6)".into());
+    let mode = match seccomp_mode() {
+        Some(0) => "no seccomp filter",
+        Some(1) => "seccomp strict mode",
+        Some(2) => "a seccomp filter is applied",
+        _ => "seccomp mode unknown",
+    };
+    format!("{mode}; {disabled}")
+}
+
+fn numa() -> String {
+    let Ok(entries) = std::fs::read_dir("/sys/devices/system/node") else {
+        return "no NUMA information (/sys/devices/system/node)".into();
+    };
+    let mut nodes: Vec<(usize, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name.strip_prefix("node")?.parse().ok()?;
+            let cpus = read_trimmed(e.path().join("cpulist")).unwrap_or_default();
+            Some((id, cpus))
+        })
+        .collect();
+    nodes.sort();
+    let shown: Vec<String> = nodes
+        .iter()
+        .map(|(id, cpus)| format!("node{id}: CPUs {cpus}"))
+        .collect();
+    format!("{} NUMA node(s): {}", nodes.len(), shown.join("; "))
+}
+
+fn socket_buffers() -> String {
+    let get = |name: &str| {
+        read_trimmed(format!("/proc/sys/net/{name}"))
+            .map(|v| format!("{} = {}", name.replace('/', "."), v.replace('\t', " ")))
+    };
+    [
+        "core/rmem_max",
+        "core/wmem_max",
+        "ipv4/tcp_rmem",
+        "ipv4/tcp_wmem",
+    ]
+    .iter()
+    .filter_map(|n| get(n))
+    .collect::<Vec<_>>()
+    .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_thp() -> MemHost {
+        MemHost {
+            cap_ipc_lock: false,
+            huge_page: None,
+        }
+    }
+
+    #[test]
+    fn memlock_counts_three_rings_per_core() {
+        let config = Config::default();
+        let needs = Needs::server(&config, 4);
+        let (bytes, why) = needs.memlock(&no_thp());
+        // 512 KiB buffer + 28 KiB of ring (depth 256), three rings, four cores.
+        assert_eq!(bytes, 4 * 3 * ((512 << 10) + (28 << 10)));
+        assert!(why.contains("4 executors x 3 rings"), "{why}");
+    }
+
+    #[test]
+    fn memlock_with_huge_pages_charges_whole_pages() {
+        let needs = Needs::server(&Config::default(), 1);
+        let host = MemHost {
+            cap_ipc_lock: false,
+            huge_page: Some(2 << 20),
+        };
+        let (bytes, _) = needs.memlock(&host);
+        assert_eq!(bytes, 3 * ((2 << 20) + (28 << 10)));
+    }
+
+    #[test]
+    fn memlock_with_cap_ipc_lock_is_glommios_floor() {
+        let needs = Needs::server(&Config::default(), 64);
+        let host = MemHost {
+            cap_ipc_lock: true,
+            huge_page: Some(2 << 20),
+        };
+        assert_eq!(needs.memlock(&host).0, GLOMMIO_MIN_MEMLOCK);
+    }
+
+    #[test]
+    fn nofile_counts_listeners_and_bounded_connections() {
+        let mut config = Config::default();
+        config.limits.max_connections_per_core = 1000;
+        let (n, why) = Needs::server(&config, 2).nofile();
+        assert_eq!(n, FDS_BASE + 2 * FDS_PER_EXECUTOR + 2 + 2000);
+        assert!(why.contains("limits.max_connections_per_core"), "{why}");
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(Bytes(64 << 10).to_string(), "64 KiB");
+        assert_eq!(Bytes(8 << 20).to_string(), "8 MiB");
+        assert_eq!(Bytes(3 * (2 << 20) + 3 * (28 << 10)).to_string(), "6.1 MiB");
+        assert_eq!(Bytes(libc::RLIM_INFINITY).to_string(), "unlimited");
+    }
+
+    #[test]
+    fn cpu_lists_round_trip() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(format_cpu_list(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(parse_cpu_list(""), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn io_uring_works_here() {
+        // This machine runs the suite with io_uring on; the probe must agree with glommio.
+        io_uring().expect("io_uring usable on the test host");
+    }
+
+    #[test]
+    fn seccomp_errno_names_the_filter() {
+        let e = HostError::IoUringSeccomp {
+            errno: Errno(libc::EPERM),
+        };
+        let text = e.to_string();
+        assert!(text.contains("seccomp") && text.contains("EPERM"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+}
