@@ -20,7 +20,7 @@
 //!   glommio itself refuses to start below 512 KiB, capability or not.
 //! - **open files**: each core holds its rings, an eventfd and one socket per listener; each
 //!   connection is one more. The soft limit is raised to the hard one first (as Go's runtime
-//!   does), so only a low hard limit fails.
+//!   does), so where that is allowed the hard limit is what counts.
 //! - **listeners**: a unix socket's directory must exist.
 
 use std::fmt;
@@ -102,7 +102,7 @@ pub enum HostError {
         /// ", or lower KEYS" where the config can lower the need.
         lower: String,
     },
-    /// The hard `RLIMIT_NOFILE` is below what the listeners and the connection limits need.
+    /// `RLIMIT_NOFILE` is below what the listeners and the connection limits need.
     #[error(
         "open-files limit {limit} < {needed} needed ({why}): raise it with LimitNOFILE= \
          (systemd), `--ulimit nofile=N` (docker) or `ulimit -n`, or lower {lower}"
@@ -336,7 +336,9 @@ pub fn preflight(needs: &Needs) -> Result<(), HostError> {
     io_uring()?;
     let host = MemHost::read();
     check_memlock(needs, &host)?;
-    raise_nofile()?;
+    // A filter or policy may forbid raising it; then the soft limit is what there is, and
+    // check_nofile judges that.
+    let _ = raise_nofile();
     check_nofile(needs)?;
     Ok(())
 }
@@ -536,13 +538,14 @@ pub fn raise_nofile() -> Result<(), HostError> {
     Ok(())
 }
 
-/// The hard open-files limit covers the executors, listeners and bounded connections.
+/// The open-files limit in force (the soft one, after [`raise_nofile`]) covers the executors,
+/// listeners and bounded connections.
 pub fn check_nofile(needs: &Needs) -> Result<(), HostError> {
-    let (_, hard) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
+    let (soft, _) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
     let (needed, why) = needs.nofile();
-    if hard != libc::RLIM_INFINITY && hard < needed {
+    if soft != libc::RLIM_INFINITY && soft < needed {
         return Err(HostError::NoFile {
-            limit: hard,
+            limit: soft,
             needed,
             why,
             lower: needs.lower_nofile,
@@ -657,9 +660,9 @@ pub fn report(config: &Config, cpus: Result<Vec<usize>, String>) -> Vec<Line> {
                 Status::Ok,
                 "open files",
                 format!(
-                    "hard {} >= {needed} needed ({why}); soft {} is raised to it at start{unbounded}",
-                    show_limit(hard),
-                    show_limit(soft)
+                    "{} >= {needed} needed ({why}); hard limit {}{unbounded}",
+                    show_limit(soft),
+                    show_limit(hard)
                 ),
             );
         }

@@ -1,5 +1,6 @@
 //! The `percore` command: parses the command line and calls into the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -295,15 +296,17 @@ fn check_host(args: CheckHostArgs) -> ExitCode {
         }
     };
     // What `serve` would do first: without it the open-files line would judge the soft limit.
-    if let Err(e) = host::raise_nofile() {
-        eprintln!("percore: {e}");
-    }
+    // Where raising is not allowed the open-files line judges the soft limit.
+    let _ = host::raise_nofile();
     let cpus = server_cpus(&config);
     let lines = host::report(&config, cpus);
-    let mut failed = false;
+    let failed = lines.iter().any(|l| l.status == host::Status::Fail);
+    // writeln!, not println!: a closed pipe (`| head`) ends the output instead of panicking.
+    let mut out = std::io::stdout().lock();
     for line in &lines {
-        failed |= line.status == host::Status::Fail;
-        println!("{line}");
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
     }
     if failed {
         ExitCode::from(EXIT_HOST)
