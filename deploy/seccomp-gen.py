@@ -29,8 +29,11 @@ PROFILE_IN_PACKAGE = "usr/share/gocode/src/github.com/docker/docker/profiles/sec
 
 def fetch():
     tmp = tempfile.mkdtemp(prefix="percore-seccomp-")
-    subprocess.run(["apt-get", "download", "-qq", DEBIAN_PACKAGE], cwd=tmp, check=True,
-                   stdout=subprocess.DEVNULL)
+    download = ["apt-get", "download", "-qq", DEBIAN_PACKAGE]
+    if subprocess.run(download, cwd=tmp, stdout=subprocess.DEVNULL).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(download, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
     deb = glob.glob(os.path.join(tmp, f"{DEBIAN_PACKAGE}_*.deb"))[0]
     subprocess.run(["dpkg-deb", "-x", deb, os.path.join(tmp, "root")], check=True)
     with open(os.path.join(tmp, "root", PROFILE_IN_PACKAGE)) as f:
