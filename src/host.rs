@@ -775,15 +775,61 @@ fn cpu_text(cpus: &[usize]) -> String {
         none_or(&ours_isolated),
         none_or(&ours_nohz),
     );
-    // cgroup v2: a cpuset partition marks CPUs this cgroup holds exclusively; cpu.max is a
-    // CFS quota that throttles the executors when they together use more than it.
-    if let Some(partition) = read_trimmed("/sys/fs/cgroup/cpuset.cpus.partition") {
-        text += &format!("; cgroup cpuset partition: {partition}");
-    }
-    if let Some(max) = read_trimmed("/sys/fs/cgroup/cpu.max") {
-        text += &format!("; cgroup cpu.max: {max}");
-    }
+    text += &cgroup_cpu();
     text
+}
+
+/// What this process's cgroup says about its CPUs: whether its cpuset is exclusive, and any
+/// CFS quota, which throttles the executors when together they use more than it.
+fn cgroup_cpu() -> String {
+    let Ok(cgroups) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return String::new();
+    };
+    // Lines are `ID:CONTROLLERS:PATH`; cgroup v2's is `0::PATH`.
+    let path_of = |controller: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.trim_start_matches('/').to_owned())
+        })
+    };
+    let base = Path::new("/sys/fs/cgroup");
+    let mut facts = Vec::new();
+    if base.join("cgroup.controllers").exists() {
+        let dir = base.join(path_of("").unwrap_or_default());
+        if let Some(partition) = read_trimmed(dir.join("cpuset.cpus.partition")) {
+            facts.push(format!(
+                "cpuset partition {partition} (root/isolated: exclusive)"
+            ));
+        }
+        if let Some(max) = read_trimmed(dir.join("cpu.max")) {
+            facts.push(format!("cpu.max {max}"));
+        }
+    } else {
+        // The root cpuset is trivially exclusive: only a child's flag says anything.
+        if let Some(path) = path_of("cpuset").filter(|p| !p.is_empty())
+            && let Some(excl) =
+                read_trimmed(base.join("cpuset").join(&path).join("cpuset.cpu_exclusive"))
+        {
+            let word = if excl == "1" { "exclusive" } else { "shared" };
+            facts.push(format!("cpuset {word} (cgroup v1)"));
+        }
+        if let Some(path) = path_of("cpu") {
+            let dir = base.join("cpu").join(&path);
+            if let Some(quota) = read_trimmed(dir.join("cpu.cfs_quota_us")) {
+                let period = read_trimmed(dir.join("cpu.cfs_period_us")).unwrap_or_default();
+                facts.push(format!("CFS quota {quota}/{period} us (-1: none)"));
+            }
+        }
+    }
+    if facts.is_empty() {
+        String::new()
+    } else {
+        format!("; cgroup: {}", facts.join(", "))
+    }
 }
 
 fn none_or(cpus: &[usize]) -> String {

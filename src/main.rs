@@ -452,13 +452,27 @@ fn serve(args: ServeArgs) -> ExitCode {
                 eprintln!("percore: {start}");
                 ExitCode::from(server_exit_code(start))
             }
-            None => {
-                tracing::error!("{e:#}");
-                eprintln!("percore: {e:#}");
-                ExitCode::FAILURE
-            }
+            None => match e.downcast_ref::<AdminListenError>() {
+                Some(admin) => {
+                    eprintln!("percore: {admin}");
+                    ExitCode::from(EXIT_HOST)
+                }
+                None => {
+                    tracing::error!("{e:#}");
+                    eprintln!("percore: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
         },
     }
+}
+
+/// The admin endpoint could not listen (its port taken, say): a host problem, exit 71.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (admin.listen): {source}")]
+struct AdminListenError {
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
 }
 
 /// The exit status for a server that could not start: 78 when the configuration is at fault
@@ -555,8 +569,7 @@ fn run(config: Config, flags: Overrides, log: LogReload) -> anyhow::Result<()> {
     .context("installing signal handlers")?;
     let server = percore::server::start(config.clone()).context("starting the server")?;
     if let Some(addr) = config.admin.listen {
-        percore::admin::start(addr, &server)
-            .with_context(|| format!("starting the admin endpoint on {addr} (admin.listen)"))?;
+        percore::admin::start(addr, &server).map_err(|source| AdminListenError { addr, source })?;
     }
     let stopper = server.stopper();
     std::thread::Builder::new()

@@ -193,6 +193,22 @@ fn serve_exits_71_with_one_line_when_the_port_is_taken() {
 }
 
 #[test]
+fn serve_exits_71_with_one_line_when_the_admin_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (out, _) = run_to_exit({
+        let mut cmd = Command::new(PERCORE);
+        cmd.args(["serve", "--listen", "tcp@127.0.0.1:0"])
+            .args(["--admin-listen", &addr.to_string()])
+            .env_remove("RUST_LOG")
+            // The start-up lines at info would precede the failure; only the failure counts.
+            .args(["--log-level", "warn"]);
+        cmd
+    });
+    assert_host_failure(&out, &[&addr.to_string(), "admin.listen", "in use"]);
+}
+
+#[test]
 fn check_host_passes_here_and_names_io_uring_under_a_denying_filter() {
     let args = ["check-host", "--listen", "tcp@127.0.0.1:0"];
     let (out, _) = run_to_exit({
