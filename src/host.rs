@@ -27,10 +27,39 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, EXIT_CONFIG};
+use crate::server::ServerError;
 
 /// Exit status for a host that cannot run percore (EX_OSERR from sysexits.h).
 pub const EXIT_HOST: u8 = 71;
+
+/// The exit status for a server that could not start: 78 when the configuration is at fault
+/// (systemd's RestartPreventExitStatus=78 then stops retrying), 71 when the host is (a port
+/// in use, a missing directory, an executor the kernel would not give us).
+pub fn server_exit_code(e: &ServerError) -> u8 {
+    match e {
+        ServerError::Config(_) | ServerError::Tls(_) | ServerError::TooManyCores { .. } => {
+            EXIT_CONFIG as u8
+        }
+        _ => EXIT_HOST,
+    }
+}
+
+/// The CPUs `serve` would run on: the first server.cores of the affinity mask (all if 0), as
+/// [`crate::server::start`] chooses them.
+pub fn server_cpus(config: &Config) -> Result<Vec<usize>, String> {
+    let allowed = crate::server::allowed_cpus()
+        .map_err(|e| format!("cannot read the CPUs this process may run on: {e}"))?;
+    match config.server.cores {
+        0 => Ok(allowed),
+        n if n <= allowed.len() => Ok(allowed[..n].to_vec()),
+        n => Err(format!(
+            "server.cores = {n}, but this process may run on only {} CPUs ({})",
+            allowed.len(),
+            format_cpu_list(&allowed)
+        )),
+    }
+}
 
 /// glommio's floor: its reactor refuses to start below this memlock limit (`MIN_MEMLOCK_LIMIT`
 /// in glommio's `sys/uring.rs`).

@@ -295,10 +295,10 @@ fn check_host(args: CheckHostArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    // What `serve` would do first: without it the open-files line would judge the soft limit.
-    // Where raising is not allowed the open-files line judges the soft limit.
+    // As `serve` does first; where raising is not allowed the open-files line judges the
+    // soft limit.
     let _ = host::raise_nofile();
-    let cpus = server_cpus(&config);
+    let cpus = host::server_cpus(&config);
     let lines = host::report(&config, cpus);
     let failed = lines.iter().any(|l| l.status == host::Status::Fail);
     // writeln!, not println!: a closed pipe (`| head`) ends the output instead of panicking.
@@ -312,21 +312,6 @@ fn check_host(args: CheckHostArgs) -> ExitCode {
         ExitCode::from(EXIT_HOST)
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-/// The CPUs `serve` would run on: the first server.cores of the affinity mask (all if 0).
-fn server_cpus(config: &Config) -> Result<Vec<usize>, String> {
-    let allowed = percore::server::allowed_cpus()
-        .map_err(|e| format!("cannot read the CPUs this process may run on: {e}"))?;
-    match config.server.cores {
-        0 => Ok(allowed),
-        n if n <= allowed.len() => Ok(allowed[..n].to_vec()),
-        n => Err(format!(
-            "server.cores = {n}, but this process may run on only {} CPUs ({})",
-            allowed.len(),
-            host::format_cpu_list(&allowed)
-        )),
     }
 }
 
@@ -438,7 +423,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Before any executor: a host that cannot run glommio fails here with one line, not with
     // a panic in a core thread. (Too many cores for the CPUs is left to start(), which names
     // the key.)
-    if let Ok(cpus) = server_cpus(&config)
+    if let Ok(cpus) = host::server_cpus(&config)
         && let Err(e) = host::preflight_server(&config, cpus.len())
     {
         return host_failure(&e);
@@ -450,7 +435,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             // The server's own error already carries its cause: printed once, on one line.
             Some(start) => {
                 eprintln!("percore: {start}");
-                ExitCode::from(server_exit_code(start))
+                ExitCode::from(host::server_exit_code(start))
             }
             None => match e.downcast_ref::<AdminListenError>() {
                 Some(admin) => {
@@ -473,18 +458,6 @@ fn serve(args: ServeArgs) -> ExitCode {
 struct AdminListenError {
     addr: std::net::SocketAddr,
     source: std::io::Error,
-}
-
-/// The exit status for a server that could not start: 78 when the configuration is at fault
-/// (systemd's RestartPreventExitStatus=78 then stops retrying), 71 when the host is (a port
-/// in use, a missing directory, an executor the kernel would not give us).
-fn server_exit_code(e: &ServerError) -> u8 {
-    match e {
-        ServerError::Config(_) | ServerError::Tls(_) | ServerError::TooManyCores { .. } => {
-            EXIT_CONFIG as u8
-        }
-        _ => EXIT_HOST,
-    }
 }
 
 /// The effective configuration: defaults < file < environment < flags.
