@@ -10,6 +10,12 @@
 # core registers its io buffer with three io_uring rings (README "Running in a container").
 
 FROM rust:1.95-slim-bookworm AS build
+# glommio's build script runs `git submodule update` (a no-op for the crates.io source, but it
+# unwraps the spawn) and liburing's configure; the slim image has no git.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree: the vendored rustls patch (vendor/) is part of the build.
 COPY . .
