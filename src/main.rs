@@ -40,9 +40,12 @@ enum Command {
     Call(CallArgs),
     /// Load an rpcx server (percore or another) and report throughput and latency.
     Bench(BenchArgs),
-    /// Check that this host can run `percore serve` with this configuration (io_uring,
-    /// memlock, open files, listen addresses, CPUs) and show the facts that shape its
-    /// performance. Exits 0 when every check passes, 71 when one fails, 78 for a bad config.
+    /// Check that this host can run `percore serve` with this configuration.
+    ///
+    /// Checks io_uring, memlock, open files, listen addresses and CPUs, each OK or FAIL with the
+    /// fix, and shows the facts that shape performance (kernel, seccomp, isolated CPUs, NUMA,
+    /// somaxconn, socket buffers). Exits 0 when every check passes, 71 when one fails, 78 for
+    /// a bad config.
     CheckHost(CheckHostArgs),
 }
 
@@ -231,7 +234,9 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 Environment: PERCORE_CONFIG (the file), PERCORE_LISTEN (comma-separated), PERCORE_CORES,\n\
 PERCORE_DRAIN_TIMEOUT, PERCORE_LOG, PERCORE_LOG_FORMAT, PERCORE_ADMIN_LISTEN,\n\
 PERCORE_AUTH_TOKEN_FILE.\n\
-Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once); SIGHUP reloads the log level."
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once); SIGHUP reloads the log level.\n\
+Exit: 71 when the host cannot run it (io_uring, memlock, open files, a port in use: see\n\
+`percore check-host`), 78 for a bad configuration, 1 for a failure after start."
 )]
 struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
