@@ -182,7 +182,8 @@ impl fmt::Display for Errno {
     }
 }
 
-/// A byte count shown in binary units (`64 KiB`, `12.1 MiB`), or `unlimited`.
+/// A byte count in the largest binary unit that shows it exactly (`64 KiB`, `8 MiB`,
+/// `12372 KiB`), or `unlimited`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bytes(pub u64);
 
