@@ -210,24 +210,32 @@ fn serve_exits_71_with_one_line_when_the_admin_port_is_taken() {
 
 #[test]
 fn an_unreadable_tls_key_exits_78_with_one_line() {
-    // A directory where the key should be: unreadable whoever runs the test (root reads any
-    // file whatever its mode). A config problem: 78, which systemd does not retry.
+    // A good certificate, and a directory where its key should be: unreadable whoever runs
+    // the test (root reads any file whatever its mode). A config problem: 78, which systemd
+    // does not retry.
     let dir = std::env::temp_dir().join(format!("percore-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    std::fs::create_dir_all(&key).unwrap();
+    let cert = dir.join("cert.pem");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
     let (out, _) = run_to_exit({
         let mut cmd = Command::new(PERCORE);
         cmd.args(["serve", "--listen", "tcp@127.0.0.1:0"])
-            .args(["--set", &format!("tls.cert={}", dir.display())])
-            .args(["--set", &format!("tls.key={}", dir.display())])
+            .args(["--set", &format!("tls.cert={}", cert.display())])
+            .args(["--set", &format!("tls.key={}", key.display())])
             .env_remove("RUST_LOG")
             .env("RUST_BACKTRACE", "1");
         cmd
     });
-    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("tls."), "{stderr}");
+    assert!(
+        stderr.contains("tls.key") && stderr.contains("key.pem"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
