@@ -21,7 +21,9 @@
 //!   measured here, 1 core ran clean at 6.25 MiB one time and warned at 7 MiB another. The
 //!   check asks for the worst case, so that a limit that passes always suffices. The charge is
 //!   per user: percore processes of one user share one limit (systemd's DynamicUser= gives each
-//!   unit a user of its own).
+//!   unit a user of its own). Only glommio's floor is fatal: below the buffers' need glommio
+//!   logs that it skips registering them and runs on, and percore's network I/O never uses
+//!   them, so that is a one-line warning ([`MemlockShort`]), not a refusal to start.
 //!   glommio itself refuses to start below 512 KiB, capability or not.
 //! - **open files**: each core holds its rings, an eventfd and one socket per listener; each
 //!   connection is one more. The soft limit is raised to the hard one first (as Go's runtime
@@ -124,18 +126,13 @@ pub enum HostError {
     /// `io_uring_setup` failed for another reason.
     #[error("io_uring_setup failed: {0}")]
     IoUringSetup(io::Error),
-    /// `RLIMIT_MEMLOCK` is below what the executors need.
+    /// `RLIMIT_MEMLOCK` is below glommio's floor: its executors refuse to start.
     #[error(
-        "memlock limit {limit} < {needed} needed ({why}): raise it with LimitMEMLOCK=infinity \
-         (systemd), `--ulimit memlock=-1` (docker) or memlock in /etc/security/limits.conf{lower}"
+        "memlock limit {limit} < {needed} needed (glommio's executors refuse to start below \
+         it): raise it with LimitMEMLOCK=infinity (systemd), `--ulimit memlock=-1` (docker) or \
+         memlock in /etc/security/limits.conf"
     )]
-    MemLock {
-        limit: Bytes,
-        needed: Bytes,
-        why: String,
-        /// ", or lower KEYS" where the config can lower the need.
-        lower: String,
-    },
+    MemLock { limit: Bytes, needed: Bytes },
     /// `RLIMIT_NOFILE` is below what the listeners and the connection limits need.
     #[error(
         "open-files limit {limit} < {needed} needed ({why}): raise it with LimitNOFILE= \
@@ -160,6 +157,23 @@ pub enum HostError {
         resource: &'static str,
         source: io::Error,
     },
+}
+
+/// `RLIMIT_MEMLOCK` is above glommio's floor but below what registering every executor's io
+/// buffer with its rings may be charged: glommio then skips the registration (and says so in
+/// its own log line) and serves on; network I/O never uses those buffers.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "memlock limit {limit} < {needed} that registering the io buffers may need ({why}): glommio \
+     will skip registering them, which network I/O does not need; to register them raise it with \
+     LimitMEMLOCK=infinity (systemd), `--ulimit memlock=-1` (docker) or memlock in \
+     /etc/security/limits.conf, or lower {lower}"
+)]
+pub struct MemlockShort {
+    pub limit: Bytes,
+    pub needed: Bytes,
+    pub why: String,
+    pub lower: &'static str,
 }
 
 /// An errno shown by its name (`EPERM`), as an operator greps for it.
@@ -370,23 +384,25 @@ fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// Runs every check that can stop the executors from starting, first failure first. Raises
-/// the soft open-files limit to the hard one on the way.
-pub fn preflight(needs: &Needs) -> Result<(), HostError> {
+/// Runs every check that can stop the executors from starting, first failure first, and
+/// returns what is short but not fatal (memlock for the io buffers). Raises the soft
+/// open-files limit to the hard one on the way.
+pub fn preflight(needs: &Needs) -> Result<Option<MemlockShort>, HostError> {
     io_uring()?;
     let host = MemHost::read();
-    check_memlock(needs, &host)?;
+    let short = check_memlock(needs, &host)?;
     // A filter or policy may forbid raising it; then the soft limit is what there is, and
     // check_nofile judges that.
     let _ = raise_nofile();
     check_nofile(needs)?;
-    Ok(())
+    Ok(short)
 }
 
 /// [`preflight`] for `percore serve`, plus the listeners the kernel would refuse later.
-pub fn preflight_server(config: &Config, cores: usize) -> Result<(), HostError> {
-    preflight(&Needs::server(config, cores))?;
-    check_unix_dirs(config)
+pub fn preflight_server(config: &Config, cores: usize) -> Result<Option<MemlockShort>, HostError> {
+    let short = preflight(&Needs::server(config, cores))?;
+    check_unix_dirs(config)?;
+    Ok(short)
 }
 
 /// The directory of every unix listener exists.
@@ -536,24 +552,29 @@ fn setup_error(e: io::Error) -> HostError {
     }
 }
 
-/// `RLIMIT_MEMLOCK` covers what the executors need.
-pub fn check_memlock(needs: &Needs, host: &MemHost) -> Result<(), HostError> {
+/// `RLIMIT_MEMLOCK` is at least glommio's floor (else an error), and covers registering the
+/// executors' io buffers (else the shortfall, to warn about).
+pub fn check_memlock(needs: &Needs, host: &MemHost) -> Result<Option<MemlockShort>, HostError> {
     let (limit, _) = rlimit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK")?;
-    let (needed, why) = needs.memlock(host);
-    if limit != libc::RLIM_INFINITY && limit < needed {
+    if limit == libc::RLIM_INFINITY {
+        return Ok(None);
+    }
+    if limit < GLOMMIO_MIN_MEMLOCK {
         return Err(HostError::MemLock {
             limit: Bytes(limit),
-            needed: Bytes(needed),
-            why,
-            // With CAP_IPC_LOCK only glommio's floor counts, which no key lowers.
-            lower: if host.cap_ipc_lock {
-                String::new()
-            } else {
-                format!(", or lower {}", needs.lower_memlock)
-            },
+            needed: Bytes(GLOMMIO_MIN_MEMLOCK),
         });
     }
-    Ok(())
+    let (needed, why) = needs.memlock(host);
+    if limit >= needed {
+        return Ok(None);
+    }
+    Ok(Some(MemlockShort {
+        limit: Bytes(limit),
+        needed: Bytes(needed),
+        why,
+        lower: needs.lower_memlock,
+    }))
 }
 
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor, and
@@ -676,7 +697,8 @@ pub fn report(config: &Config, cpus: Result<Vec<usize>, String>) -> Vec<Line> {
         Err(e) => push(Status::Fail, "io_uring", e.to_string()),
     }
     match check_memlock(&needs, &host) {
-        Ok(()) => {
+        Ok(Some(short)) => push(Status::Warn, "memlock", short.to_string()),
+        Ok(None) => {
             let (limit, _) = rlimit(libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK").unwrap_or((0, 0));
             let (needed, why) = needs.memlock(&host);
             push(

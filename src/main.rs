@@ -321,6 +321,7 @@ fn check_host(args: CheckHostArgs) -> ExitCode {
 }
 
 fn call(args: CallArgs) -> ExitCode {
+    // A memlock short of the client's io buffers only makes glommio skip registering them.
     if let Err(e) = host::preflight(&Needs::client(1, 1)) {
         return host_failure(&e);
     }
@@ -428,12 +429,17 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Before any executor: a host that cannot run glommio fails here with one line, not with
     // a panic in a core thread. (Too many cores for the CPUs is left to start(), which names
     // the key.)
-    if let Ok(cpus) = host::server_cpus(&config)
-        && let Err(e) = host::preflight_server(&config, cpus.len())
-    {
-        return host_failure(&e);
+    let mut short = None;
+    if let Ok(cpus) = host::server_cpus(&config) {
+        match host::preflight_server(&config, cpus.len()) {
+            Ok(memlock) => short = memlock,
+            Err(e) => return host_failure(&e),
+        }
     }
-    let log = init_logging(&config);
+    let log = init_logging(&config, short.is_some());
+    if let Some(short) = short {
+        tracing::warn!("{short}");
+    }
     match run(config, flags, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ServerError>() {
@@ -606,9 +612,15 @@ fn log_filter(config: &Config) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level))
 }
 
-fn init_logging(config: &Config) -> LogReload {
+/// `memlock_short`: the preflight has said in one line that the io buffers will not be
+/// registered; glommio's own multi-line report of each skipped registration is then left out.
+fn init_logging(config: &Config, memlock_short: bool) -> LogReload {
     use tracing_subscriber::prelude::*;
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(config));
+    let mut filter = log_filter(config);
+    if memlock_short && let Ok(quiet) = "glommio::sys::uring=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
