@@ -13,11 +13,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::transport::addr::{Addr, Network};
 
 /// The whole server configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,11 +28,15 @@ pub struct Config {
     pub limits: Limits,
     pub gateway: Gateway,
     pub runtime: Runtime,
-    pub services: Services,
+    /// `[services.NAME]`: one section per hosted service, in that service's own config type
+    /// (checked by the server's registry: an unknown service or key is an error naming it).
+    pub services: toml::Table,
     pub tls: TlsConfig,
     pub log: Log,
     pub admin: Admin,
     pub auth: Auth,
+    /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
+    pub quic: crate::transport::quic::QuicLimits,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -41,7 +46,8 @@ pub struct ServerConfig {
     /// Addresses as `network@address`; `tcp` and `reuseport` both mean a TCP listener per core
     /// with SO_REUSEPORT, `http` the same for rpcx's HTTP CONNECT network, and `unix@/path` a
     /// Unix domain socket accepted by every core. A bare `host:port` is `tcp`.
-    pub listen: Vec<ListenAddr>,
+    #[serde(deserialize_with = "listen_addrs")]
+    pub listen: Vec<Addr>,
     /// Executors to run, one per CPU, taken in order from the CPUs the process may run on
     /// (online CPUs ∩ affinity mask, so `taskset` and systemd `CPUAffinity=` choose which).
     /// 0 means all of them.
@@ -69,7 +75,7 @@ pub struct Limits {
     pub max_pending_write_bytes: usize,
     /// Calls of one connection that may be in flight at once: decoded, reply not yet queued.
     /// Synchronous handlers finish inside the read that brought them, so these are the calls
-    /// that wait (a `Hello.Say` with a configured delay). At the limit the connection stops
+    /// that wait (async handlers, a `Hello.Say` with a configured delay). At the limit the connection stops
     /// taking requests, including ones already read into its buffer, until a reply is queued;
     /// further requests wait in the socket, and TCP flow control slows the peer.
     pub max_calls_in_flight: usize,
@@ -80,10 +86,22 @@ pub struct Limits {
     /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (reason `timeout`), so a peer trickling bytes cannot hold a connection forever,
+    /// e.g. "30s"; "0s" turns it off. Partial bytes do not count as a request for
+    /// `idle_timeout`. HTTP requests have `gateway.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
-    /// peers that would wait forever. 0 means no limit.
+    /// peers that would wait forever. 0 means this core's share of the open-files limit
+    /// (RLIMIT_NOFILE less 256, divided by the cores), so a flood is refused before the process
+    /// runs out of descriptors.
     pub max_connections_per_core: usize,
+    /// Connections one peer address may keep open on one core; past it a new one from that
+    /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
+    /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
+    pub max_connections_per_ip: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -138,23 +156,6 @@ pub struct Runtime {
     /// benches/instructions.sh's reactor share).
     #[serde(with = "humantime_serde")]
     pub preempt_timer: Duration,
-}
-
-/// `[services]`: settings of the built-in services.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Services {
-    pub hello: HelloConfig,
-}
-
-/// `[services.hello]`: the rpcx-benchmark service.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HelloConfig {
-    /// Simulated work per `Hello.Say` call, e.g. "10ms" (rpcx-benchmark's `delay`). Other calls
-    /// on the connection are not held up by it.
-    #[serde(with = "humantime_serde")]
-    pub delay: Duration,
 }
 
 /// `[tls]`: TLS (rustls, TLS 1.2 and 1.3) on every listener, recognised by its first byte.
@@ -231,10 +232,7 @@ pub enum LogFormat {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![ListenAddr {
-                network: Network::Tcp,
-                address: "127.0.0.1:8972".into(),
-            }],
+            listen: vec![Addr::new(Network::Tcp, "127.0.0.1:8972")],
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
@@ -251,7 +249,9 @@ impl Default for Limits {
             max_calls_in_flight: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -289,138 +289,42 @@ impl Default for Log {
     }
 }
 
-/// The transport of a listen or dial address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Network {
-    /// `tcp`: a TCP listener per core with SO_REUSEPORT.
-    Tcp,
-    /// `reuseport`: rpcx's name for the same thing; clients dial it as `tcp`.
-    Reuseport,
-    /// `http`: rpcx's HTTP CONNECT network, a TCP listener per core whose plain HTTP requests
-    /// other than `CONNECT /_rpcx_` get `405 must CONNECT`.
-    Http,
-    /// `unix`: a Unix domain stream socket at a path, accepted by every core.
-    Unix,
-}
-
-impl Network {
-    /// The name used in `network@address`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Network::Tcp => "tcp",
-            Network::Reuseport => "reuseport",
-            Network::Http => "http",
-            Network::Unix => "unix",
-        }
-    }
-
-    /// Whether the address is `host:port` (every network but `unix`).
-    pub fn is_ip(self) -> bool {
-        !matches!(self, Network::Unix)
+/// Checks what a listen address needs beyond its shape: an IP literal with a port (not a name),
+/// and a network percore serves.
+pub fn check_listen(addr: &Addr) -> Result<(), String> {
+    match addr.network {
+        Network::Kcp => Err(format!(
+            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and quic are)",
+            addr.network
+        )),
+        Network::Unix => Ok(()),
+        _ => addr.socket_addr().map(drop).map_err(|e| e.to_string()),
     }
 }
 
-/// `network@address`, e.g. `tcp@127.0.0.1:8972`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ListenAddr {
-    pub network: Network,
-    pub address: String,
+/// A listen address from text: [`Addr`]'s parse, then [`check_listen`] (for `--listen`).
+pub fn parse_listen(s: &str) -> Result<Addr, String> {
+    let addr: Addr = s
+        .parse()
+        .map_err(|e: crate::transport::addr::AddrError| e.to_string())?;
+    check_listen(&addr)?;
+    Ok(addr)
 }
 
-impl ListenAddr {
-    /// The path of a `unix` listener.
-    pub fn unix_path(&self) -> Option<&Path> {
-        (self.network == Network::Unix).then(|| Path::new(&self.address))
-    }
-
-    /// The socket address of a TCP-family listener.
-    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        self.address.parse().map_err(|_| {
-            format!(
-                "{self}: {:?} is not an IP address with a port",
-                self.address
-            )
-        })
-    }
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (network, address) = s.split_once('@').unwrap_or(("tcp", s));
-        let network = match network {
-            "tcp" | "tcp4" | "tcp6" => Network::Tcp,
-            "reuseport" => Network::Reuseport,
-            "http" => Network::Http,
-            "unix" => Network::Unix,
-            "quic" | "kcp" => {
-                return Err(format!(
-                    "network {network:?} in {s:?} is not served yet (tcp, reuseport, http and unix are)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "unknown network {other:?} in {s:?} (expected tcp, reuseport, http or unix)"
-                ));
-            }
-        };
-        let addr = ListenAddr {
-            network,
-            address: address.to_owned(),
-        };
-        if network.is_ip() {
-            addr.socket_addr()?;
-        } else {
-            check_unix_path(s, address)?;
-        }
-        Ok(addr)
-    }
-}
-
-/// Longest path a Unix socket address can hold (`sun_path` is 108 bytes with the final NUL).
-pub const MAX_UNIX_PATH: usize = 107;
-
-fn check_unix_path(s: &str, path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err(format!(
-            "{s:?}: a unix address needs a path (unix@/run/x.sock)"
-        ));
-    }
-    if path.len() > MAX_UNIX_PATH {
-        return Err(format!(
-            "{s:?}: a unix socket path is at most {MAX_UNIX_PATH} bytes, this one is {}",
-            path.len()
-        ));
-    }
-    if path.contains('\0') {
-        return Err(format!("{s:?}: a unix socket path cannot contain NUL"));
-    }
-    Ok(())
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.network.name(), self.address)
-    }
-}
-
-impl Serialize for ListenAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ListenAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+/// `server.listen` as serde reads it: each entry checked by [`parse_listen`].
+fn listen_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_listen(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// A configuration that cannot be used, with where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A `[services.NAME]` section the server's registry cannot use.
+    #[error("{0}")]
+    Section(#[from] crate::service::SectionError),
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -591,19 +495,7 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
 pub const EXIT_CONFIG: i32 = 78;
 
 impl Config {
-    /// Reads a TOML file; unknown keys are errors that name the key, line and column.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
-    }
-
-    /// Parses TOML text.
+    /// Parses TOML text; unknown keys are errors that name the key, line and column.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         let config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
@@ -684,76 +576,98 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "server.listen",
-                message: "no listen address".into(),
-            });
-        }
-        if self.server.backlog == 0 {
-            return Err(ConfigError::Invalid {
-                key: "server.backlog",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.limits.max_frame_bytes < 64 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_frame_bytes",
-                message: format!(
-                    "{} is too small for any rpcx frame (at least 64)",
-                    self.limits.max_frame_bytes
-                ),
-            });
-        }
-        if self.limits.max_calls_in_flight == 0 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_calls_in_flight",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.limits.max_pending_write_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_pending_write_bytes",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.gateway.max_headers == 0 {
-            return Err(ConfigError::Invalid {
-                key: "gateway.max_headers",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.gateway.max_header_bytes < 64 {
-            return Err(ConfigError::Invalid {
-                key: "gateway.max_header_bytes",
-                message: format!(
-                    "{} is too small for any HTTP request head (at least 64)",
-                    self.gateway.max_header_bytes
-                ),
-            });
-        }
-        if self.runtime.ring_depth == 0 || !self.runtime.ring_depth.is_power_of_two() {
-            return Err(ConfigError::Invalid {
-                key: "runtime.ring_depth",
-                message: format!("{} must be a power of two", self.runtime.ring_depth),
-            });
-        }
-        let tls = &self.tls;
-        if tls.cert.is_some() != tls.key.is_some() {
-            return Err(ConfigError::Invalid {
-                key: if tls.cert.is_some() {
+        let (limits, gateway, tls) = (&self.limits, &self.gateway, &self.tls);
+        // Each rule: the key it is about, whether it is broken, and what to say.
+        let rules: [(&'static str, bool, &dyn Fn() -> String); 10] = [
+            ("server.listen", self.server.listen.is_empty(), &|| {
+                "no listen address".into()
+            }),
+            ("server.backlog", self.server.backlog == 0, &|| {
+                "must be at least 1".into()
+            }),
+            (
+                "limits.max_frame_bytes",
+                limits.max_frame_bytes < 64,
+                &|| {
+                    format!(
+                        "{} is too small for any rpcx frame (at least 64)",
+                        limits.max_frame_bytes
+                    )
+                },
+            ),
+            (
+                "limits.max_calls_in_flight",
+                limits.max_calls_in_flight == 0,
+                &|| "must be at least 1".into(),
+            ),
+            (
+                "limits.max_pending_write_bytes",
+                limits.max_pending_write_bytes == 0,
+                &|| "must be at least 1".into(),
+            ),
+            ("gateway.max_headers", gateway.max_headers == 0, &|| {
+                "must be at least 1".into()
+            }),
+            (
+                "gateway.max_header_bytes",
+                gateway.max_header_bytes < 64,
+                &|| {
+                    format!(
+                        "{} is too small for any HTTP request head (at least 64)",
+                        gateway.max_header_bytes
+                    )
+                },
+            ),
+            (
+                "runtime.ring_depth",
+                !self.runtime.ring_depth.is_power_of_two(),
+                &|| format!("{} must be a power of two", self.runtime.ring_depth),
+            ),
+            (
+                if tls.cert.is_some() {
                     "tls.key"
                 } else {
                     "tls.cert"
                 },
-                message: "tls.cert and tls.key must be set together".into(),
+                tls.cert.is_some() != tls.key.is_some(),
+                &|| "tls.cert and tls.key must be set together".into(),
+            ),
+            (
+                "tls.client_ca",
+                tls.client_ca.is_some() && !tls.enabled(),
+                &|| "mutual TLS needs tls.cert and tls.key too".into(),
+            ),
+        ];
+        if let Some((key, _, message)) = rules.iter().find(|(_, broken, _)| *broken) {
+            return Err(ConfigError::Invalid {
+                key,
+                message: message(),
             });
         }
-        if tls.client_ca.is_some() && !tls.enabled() {
+        for addr in &self.server.listen {
+            check_listen(addr).map_err(|message| ConfigError::Invalid {
+                key: "server.listen",
+                message,
+            })?;
+        }
+        if let Some(quic) = self
+            .server
+            .listen
+            .iter()
+            .find(|a| a.network == Network::Quic)
+            && !tls.enabled()
+        {
             return Err(ConfigError::Invalid {
-                key: "tls.client_ca",
-                message: "mutual TLS needs tls.cert and tls.key too".into(),
+                key: "tls.cert",
+                message: format!(
+                    "{quic}: QUIC always runs TLS 1.3: set tls.cert and tls.key in [tls] (the quic@ listener uses that certificate)"
+                ),
             });
+        }
+        if let Err(crate::transport::quic::QuicError::Limits { key, message }) =
+            self.quic.validate()
+        {
+            return Err(ConfigError::Invalid { key, message });
         }
         if self
             .auth
@@ -819,6 +733,7 @@ mod tests {
         for text in [
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
+            include_str!("../configs/quic.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }
@@ -832,25 +747,59 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        let a: ListenAddr = "reuseport@127.0.0.1:0".parse().unwrap();
+        let a = parse_listen("reuseport@127.0.0.1:0").unwrap();
         assert_eq!(a.network, Network::Reuseport);
-        let b: ListenAddr = "127.0.0.1:9".parse().unwrap();
-        assert_eq!(b.to_string(), "tcp@127.0.0.1:9");
-        assert!(
-            "udp@1.2.3.4:5"
-                .parse::<ListenAddr>()
-                .unwrap_err()
-                .contains("udp")
+        assert_eq!(
+            parse_listen("127.0.0.1:9").unwrap().to_string(),
+            "tcp@127.0.0.1:9"
         );
-        assert!("tcp@localhost".parse::<ListenAddr>().is_err());
-        let u: ListenAddr = "unix@/tmp/x.sock".parse().unwrap();
-        assert_eq!(u.unix_path(), Some(Path::new("/tmp/x.sock")));
-        assert_eq!(u.to_string(), "unix@/tmp/x.sock");
-        assert!("unix@".parse::<ListenAddr>().is_err());
+        assert!(parse_listen("udp@1.2.3.4:5").unwrap_err().contains("udp"));
+        assert!(
+            parse_listen("tcp@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        assert!(parse_listen("tcp@localhost").is_err());
+        let u = parse_listen("unix@/tmp/x.sock").unwrap();
+        assert_eq!(u.unix_path(), Some(std::path::Path::new("/tmp/x.sock")));
+        assert!(parse_listen("unix@").is_err());
         let long = format!("unix@/{}", "x".repeat(200));
-        assert!(long.parse::<ListenAddr>().unwrap_err().contains("107"));
-        let h: ListenAddr = "http@127.0.0.1:0".parse().unwrap();
-        assert_eq!(h.network, Network::Http);
+        assert!(parse_listen(&long).unwrap_err().contains("107"));
+        assert!(
+            parse_listen("kcp@127.0.0.1:1")
+                .unwrap_err()
+                .contains("not served yet")
+        );
+        assert_eq!(parse_listen("quic@[::1]:0").unwrap().network, Network::Quic);
+        assert!(
+            parse_listen("quic@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        let err = Config::from_toml("[server]\nlisten = [\"tcp@nohost:1\"]").unwrap_err();
+        assert!(err.to_string().contains("nohost"), "{err}");
+    }
+
+    #[test]
+    fn a_quic_listener_needs_tls_and_sound_limits() {
+        let mut c = Config::default();
+        c.server.listen = vec![parse_listen("quic@127.0.0.1:0").unwrap()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.cert: quic@127.0.0.1:0"), "{err}");
+        assert!(err.contains("[tls]"), "{err}");
+        c.tls.cert = Some("cert.pem".into());
+        c.tls.key = Some("key.pem".into());
+        c.validate().unwrap();
+        c.quic.idle_timeout = Duration::ZERO;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("quic.idle_timeout"), "{err}");
+        let err = Config::from_toml(
+            "[quic]
+max_streams = 2
+",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_streams"), "{err}");
     }
 
     #[test]

@@ -25,9 +25,11 @@
 //!   logs that it skips registering them and runs on, and percore's network I/O never uses
 //!   them, so that is a one-line warning ([`MemlockShort`]), not a refusal to start.
 //!   glommio itself refuses to start below 512 KiB, capability or not.
-//! - **open files**: each core holds its rings, an eventfd and one socket per listener; each
-//!   connection is one more. The soft limit is raised to the hard one first (as Go's runtime
-//!   does), so where that is allowed the hard limit is what counts.
+//! - **open files**: each core holds its rings, an eventfd and one socket per listener: a limit
+//!   below that cannot start (71). Each connection is one more: the server keeps 256 back and
+//!   refuses connections past the rest, so a limit below what `limits.max_connections_per_core`
+//!   asks for is a one-line warning. The soft limit is raised to the hard one first (as Go's
+//!   runtime does), so where that is allowed the hard limit is what counts.
 //! - **listeners**: a unix socket's directory must exist.
 
 use std::fmt;
@@ -36,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, EXIT_CONFIG};
 use crate::server::ServerError;
+use crate::transport::addr::Network;
 
 /// Exit status for a host that cannot run percore (EX_OSERR from sysexits.h).
 pub const EXIT_HOST: u8 = 71;
@@ -44,10 +47,13 @@ pub const EXIT_HOST: u8 = 71;
 /// (systemd's RestartPreventExitStatus=78 then stops retrying), 71 when the host is (a port
 /// in use, a missing directory, an executor the kernel would not give us).
 pub fn server_exit_code(e: &ServerError) -> u8 {
+    use crate::transport::quic::QuicError;
     match e {
-        ServerError::Config(_) | ServerError::Tls(_) | ServerError::TooManyCores { .. } => {
-            EXIT_CONFIG as u8
-        }
+        ServerError::Config(_)
+        | ServerError::Tls(_)
+        | ServerError::Services(_)
+        | ServerError::TooManyCores { .. }
+        | ServerError::Quic(QuicError::Limits { .. } | QuicError::Tls(_)) => EXIT_CONFIG as u8,
         _ => EXIT_HOST,
     }
 }
@@ -77,12 +83,15 @@ const RINGS_PER_EXECUTOR: u64 = 3;
 const GLOMMIO_DEFAULT_RING_DEPTH: usize = 128;
 /// io memory the client (`percore call`) and the load generator give each executor.
 pub const CLIENT_IO_MEMORY: usize = 256 << 10;
-/// Descriptors one executor holds besides its sockets: three rings, an eventfd, and room for
-/// glommio's blocking-thread pipes.
+/// Descriptors one client executor holds besides its sockets: three rings, an eventfd, and
+/// room for glommio's blocking-thread pipes.
 const FDS_PER_EXECUTOR: u64 = 8;
-/// Descriptors the process holds besides the cores': stdio, the signal pipe, the admin
-/// listener and its connection, the log, the config and key files while read.
+/// Descriptors a client holds besides its executors': stdio, the log, its files.
 const FDS_BASE: u64 = 32;
+/// Descriptors the server keeps back from connections for its listeners, rings, logs and the
+/// admin endpoint (`RESERVED_FDS` in `server`): the rest of the limit, shared by the cores, is
+/// what they accept connections into when `limits.max_connections_per_core` is 0.
+const SERVER_RESERVED_FDS: u64 = 256;
 
 /// A reason this host cannot run percore, with the fix, as one line.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +185,30 @@ pub struct MemlockShort {
     pub lower: &'static str,
 }
 
+/// The open-files limit lets the server start but is below what its connection limits ask
+/// for: past it, connections are accepted and closed at once (the server counts them).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "open-files limit {limit} < {needed} that the connection limits ask for ({why}): \
+     connections past the limit are refused; raise it with LimitNOFILE= (systemd), `--ulimit \
+     nofile=N` (docker) or `ulimit -n`, or lower {lower}"
+)]
+pub struct NofileShort {
+    pub limit: u64,
+    pub needed: u64,
+    pub why: String,
+    pub lower: &'static str,
+}
+
+/// What the preflight found short but not fatal: `serve` warns about each on one line.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Shortfall {
+    #[error("{0}")]
+    Memlock(#[from] MemlockShort),
+    #[error("{0}")]
+    NoFile(#[from] NofileShort),
+}
+
 /// An errno shown by its name (`EPERM`), as an operator greps for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Errno(pub i32);
@@ -233,37 +266,56 @@ pub struct Needs {
     pub io_memory: usize,
     /// Each ring's depth.
     pub ring_depth: usize,
-    /// Descriptors for listeners and connections, beyond each executor's own.
+    /// Descriptors without which it cannot start (listeners, rings, stdio), and how they were
+    /// reckoned: below this, exit 71.
+    pub start_fds: (u64, String),
+    /// Descriptors held back from connections (listeners, rings, logs).
+    pub reserved_fds: u64,
+    /// Descriptors for connections.
     pub sockets: u64,
-    /// What `sockets` is made of, for the message.
-    pub sockets_why: String,
+    /// How `reserved_fds` and `sockets` were reckoned, for the message.
+    pub nofile_why: String,
     /// The config keys that lower the memlock need, for the message.
     pub lower_memlock: &'static str,
     /// The config keys that lower the open-files need, for the message.
     pub lower_nofile: &'static str,
+    /// The config keys that lower what it takes to start, for the message.
+    pub lower_start_fds: &'static str,
 }
 
 impl Needs {
     /// What `percore serve` with this configuration needs; `cores` is the number of executors
     /// it will start (server.cores resolved against the affinity mask).
     pub fn server(config: &Config, cores: usize) -> Needs {
+        // With limits.max_connections_per_core = 0 each core takes its share of what is left
+        // after the reserve: at least one connection each is the least that serves.
+        let per_core = config.limits.max_connections_per_core.max(1) as u64;
+        let why = match config.limits.max_connections_per_core {
+            0 => format!(
+                "{SERVER_RESERVED_FDS} reserved + {cores} cores x at least 1 connection \
+                 (limits.max_connections_per_core = 0: each core's share of the rest)"
+            ),
+            n => format!(
+                "{SERVER_RESERVED_FDS} reserved + {cores} cores x {n} \
+                 limits.max_connections_per_core"
+            ),
+        };
         let listeners = config.server.listen.len() as u64;
-        let per_core_conns = config.limits.max_connections_per_core as u64;
-        let cores_u = cores as u64;
-        let mut sockets = cores_u * listeners;
-        let mut why = format!("{cores} cores x {listeners} listeners");
-        if per_core_conns > 0 {
-            sockets += cores_u * per_core_conns;
-            why += &format!(" + {cores} x {per_core_conns} limits.max_connections_per_core");
-        }
+        let start = FDS_BASE + cores as u64 * (FDS_PER_EXECUTOR + listeners);
+        let start_why = format!(
+            "{FDS_BASE} + {cores} cores x ({FDS_PER_EXECUTOR} + {listeners} listeners) to start"
+        );
         Needs {
             executors: cores,
             io_memory: config.runtime.io_memory_bytes,
             ring_depth: config.runtime.ring_depth,
-            sockets,
-            sockets_why: why,
+            start_fds: (start, start_why),
+            reserved_fds: SERVER_RESERVED_FDS,
+            sockets: cores as u64 * per_core,
+            nofile_why: why,
             lower_memlock: "runtime.io_memory_bytes or server.cores",
             lower_nofile: "limits.max_connections_per_core or server.cores",
+            lower_start_fds: "server.cores or server.listen",
         }
     }
 
@@ -273,10 +325,22 @@ impl Needs {
             executors,
             io_memory: CLIENT_IO_MEMORY,
             ring_depth: GLOMMIO_DEFAULT_RING_DEPTH,
+            // A client's connections are what it runs for: all of them are needed to start.
+            start_fds: (
+                FDS_BASE + executors as u64 * FDS_PER_EXECUTOR + connections as u64,
+                format!(
+                    "{FDS_BASE} + {executors} executors x {FDS_PER_EXECUTOR} + {connections} \
+                     connections"
+                ),
+            ),
+            reserved_fds: FDS_BASE + executors as u64 * FDS_PER_EXECUTOR,
             sockets: connections as u64,
-            sockets_why: format!("{connections} connections"),
+            nofile_why: format!(
+                "{FDS_BASE} + {executors} executors x {FDS_PER_EXECUTOR} + {connections} connections"
+            ),
             lower_memlock: "--cores",
             lower_nofile: "--connections",
+            lower_start_fds: "--connections",
         }
     }
 
@@ -317,13 +381,7 @@ impl Needs {
 
     /// Descriptors the process needs, and how that was reckoned.
     pub fn nofile(&self) -> (u64, String) {
-        let executors = self.executors as u64;
-        let total = FDS_BASE + executors * FDS_PER_EXECUTOR + self.sockets;
-        let why = format!(
-            "{FDS_BASE} + {executors} executors x {FDS_PER_EXECUTOR} + {}",
-            self.sockets_why
-        );
-        (total, why)
+        (self.reserved_fds + self.sockets, self.nofile_why.clone())
     }
 }
 
@@ -385,21 +443,22 @@ fn read_trimmed(path: impl AsRef<Path>) -> Option<String> {
 }
 
 /// Runs every check that can stop the executors from starting, first failure first, and
-/// returns what is short but not fatal (memlock for the io buffers). Raises the soft
-/// open-files limit to the hard one on the way.
-pub fn preflight(needs: &Needs) -> Result<Option<MemlockShort>, HostError> {
+/// returns what is short but not fatal (memlock for the io buffers, descriptors for the
+/// connection limits). Raises the soft open-files limit to the hard one on the way.
+pub fn preflight(needs: &Needs) -> Result<Vec<Shortfall>, HostError> {
     io_uring()?;
     let host = MemHost::read();
-    let short = check_memlock(needs, &host)?;
+    let mut short = Vec::new();
+    short.extend(check_memlock(needs, &host)?.map(Shortfall::from));
     // A filter or policy may forbid raising it; then the soft limit is what there is, and
     // check_nofile judges that.
     let _ = raise_nofile();
-    check_nofile(needs)?;
+    short.extend(check_nofile(needs)?.map(Shortfall::from));
     Ok(short)
 }
 
 /// [`preflight`] for `percore serve`, plus the listeners the kernel would refuse later.
-pub fn preflight_server(config: &Config, cores: usize) -> Result<Option<MemlockShort>, HostError> {
+pub fn preflight_server(config: &Config, cores: usize) -> Result<Vec<Shortfall>, HostError> {
     let short = preflight(&Needs::server(config, cores))?;
     check_unix_dirs(config)?;
     Ok(short)
@@ -599,20 +658,33 @@ pub fn raise_nofile() -> Result<(), HostError> {
     Ok(())
 }
 
-/// The open-files limit in force (the soft one, after [`raise_nofile`]) covers the executors,
-/// listeners and bounded connections.
-pub fn check_nofile(needs: &Needs) -> Result<(), HostError> {
+/// The open-files limit in force (the soft one, after [`raise_nofile`]) lets the executors
+/// and listeners start (else an error), and covers the connection limits (else the
+/// shortfall, to warn about: the server refuses connections past the limit).
+pub fn check_nofile(needs: &Needs) -> Result<Option<NofileShort>, HostError> {
     let (soft, _) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE")?;
-    let (needed, why) = needs.nofile();
-    if soft != libc::RLIM_INFINITY && soft < needed {
+    if soft == libc::RLIM_INFINITY {
+        return Ok(None);
+    }
+    let (start, start_why) = &needs.start_fds;
+    if soft < *start {
         return Err(HostError::NoFile {
             limit: soft,
-            needed,
-            why,
-            lower: needs.lower_nofile,
+            needed: *start,
+            why: start_why.clone(),
+            lower: needs.lower_start_fds,
         });
     }
-    Ok(())
+    let (needed, why) = needs.nofile();
+    if soft >= needed {
+        return Ok(None);
+    }
+    Ok(Some(NofileShort {
+        limit: soft,
+        needed,
+        why,
+        lower: needs.lower_nofile,
+    }))
 }
 
 /// (soft, hard) of a resource limit.
@@ -710,13 +782,16 @@ pub fn report(config: &Config, cpus: Result<Vec<usize>, String>) -> Vec<Line> {
         Err(e) => push(Status::Fail, "memlock", e.to_string()),
     }
     match check_nofile(&needs) {
-        Ok(()) => {
+        Ok(Some(short)) => push(Status::Warn, "open files", short.to_string()),
+        Ok(None) => {
             let (soft, hard) = rlimit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE").unwrap_or((0, 0));
             let (needed, why) = needs.nofile();
-            let unbounded = if config.limits.max_connections_per_core == 0 {
-                "; connections are bounded by this limit alone (limits.max_connections_per_core = 0)"
-            } else {
-                ""
+            let unbounded = match (config.limits.max_connections_per_core, &cpus) {
+                (0, Ok(cpus)) if soft != libc::RLIM_INFINITY => format!(
+                    "; up to {} connections per core",
+                    soft.saturating_sub(SERVER_RESERVED_FDS) / cpus.len().max(1) as u64
+                ),
+                _ => String::new(),
             };
             push(
                 Status::Ok,
@@ -774,8 +849,8 @@ fn show_limit(limit: u64) -> String {
     }
 }
 
-/// Each listen address: a unix socket's directory exists; a TCP port is free (a plain bind,
-/// released at once).
+/// Each listen address: a unix socket's directory exists; a TCP (or, for QUIC and KCP, UDP)
+/// port is free (a plain bind, released at once).
 fn listen_lines(config: &Config) -> Vec<(Status, String)> {
     let mut lines = Vec::new();
     for listen in &config.server.listen {
@@ -798,12 +873,21 @@ fn listen_lines(config: &Config) -> Vec<(Status, String)> {
             }
             continue;
         }
+        // QUIC and KCP listen on UDP, the rest on TCP.
+        let udp = matches!(listen.network, Network::Quic | Network::Kcp);
         match listen.socket_addr() {
-            Ok(addr) => match std::net::TcpListener::bind(addr) {
-                Ok(_) => lines.push((Status::Ok, format!("{listen}: free"))),
-                Err(e) => lines.push((Status::Fail, format!("{listen}: cannot bind: {e}"))),
-            },
-            Err(e) => lines.push((Status::Fail, e)),
+            Ok(addr) => {
+                let bound = if udp {
+                    std::net::UdpSocket::bind(addr).map(drop)
+                } else {
+                    std::net::TcpListener::bind(addr).map(drop)
+                };
+                match bound {
+                    Ok(()) => lines.push((Status::Ok, format!("{listen}: free"))),
+                    Err(e) => lines.push((Status::Fail, format!("{listen}: cannot bind: {e}"))),
+                }
+            }
+            Err(e) => lines.push((Status::Fail, e.to_string())),
         }
     }
     if let Some(addr) = config.admin.listen {
@@ -1061,12 +1145,19 @@ mod tests {
     }
 
     #[test]
-    fn nofile_counts_listeners_and_bounded_connections() {
+    fn nofile_counts_the_reserve_and_connections() {
         let mut config = Config::default();
+        let (n, _) = Needs::server(&config, 2).nofile();
+        assert_eq!(n, SERVER_RESERVED_FDS + 2);
         config.limits.max_connections_per_core = 1000;
         let (n, why) = Needs::server(&config, 2).nofile();
-        assert_eq!(n, FDS_BASE + 2 * FDS_PER_EXECUTOR + 2 + 2000);
-        assert!(why.contains("limits.max_connections_per_core"), "{why}");
+        assert_eq!(n, SERVER_RESERVED_FDS + 2000);
+        assert!(
+            why.contains("2 cores x 1000 limits.max_connections_per_core"),
+            "{why}"
+        );
+        let (n, _) = Needs::client(2, 100).nofile();
+        assert_eq!(n, FDS_BASE + 2 * FDS_PER_EXECUTOR + 100);
     }
 
     #[test]

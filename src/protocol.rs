@@ -78,42 +78,51 @@ impl Header {
         }
     }
 
+    #[inline]
     pub fn is_response(&self) -> bool {
         self.flags & flags::RESPONSE != 0
     }
 
+    #[inline]
     pub fn is_heartbeat(&self) -> bool {
         self.flags & flags::HEARTBEAT != 0
     }
 
+    #[inline]
     pub fn is_oneway(&self) -> bool {
         self.flags & flags::ONEWAY != 0
     }
 
     /// Compress type: 0 none, 1 gzip.
+    #[inline]
     pub fn compress(&self) -> u8 {
         (self.flags & flags::COMPRESS_MASK) >> 2
     }
 
     /// Status: 0 normal, 1 error.
+    #[inline]
     pub fn status(&self) -> u8 {
         self.flags & flags::STATUS_MASK
     }
 
+    #[inline]
     pub fn is_error(&self) -> bool {
         self.status() == STATUS_ERROR
     }
 
+    #[inline]
     pub fn set_compress(&mut self, compress: u8) {
         self.flags = (self.flags & !flags::COMPRESS_MASK) | ((compress & 7) << 2);
     }
 
+    #[inline]
     pub fn set_status(&mut self, status: u8) {
         self.flags = (self.flags & !flags::STATUS_MASK) | (status & flags::STATUS_MASK);
     }
 
     /// The header of the reply to this request: response bit set, heartbeat and oneway bits
     /// kept, compress and status cleared (PROTOCOL.md §3).
+    #[inline]
     pub fn reply(&self) -> Header {
         Header {
             version: self.version,
@@ -299,6 +308,7 @@ pub struct Metadata<'a> {
 
 impl<'a> Metadata<'a> {
     /// Validates a raw block.
+    #[inline]
     pub fn parse(raw: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
         let mut cursor = Cursor { buf: raw };
         while !cursor.buf.is_empty() {
@@ -331,6 +341,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// The value of the first entry named `key`.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&'a str> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
@@ -366,11 +377,13 @@ impl<'a> Iterator for MetadataIter<'a> {
 }
 
 /// Appends one metadata entry in wire form to a metadata block being built.
+#[inline]
 pub fn push_meta(block: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     push_bytes(block, key);
     push_bytes(block, value);
 }
 
+#[inline]
 fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -400,6 +413,7 @@ pub fn encode(
 }
 
 /// A frame's first 16 bytes: the header and the length of the rest.
+#[inline]
 fn head(header: &Header, total: usize) -> [u8; HEADER_LEN] {
     let mut head = [0u8; HEADER_LEN];
     head[..4].copy_from_slice(&[MAGIC, header.version, header.flags, header.serialize << 4]);
@@ -410,6 +424,7 @@ fn head(header: &Header, total: usize) -> [u8; HEADER_LEN] {
 
 /// The wire form of `frame`'s path and method (`[u32 len][path][u32 len][method]`), cut from
 /// `raw`, the bytes `frame` was decoded from.
+#[inline]
 pub fn names_wire<'a>(raw: &'a [u8], frame: &Frame<'_>) -> &'a [u8] {
     &raw[HEADER_LEN..HEADER_LEN + 8 + frame.path.len() + frame.method.len()]
 }

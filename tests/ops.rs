@@ -64,7 +64,7 @@ fn connections_past_the_per_core_limit_are_accepted_and_closed() {
 fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
     let server = common::start_with(1, |c| {
         c.limits.idle_timeout = Duration::from_millis(200);
-        c.services.hello.delay = Duration::from_millis(700);
+        common::hello_delay(c, Duration::from_millis(700));
     });
     let addr = server.local_addrs()[0];
     let mut idle = connect(addr);
@@ -91,7 +91,7 @@ fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
 fn at_the_in_flight_limit_buffered_requests_wait_for_replies() {
     let server = common::start_with(1, |c| {
         c.limits.max_calls_in_flight = 2;
-        c.services.hello.delay = Duration::from_millis(300);
+        common::hello_delay(c, Duration::from_millis(300));
     });
     let mut s = connect(server.local_addrs()[0]);
     // One write: three delayed calls, then a quick one. Without the limit the quick call's reply
@@ -396,14 +396,14 @@ fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
     assert!(reply.ends_with(r#"{"C":6}"#), "{reply}");
     let m = &server.metrics()[0];
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_in.get(),
+        m.transport(Transport::Unix).bytes_in.get(),
         request.len() as u64
     );
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_out.get(),
+        m.transport(Transport::Unix).bytes_out.get(),
         reply.len() as u64
     );
-    assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
+    assert_eq!(m.transport(Transport::Tcp).bytes_in.get(), 0);
     common::stop(server);
 }
 
@@ -440,7 +440,7 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
         "the server read every call without its replies being read"
     );
     let read = server.metrics()[0]
-        .transport(percore::metrics::Transport::TCP)
+        .transport(percore::metrics::Transport::Tcp)
         .bytes_in
         .get();
     assert!(read < all.len() as u64);
@@ -454,5 +454,95 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
     s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
     s.write_all(&all[written..]).unwrap();
     assert!(replies.join().unwrap());
+    common::stop(server);
+}
+
+#[test]
+fn slow_and_idle_admin_clients_do_not_hold_up_probes() {
+    let server = common::start_with(1, |_| {});
+    let admin = percore::admin::start("127.0.0.1:0".parse().unwrap(), &server).unwrap();
+    server.wait_ready();
+    // One client trickles its request a byte at a time; 200 more connect and send nothing.
+    let mut slow = connect(admin);
+    let idle: Vec<TcpStream> = (0..200).map(|_| connect(admin)).collect();
+    let request = b"GET /healthz HTTP/1.1\r\n\r\n";
+    for (i, path) in ["/healthz", "/metrics", "/readyz"]
+        .iter()
+        .cycle()
+        .take(15)
+        .enumerate()
+    {
+        if i < request.len() {
+            slow.write_all(&request[i..i + 1]).unwrap();
+        }
+        // Each probe must be answered within 2 s (a read past that fails the test).
+        let mut probe = TcpStream::connect(admin).unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        write!(probe, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+        let mut text = String::new();
+        probe.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {text}");
+    }
+    drop(idle);
+    drop(slow);
+    common::stop(server);
+}
+
+#[test]
+fn a_frame_trickled_byte_by_byte_is_cut_off_and_partial_bytes_are_not_requests() {
+    // frame_timeout: a frame must be whole within 600 ms of its first byte.
+    let server = common::start_with(1, |c| {
+        c.limits.frame_timeout = Duration::from_millis(600);
+    });
+    let addr = server.local_addrs()[0];
+    let frame = request(3, 1, "Arith", "Mul", &msgpack_args(2, 3)).to_bytes();
+    let mut slow = connect(addr);
+    let mut good = connect(addr);
+    let mut closed = false;
+    // One byte every 100 ms: 46 bytes would take 4.6 s; the server must close first.
+    for (i, byte) in frame.iter().enumerate() {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        // A well-behaved client on the same core is served meanwhile.
+        send(
+            &mut good,
+            &request(3, i as u64, "Arith", "Mul", &msgpack_args(2, 3)),
+        );
+        assert_eq!(msgpack_reply(&read_frame(&mut good).payload), 6);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut probe = [0u8; 1];
+        slow.set_nonblocking(true).unwrap();
+        let peeked = slow.peek(&mut probe);
+        slow.set_nonblocking(false).unwrap();
+        if matches!(peeked, Ok(0)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled frame kept its connection");
+    let m = &server.metrics()[0];
+    assert_eq!(m.closed(Close::Timeout), 1);
+    common::stop(server);
+
+    // idle_timeout: partial bytes do not count as a request.
+    let server = common::start_with(1, |c| {
+        c.limits.idle_timeout = Duration::from_millis(400);
+        c.limits.frame_timeout = Duration::ZERO;
+    });
+    let mut slow = connect(server.local_addrs()[0]);
+    let mut cut = false;
+    for byte in frame.iter().take(20) {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cut || common::closed_without_reply(&mut slow));
+    assert_eq!(server.metrics()[0].closed(Close::IdleTimeout), 1);
     common::stop(server);
 }

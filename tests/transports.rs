@@ -15,7 +15,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use percore::config::Config;
 use percore::protocol::{self, Message};
 use percore::server::ServerHandle;
-use percore::transport::connector::{Conn, Connector, DialError, DialOptions};
+use percore::transport::connector::{Connector, DialError, DialOptions, Stream};
 use percore::transport::http_connect::{CONNECT_REQUEST, CONNECTED};
 use percore::transport::tls::ClientTls;
 
@@ -130,7 +130,7 @@ fn on_glommio<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> 
     })
 }
 
-async fn read_message(conn: &mut Conn) -> Option<Message> {
+async fn read_message(conn: &mut Stream) -> Option<Message> {
     let mut header = [0u8; protocol::HEADER_LEN];
     conn.read_exact(&mut header).await.ok()?;
     let total = protocol::frame_len(&header, u32::MAX).unwrap().unwrap();
@@ -144,7 +144,7 @@ async fn read_message(conn: &mut Conn) -> Option<Message> {
 }
 
 /// `Arith.Mul {a, b}` on `conn`; the product, or `None` if the connection closed.
-async fn try_mul(conn: &mut Conn, seq: u64, a: i64, b: i64) -> Option<i64> {
+async fn try_mul(conn: &mut Stream, seq: u64, a: i64, b: i64) -> Option<i64> {
     let msg = request(3, seq, "Arith", "Mul", &msgpack_args(a, b));
     conn.write_all(&msg.to_bytes()).await.ok()?;
     conn.flush().await.ok()?;
@@ -226,7 +226,7 @@ fn a_unix_path_in_use_by_a_live_server_is_an_error_naming_it() {
     let mut config = Config::default();
     config.server.cores = 1;
     config.server.listen = vec![listen.parse().unwrap()];
-    let err = percore::server::start(config)
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
         .err()
         .expect("a second server on the same path fails")
         .to_string();
@@ -246,7 +246,10 @@ fn a_path_that_is_not_a_socket_is_refused_and_kept() {
     let mut config = Config::default();
     config.server.cores = 1;
     config.server.listen = vec![format!("unix@{}", path.display()).parse().unwrap()];
-    let err = percore::server::start(config).err().unwrap().to_string();
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not a unix socket"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
@@ -323,6 +326,7 @@ fn tls_on_tcp_reuseport_and_unix_listeners() {
     assert_eq!(server.metrics()[0].tls_handshakes.get(), 3);
     let scrape = percore::metrics::prometheus(
         server.metrics(),
+        &server.method_names(),
         percore::metrics::Status {
             ready: true,
             draining: false,
@@ -528,7 +532,7 @@ fn tls_certificate_errors_name_the_key_and_file() {
     config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
     config.tls.cert = Some(dir.join("missing.pem"));
     config.tls.key = Some(pki.server_key.clone());
-    let err = percore::server::start(config.clone())
+    let err = percore::server::start::<percore::builtin::Builtin>(config.clone())
         .err()
         .unwrap()
         .to_string();
@@ -537,7 +541,7 @@ fn tls_certificate_errors_name_the_key_and_file() {
     // A key that is not the certificate's.
     config.tls.cert = Some(pki.server_cert.clone());
     config.tls.key = Some(pki.client_key.clone());
-    let err = percore::server::start(config.clone())
+    let err = percore::server::start::<percore::builtin::Builtin>(config.clone())
         .err()
         .unwrap()
         .to_string();
@@ -546,7 +550,10 @@ fn tls_certificate_errors_name_the_key_and_file() {
     // A key file where the certificate should be.
     config.tls.cert = Some(pki.server_key.clone());
     config.tls.key = Some(pki.server_key.clone());
-    let err = percore::server::start(config).err().unwrap().to_string();
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no CERTIFICATE block"), "{err}");
 }
 

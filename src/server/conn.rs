@@ -22,23 +22,21 @@
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, warn};
 
 use super::Core;
-use super::dispatch::{self, Invoked, UNAUTHENTICATED};
+use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
+use super::end::End;
 use crate::codec::{self, CodecError};
-use crate::metrics::{Close, Transport};
-use crate::protocol::{
-    self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
-};
+use crate::metrics::{BadFrame, Transport};
+use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
+use crate::service::Registry;
+use crate::stream::Half;
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done. 8 KiB holds a whole pipelined batch of small calls
@@ -52,43 +50,11 @@ const INITIAL_READ_BUFFER: usize = 8 << 10;
 /// per batch).
 const WRITE_NUDGE: usize = 64 << 10;
 
-/// Why a connection ended.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// The peer closed its side.
-    Eof,
-    /// Reading failed (reset, timeout).
-    ReadError(io::Error),
-    /// Writing failed; the reader stopped too.
-    WriteFailed,
-    /// The peer sent something that is not an rpcx frame (metric reason, description).
-    Refused(&'static str, String),
-    /// No request for `limits.idle_timeout`, and no reply owed.
-    IdleTimeout,
-    /// A call failed the auth check.
-    Unauthenticated,
-}
-
-impl End {
-    /// The `reason` label of the close (the accept loop turns `Eof` during a drain into
-    /// `Shutdown`).
-    pub(crate) fn close(&self) -> Close {
-        match self {
-            End::Eof => Close::Eof,
-            End::ReadError(_) => Close::ReadError,
-            End::WriteFailed => Close::WriteError,
-            End::Refused(..) => Close::BadFrame,
-            End::IdleTimeout => Close::IdleTimeout,
-            End::Unauthenticated => Close::Unauthenticated,
-        }
-    }
-}
-
 /// Serves rpcx frames on `stream` until the peer closes it, it breaks, it idles past the idle
 /// timeout, or it sends bad input or a bad token. Bytes and refusals are counted under
 /// `transport`.
-pub(crate) async fn serve_on<S>(
-    core: &Rc<Core>,
+pub(crate) async fn serve_on<S, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     transport: Transport,
@@ -98,42 +64,42 @@ where
 {
     let stream = RefCell::new(stream);
     let outbox = Rc::new(Outbox::default());
-    let idle = Rc::new(Idle::new());
-    // The idle watchdog is a task of its own, so the timer is armed once per timeout rather than
-    // once per read; dropping the handle when the connection ends cancels it.
-    let timeout = core.config.limits.idle_timeout;
-    let _watchdog = (!timeout.is_zero())
-        .then(|| glommio::spawn_local(watch_idle(Rc::clone(&idle), Rc::clone(&outbox), timeout)));
+    let watch = Rc::new(Watch::new());
+    // The watchdog is a task of its own, so a timer is armed once per timeout rather than once
+    // per read; dropping the handle when the connection ends cancels it.
+    let limits = &core.config.limits;
+    let (idle_timeout, frame_timeout) = (limits.idle_timeout, limits.frame_timeout);
+    let watching = !idle_timeout.is_zero() || !frame_timeout.is_zero();
+    let _watchdog = watching.then(|| {
+        let task = watchdog(
+            Rc::clone(&watch),
+            Rc::clone(&outbox),
+            idle_timeout,
+            frame_timeout,
+        );
+        glommio::spawn_local(task)
+    });
     let reader = async {
         // A failed write needs no wake-up of the reader: a peer that makes writes fail (reset,
         // closed) makes the pending read end too, and the reader checks `failed` after each
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(core, ReadHalf(&stream), &outbox, &idle, transport).await;
+        let end = read_loop(
+            core,
+            Half(&stream),
+            &outbox,
+            watching.then_some(&*watch),
+            transport,
+        )
+        .await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
-        match &end {
-            End::Refused(reason, what) => {
-                core.metrics.transport(transport).bad_frame(reason);
-                warn!(core = core.index, %peer, reason, "closing connection: {what}");
-            }
-            End::Unauthenticated => {
-                warn!(core = core.index, %peer, "closing connection: a call failed the auth check")
-            }
-            End::IdleTimeout => {
-                debug!(core = core.index, %peer, "closing connection: idle timeout")
-            }
-            End::ReadError(e) => {
-                debug!(core = core.index, %peer, error = %e, "connection read failed")
-            }
-            End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
-            End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
-        }
+        end.report(core, peer, transport);
         outbox.close();
         end
     };
-    let writer = write_loop(WriteHalf(&stream), &outbox, core, transport);
+    let writer = write_loop(Half(&stream), &outbox, core, transport);
     futures_lite::future::zip(reader, writer).await.0
 }
 
@@ -157,11 +123,13 @@ struct Outbox {
 }
 
 impl Outbox {
+    #[inline]
     fn pending(&self) -> usize {
         self.buf.borrow().len() + self.writing.get()
     }
 
     /// Appends a finished reply from outside the connection task.
+    #[inline]
     fn push(&self, bytes: &[u8]) {
         if self.failed.get() {
             return;
@@ -170,17 +138,20 @@ impl Outbox {
         wake(&self.writer);
     }
 
+    #[inline]
     fn close(&self) {
         self.closed.set(true);
         wake(&self.writer);
     }
 
+    #[inline]
     fn fail(&self) {
         self.failed.set(true);
         wake(&self.reader);
     }
 
     /// Ready(true) when there is something to write, Ready(false) when the connection is done.
+    #[inline]
     fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
         if !self.buf.borrow().is_empty() {
             return Poll::Ready(true);
@@ -193,6 +164,7 @@ impl Outbox {
     }
 
     /// Ready once the reader may read again.
+    #[inline]
     fn poll_room(&self, cx: &mut TaskContext<'_>, max_bytes: usize, max_calls: usize) -> Poll<()> {
         if self.failed.get() || (self.pending() < max_bytes && self.delayed.get() < max_calls) {
             return Poll::Ready(());
@@ -202,63 +174,108 @@ impl Outbox {
     }
 }
 
-/// The connection's idle state, shared by the reader and its watchdog task.
-struct Idle {
-    /// When the reader last got bytes (set only when an idle timeout is configured: one clock
-    /// read per read, not per request).
-    last_read: Cell<Instant>,
-    /// The watchdog found the connection idle: the reader stops.
-    expired: Cell<bool>,
+/// What the watchdog found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No request for `limits.idle_timeout`, and no reply owed.
+    Idle,
+    /// A frame not complete `limits.frame_timeout` after it started.
+    Frame,
+}
+
+/// The connection's clocks, shared by the reader and its watchdog task.
+struct Watch {
+    /// When the reader last took a request (a whole frame).
+    last_request: Cell<Instant>,
+    /// When the frame now partly in the read buffer started arriving (None: no partial frame).
+    frame_started: Cell<Option<Instant>>,
+    /// The watchdog's verdict: the reader stops.
+    expired: Cell<Option<Expiry>>,
     /// The reader, while a read is pending.
     reader: Cell<Option<Waker>>,
 }
 
-impl Idle {
-    fn new() -> Idle {
-        Idle {
-            last_read: Cell::new(Instant::now()),
-            expired: Cell::new(false),
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            last_request: Cell::new(Instant::now()),
+            frame_started: Cell::new(None),
+            expired: Cell::new(None),
             reader: Cell::new(None),
         }
     }
 
-    /// Ready once the watchdog has found the connection idle. Polled next to every pending read,
-    /// so it only stores the waker (a pointer compare when it is already there): no timer here.
-    fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.expired.get() {
-            return Poll::Ready(());
+    /// After a read batch was taken: one clock read per batch, not per request.
+    #[inline]
+    fn taken(&self, took_requests: bool, partial: bool) {
+        let now = Instant::now();
+        if took_requests {
+            self.last_request.set(now);
+        }
+        if !partial {
+            self.frame_started.set(None);
+        } else if took_requests || self.frame_started.get().is_none() {
+            // The partial frame's first bytes came in the read just taken.
+            self.frame_started.set(Some(now));
+        }
+    }
+
+    fn expire(&self, why: Expiry) {
+        self.expired.set(Some(why));
+        wake(&self.reader);
+    }
+
+    /// Ready once the watchdog has given its verdict. Polled next to every pending read, so it
+    /// only stores the waker (a pointer compare when it is already there): no timer here.
+    #[inline]
+    fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<Expiry> {
+        if let Some(why) = self.expired.get() {
+            return Poll::Ready(why);
         }
         park(&self.reader, cx);
         Poll::Pending
     }
 }
 
-/// Closes the connection (through the reader) once it has sent nothing for `timeout` and is
-/// owed nothing. Sleeps until the earliest moment that can be true, so a busy connection arms
-/// one timer per `timeout` instead of one per read (a timer registered in and removed from the
-/// reactor's timer map, and a `Timer` allocated, on every read: an allocation per request at
-/// one call in flight). Its instruction cost was within run-to-run variation in
-/// benches/instructions.sh (tasks' share 3,074 with it, 3,162 with the idle timeout off); what
-/// this removes is the allocation and the timer-map churn. The reader's side is one clock read
-/// per read.
-async fn watch_idle(idle: Rc<Idle>, outbox: Rc<Outbox>, timeout: Duration) {
-    let mut wait = timeout;
+/// Closes the connection (through the reader) once a frame has taken longer than
+/// `frame_timeout` from its first byte (a peer trickling bytes), or once it has sent no request
+/// for `idle_timeout` and is owed nothing (partial bytes are not a request). Sleeps until the
+/// earliest moment either can be true, so a busy connection arms one timer per timeout instead
+/// of one per read (a `Timer` allocated and a timer-map entry added and removed on every read
+/// otherwise). With no frame in progress and no idle timeout it looks again every half
+/// `frame_timeout`, so a frame is cut off within 1.5 times the timeout.
+async fn watchdog(
+    watch: Rc<Watch>,
+    outbox: Rc<Outbox>,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+) {
     loop {
-        glommio::timer::sleep(wait).await;
-        let quiet = idle.last_read.get().elapsed();
-        if quiet < timeout {
-            wait = timeout - quiet;
-        } else if outbox.delayed.get() > 0 || outbox.pending() > 0 {
+        let now = Instant::now();
+        let left = |timeout: Duration, since: Instant| {
+            timeout
+                .checked_sub(now.saturating_duration_since(since))
+                .filter(|d| !d.is_zero())
+        };
+        let wait = match watch.frame_started.get() {
+            Some(started) if !frame_timeout.is_zero() => match left(frame_timeout, started) {
+                Some(wait) => wait,
+                None => return watch.expire(Expiry::Frame),
+            },
+            _ if idle_timeout.is_zero() => frame_timeout / 2,
             // Owed a reply: not idle; look again a full timeout later.
-            wait = timeout;
-        } else {
-            idle.expired.set(true);
-            wake(&idle.reader);
-            return;
-        }
+            _ if outbox.delayed.get() > 0 || outbox.pending() > 0 => idle_timeout,
+            _ => match left(idle_timeout, watch.last_request.get()) {
+                Some(wait) if frame_timeout.is_zero() => wait,
+                Some(wait) => wait.min(frame_timeout / 2),
+                None => return watch.expire(Expiry::Idle),
+            },
+        };
+        glommio::timer::sleep(wait).await;
     }
 }
 
+#[inline]
 fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     let waker = match slot.take() {
         Some(w) if w.will_wake(cx.waker()) => w,
@@ -267,6 +284,7 @@ fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     slot.set(Some(waker));
 }
 
+#[inline]
 fn wake(slot: &Cell<Option<Waker>>) {
     if let Some(w) = slot.take() {
         w.wake();
@@ -282,11 +300,11 @@ struct Scratch {
     deflated: Vec<u8>,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    core: &Rc<Core>,
-    mut rd: R,
+async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
+    core: &Rc<Core<R>>,
+    mut rd: Rd,
     outbox: &Rc<Outbox>,
-    idle: &Idle,
+    watch: Option<&Watch>,
     transport: Transport,
 ) -> End {
     let limits = &core.config.limits;
@@ -306,25 +324,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return End::WriteFailed;
         }
         // Frames already buffered are taken first, as far as the limits allow.
+        let buffered = rbuf.data().len();
         match take_frames(core, &mut rbuf, outbox, &mut scratch) {
             Ok(Taken::Paused) => continue,
             Ok(Taken::NeedMore) => {}
             Err(end) => return end,
         }
+        if let Some(watch) = watch {
+            watch.taken(rbuf.data().len() < buffered, !rbuf.data().is_empty());
+        }
         if outbox.buf.borrow().len() >= WRITE_NUDGE {
             futures_lite::future::yield_now().await;
         }
-        let read = if limits.idle_timeout.is_zero() {
-            rd.read(rbuf.spare()).await
-        } else {
-            let read = futures_lite::future::or(
-                async { Some(rd.read(rbuf.spare()).await) },
-                poll_fn(|cx| idle.poll_expired(cx).map(|()| None)),
-            )
-            .await;
-            match read {
-                Some(read) => read,
-                None => return End::IdleTimeout,
+        let read = match watch {
+            None => rd.read(rbuf.spare()).await,
+            Some(watch) => {
+                let read = futures_lite::future::or(
+                    async { Ok(rd.read(rbuf.spare()).await) },
+                    poll_fn(|cx| watch.poll_expired(cx).map(Err)),
+                )
+                .await;
+                match read {
+                    Ok(read) => read,
+                    Err(Expiry::Idle) => return End::IdleTimeout,
+                    Err(Expiry::Frame) => return End::FrameTimeout(limits.frame_timeout),
+                }
             }
         };
         let n = match read {
@@ -332,9 +356,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(n) => n,
             Err(e) => return End::ReadError(e),
         };
-        if !limits.idle_timeout.is_zero() {
-            idle.last_read.set(Instant::now());
-        }
         if outbox.failed.get() {
             return End::WriteFailed;
         }
@@ -352,8 +373,8 @@ enum Taken {
 }
 
 /// Decodes and handles every whole frame in `rbuf` while the connection's limits allow.
-fn take_frames(
-    core: &Rc<Core>,
+fn take_frames<R: Registry>(
+    core: &Rc<Core<R>>,
     rbuf: &mut ReadBuf,
     outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
@@ -364,7 +385,7 @@ fn take_frames(
         let total = match protocol::frame_len(data, limits.max_frame_bytes) {
             Ok(Some(total)) => total,
             Ok(None) => return Ok(Taken::NeedMore),
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         };
         if data.len() < total {
             rbuf.reserve_frame(total);
@@ -380,21 +401,21 @@ fn take_frames(
         match protocol::decode(raw, limits.max_frame_bytes) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
-                return Err(End::Refused(
-                    "truncated",
+                return Err(End::BadFrame(
+                    BadFrame::Truncated,
                     "frame shorter than its header says".into(),
                 ));
             }
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         }
         rbuf.consume(total);
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
     mut wr: W,
     outbox: &Outbox,
-    core: &Core,
+    core: &Core<R>,
     transport: Transport,
 ) {
     let mut batch = Vec::new();
@@ -422,8 +443,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply.
 /// `Err` means the input is refused and the connection closes.
-fn handle(
-    core: &Rc<Core>,
+fn handle<R: Registry>(
+    core: &Rc<Core<R>>,
     frame: &Frame<'_>,
     raw: &[u8],
     outbox: &Rc<Outbox>,
@@ -445,25 +466,23 @@ fn handle(
         let limit = core.config.limits.max_decompressed_bytes;
         if let Err(e) = codec::gunzip(frame.payload, limit, &mut scratch.inflated) {
             let reason = match e {
-                CodecError::TooLarge { .. } => "decompressed_too_large",
-                _ => "bad_gzip",
+                CodecError::TooLarge { .. } => BadFrame::DecompressedTooLarge,
+                _ => BadFrame::BadGzip,
             };
-            return Err(End::Refused(reason, e.to_string()));
+            return Err(End::BadFrame(reason, e.to_string()));
         }
         &scratch.inflated
     } else {
         frame.payload
     };
-    let invoked = dispatch::invoke(
-        core,
-        frame.path,
-        frame.method,
-        frame.header.serialize,
-        frame.metadata,
+    let call = dispatch::Call {
+        path: frame.path,
+        method: frame.method,
+        serialize: frame.header.serialize,
+        metadata: frame.metadata,
         payload,
-        &mut scratch.meta,
-        &mut scratch.payload,
-    );
+    };
+    let invoked = dispatch::invoke(core, &call, &mut scratch.meta, &mut scratch.payload);
     let oneway = frame.header.is_oneway();
     match invoked {
         // rpcx: an error reply unless oneway, then the connection closes.
@@ -473,6 +492,8 @@ fn handle(
             }
             return Err(End::Unauthenticated);
         }
+        // Runs whether or not it is oneway (rpcx runs a oneway call's handler too).
+        Invoked::Pending(deferred) => reply_later(core, outbox, frame, raw, compressed, deferred),
         _ if oneway => {}
         Invoked::Ready => write_reply(
             &mut outbox.buf.borrow_mut(),
@@ -484,7 +505,12 @@ fn handle(
         Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, raw, compressed, scratch);
-            delay_reply(core, outbox, frame, delay, bytes);
+            delay_reply(outbox, delay, bytes);
+        }
+        Invoked::Expired(deadline) => {
+            let mut bytes = Vec::new();
+            error_reply(core, &mut bytes, frame, DEADLINE_EXCEEDED);
+            delay_reply(outbox, deadline, bytes);
         }
         Invoked::Failed(text) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &text),
     }
@@ -493,6 +519,7 @@ fn handle(
 
 /// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
 /// the request was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
 fn write_reply(
     out: &mut Vec<u8>,
     frame: &Frame<'_>,
@@ -500,24 +527,96 @@ fn write_reply(
     compressed: bool,
     scratch: &mut Scratch,
 ) {
-    let mut header = frame.header.reply();
-    let mut payload: &[u8] = &scratch.payload;
-    if compressed && payload.len() > 1024 {
-        scratch.deflated.clear();
-        codec::gzip(payload, &mut scratch.deflated);
-        header.set_compress(COMPRESS_GZIP);
-        payload = &scratch.deflated;
-    }
-    protocol::encode_with_names(
+    encode_reply(
         out,
-        &header,
+        frame.header.reply(),
         protocol::names_wire(raw, frame),
         &scratch.meta,
-        payload,
+        &scratch.payload,
+        compressed,
+        &mut scratch.deflated,
     );
 }
 
-fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
+/// Encodes a successful reply; its payload is gzipped (into `deflated`) only when the request
+/// was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
+fn encode_reply<'a>(
+    out: &mut Vec<u8>,
+    mut header: Header,
+    names: &[u8],
+    meta: &[u8],
+    mut payload: &'a [u8],
+    compressed: bool,
+    deflated: &'a mut Vec<u8>,
+) {
+    if compressed && payload.len() > 1024 {
+        deflated.clear();
+        codec::gzip(payload, deflated);
+        header.set_compress(COMPRESS_GZIP);
+        payload = deflated;
+    }
+    protocol::encode_with_names(out, &header, names, meta, payload);
+}
+
+/// Writes an async handler's reply when it is done, from a task of its own, so the connection
+/// reads and answers other calls meanwhile. The call counts against
+/// `limits.max_calls_in_flight` until then, and the connection does not close (even when
+/// drained) before it is written. What this costs per call: the reply's path and method copied
+/// out of the read buffer, the task, and the reply's encoding (besides the handler's own future).
+fn reply_later<R: Registry>(
+    core: &Rc<Core<R>>,
+    outbox: &Rc<Outbox>,
+    frame: &Frame<'_>,
+    raw: &[u8],
+    compressed: bool,
+    deferred: dispatch::Deferred,
+) {
+    let oneway = frame.header.is_oneway();
+    let header = frame.header.reply();
+    let names = if oneway {
+        Vec::new()
+    } else {
+        protocol::names_wire(raw, frame).to_vec()
+    };
+    outbox.delayed.set(outbox.delayed.get() + 1);
+    let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    glommio::spawn_local(async move {
+        let result = deferred.await;
+        outbox.delayed.set(outbox.delayed.get() - 1);
+        if !oneway {
+            let mut bytes = Vec::new();
+            match result {
+                Ok(payload) => {
+                    let mut deflated = Vec::new();
+                    encode_reply(
+                        &mut bytes,
+                        header,
+                        &names,
+                        &[],
+                        &payload,
+                        compressed,
+                        &mut deflated,
+                    );
+                }
+                Err(text) => {
+                    core.metrics.error_replies.inc();
+                    let mut header = header;
+                    header.set_status(STATUS_ERROR);
+                    let mut meta = Vec::with_capacity(META_ERROR.len() + text.len() + 8);
+                    protocol::push_meta(&mut meta, META_ERROR.as_bytes(), text.as_bytes());
+                    protocol::encode_with_names(&mut bytes, &header, &names, &meta, &[]);
+                }
+            }
+            outbox.push(&bytes);
+        }
+        // The writer may be waiting only for calls in flight to finish.
+        wake(&outbox.writer);
+    })
+    .detach();
+}
+
+fn error_reply<R: Registry>(core: &Core<R>, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
     core.metrics.error_replies.inc();
     let mut header: Header = frame.header.reply();
     header.set_status(STATUS_ERROR);
@@ -526,28 +625,8 @@ fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
     protocol::encode(out, &header, frame.path, frame.method, &meta, &[]);
 }
 
-/// Sends `bytes` after `delay`, or an error reply once the client's `__ServerTimeout` passes if
-/// that comes first.
-fn delay_reply(
-    core: &Rc<Core>,
-    outbox: &Rc<Outbox>,
-    frame: &Frame<'_>,
-    delay: Duration,
-    bytes: Vec<u8>,
-) {
-    let deadline = frame
-        .metadata
-        .get(META_SERVER_TIMEOUT)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    let (wait, bytes) = match deadline {
-        Some(deadline) if deadline < delay => {
-            let mut out = Vec::new();
-            error_reply(core, &mut out, frame, "context deadline exceeded");
-            (deadline, out)
-        }
-        _ => (delay, bytes),
-    };
+/// Sends `bytes` after `wait`, from a task of its own, so other calls go on meanwhile.
+fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
     outbox.delayed.set(outbox.delayed.get() + 1);
     let outbox = Rc::clone(outbox);
     glommio::spawn_local(async move {
@@ -558,41 +637,6 @@ fn delay_reply(
         wake(&outbox.writer);
     })
     .detach();
-}
-
-/// The read side of a stream both halves of one task use in turn.
-struct ReadHalf<'a, S>(&'a RefCell<S>);
-/// The write side; see [`ReadHalf`].
-struct WriteHalf<'a, S>(&'a RefCell<S>);
-
-// The halves are polled by one task, one at a time (the reader and writer are joined, not
-// spawned), so the `RefCell` borrow in each poll can never overlap another.
-impl<S: AsyncRead + Unpin> AsyncRead for ReadHalf<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
 }
 
 /// The allocation audit: with the `alloc-audit` feature, a thread-local flag is set while a

@@ -9,22 +9,29 @@
 //! accepts from (see [`crate::transport::unix`] for why); its file is removed once every core
 //! has stopped accepting.
 //!
-//! Every accepted connection goes to `sniff`, the one router: its first bytes pick rpcx
-//! frames, TLS, HTTP CONNECT or HTTP.
+//! Every accepted connection goes through `accept::serve`, the one accept path (limit,
+//! registration, span, close reason); sockets the cores accept go on to `sniff`, the one router,
+//! whose first bytes pick rpcx frames, TLS, HTTP CONNECT or HTTP. Transports run by a reactor
+//! thread of their own hand their streams to the cores through a [`Handoff`].
 
+mod accept;
 mod conn;
 #[cfg(feature = "alloc-audit")]
 pub use conn::audit::in_request_path;
 mod dispatch;
+mod end;
 mod gateway;
+mod http;
 mod jsonrpc;
+mod logs;
+mod quic;
 mod sniff;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,10 +41,12 @@ use std::task::{Poll, Waker};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ListenAddr, Network};
+use crate::config::Config;
 use crate::metrics::{Close, CoreMetrics, Transport};
-use crate::service;
+use crate::service::{CoreInfo, Registry};
 use crate::transport;
+use crate::transport::addr::Addr;
+pub use accept::Handoff;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +65,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Tls(#[from] transport::tls::TlsError),
+    #[error("{0}")]
+    Services(#[from] crate::service::SectionError),
     #[error("cannot read the CPUs this process may run on: {0}")]
     Affinity(std::io::Error),
     #[error("server.cores = {wanted}, but this process may run on only {allowed} CPUs ({cpus:?})")]
@@ -68,20 +79,33 @@ pub enum ServerError {
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
     Panicked { cpu: usize },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
-/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+/// A running server. Dropping it does not stop the cores (call [`ServerHandle::shutdown`]), but
+/// it does close its `quic@` listeners at once.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
-    listen: Vec<ListenAddr>,
+    listen: Vec<Addr>,
     cpus: Vec<usize>,
     stop: Arc<Stop>,
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
     metrics: Vec<Arc<CoreMetrics>>,
+    /// (service, method) of every registered method, indexed like the per-method counters.
+    method_names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// The `quic@` listeners' threads, closed after the cores have drained.
+    quic: Vec<transport::quic::QuicListener>,
+    drain_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
+    /// (service, method) of every registered method, in per-method counter order.
+    pub fn method_names(&self) -> Arc<[(&'static str, &'static str)]> {
+        Arc::clone(&self.method_names)
+    }
+
     /// The bound socket address of each TCP-family listen address (`tcp`, `reuseport`, `http`),
     /// in config order, port 0 resolved; `unix` listeners have none and are left out.
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -89,7 +113,7 @@ impl ServerHandle {
     }
 
     /// Every listen address in config order, as clients dial it (port 0 resolved).
-    pub fn listen_addrs(&self) -> &[ListenAddr] {
+    pub fn listen_addrs(&self) -> &[Addr] {
         &self.listen
     }
 
@@ -101,6 +125,17 @@ impl ServerHandle {
     /// Each core's counters.
     pub fn metrics(&self) -> &[Arc<CoreMetrics>] {
         &self.metrics
+    }
+
+    /// Each `quic@` listener's own counters (handshakes, streams, refusals), in config order;
+    /// its calls and connections are in the cores' metrics under transport `quic`.
+    pub fn quic_counters(&self) -> Vec<(Addr, Arc<transport::quic::QuicCounters>)> {
+        self.listen
+            .iter()
+            .filter(|a| a.network == transport::addr::Network::Quic)
+            .cloned()
+            .zip(self.quic.iter().map(|q| Arc::clone(q.counters())))
+            .collect()
     }
 
     /// Whether every core listens, and whether the server is draining; for `/readyz`.
@@ -126,9 +161,12 @@ impl ServerHandle {
         Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then for the `quic@` listeners to close their
+    /// connections (with an application close, once the streams the cores closed are
+    /// acknowledged, within `server.drain_timeout`).
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
+        let (quic, drain_timeout) = (self.quic, self.drain_timeout);
         for (cpu, thread) in self.threads {
             let error = match thread.join() {
                 Ok(()) => continue,
@@ -143,6 +181,9 @@ impl ServerHandle {
             if result.is_ok() {
                 result = Err(error);
             }
+        }
+        for listener in quic {
+            listener.shutdown(drain_timeout);
         }
         result
     }
@@ -242,9 +283,21 @@ impl Drop for StartReport {
     }
 }
 
-/// Binds the listeners and starts one executor per core.
-pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+/// Binds the listeners and starts one executor per core, serving the services of `R` (each
+/// core builds its own state of them from `[services.NAME]`).
+pub fn start<R: Registry>(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with::<R>(config, Vec::new())
+}
+
+/// `start`, plus listeners whose streams a reactor thread hands to the cores (QUIC, KCP: each
+/// such transport makes its [`accept::Handed`] with the listener's address and starts its
+/// thread with the [`Handoff`]).
+pub(crate) fn start_with<R: Registry>(
+    config: Config,
+    handed: Vec<accept::Handed<R>>,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    R::check(&config.services)?;
     let cpus = choose_cpus(config.server.cores)?;
     let tls = transport::tls::server_config(&config.tls)?;
     let mut addrs = Vec::new();
@@ -252,7 +305,20 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     // sockets[core][listener]
     let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
+    let stop = Arc::new(Stop::default());
+    let mut quic_handed = Vec::new();
+    let mut quic_listeners = Vec::new();
     for listen in &config.server.listen {
+        if listen.network == transport::addr::Network::Quic {
+            // Started here, in config order; its streams reach the cores like any handed-over
+            // listener's.
+            let (h, listener) = quic::start(&config, listen, cpus.len(), &stop)?;
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+            quic_listeners.push(listener);
+            quic_handed.push(h);
+            continue;
+        }
         let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
@@ -264,18 +330,35 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
     }
 
+    // receive loops[core]
+    let mut receivers: Vec<Vec<accept::ReceiveLoop<R>>> =
+        (0..cpus.len()).map(|_| Vec::new()).collect();
+    let quic_count = quic_handed.len();
+    for (i, h) in quic_handed.into_iter().chain(handed).enumerate() {
+        // The quic@ listeners are in `resolved` already, in config order.
+        if i >= quic_count {
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+        }
+        for (core, receive) in h.per_core.into_iter().enumerate() {
+            receivers[core].push(receive);
+        }
+    }
+
     let auth: Arc<[Box<[u8]>]> = config
         .auth_tokens()?
         .into_iter()
         .map(|t| t.into_bytes().into_boxed_slice())
         .collect();
+    let drain_timeout = config.server.drain_timeout;
     let config = Arc::new(config);
-    let stop = Arc::new(Stop::default());
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
-    for (index, (&cpu, fds)) in cpus.iter().zip(sockets).enumerate() {
-        let core_metrics = Arc::new(CoreMetrics::new(index));
+    let method_names: Arc<[(&'static str, &'static str)]> = R::method_names().into();
+    let cores = cpus.len();
+    for (index, ((&cpu, fds), receive)) in cpus.iter().zip(sockets).zip(receivers).enumerate() {
+        let core_metrics = Arc::new(CoreMetrics::new(index, method_names.len()));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
         let auth = Arc::clone(&auth);
@@ -294,7 +377,20 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             builder.spin_before_park(config.runtime.spin_before_park)
         };
         let thread = builder
-            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, report))
+            .spawn(move || {
+                let listeners = Listeners { fds, receive };
+                let info = CoreInfo { index, cpu, cores };
+                run_core::<R>(
+                    info,
+                    config,
+                    tls,
+                    auth,
+                    core_metrics,
+                    listeners,
+                    stop,
+                    report,
+                )
+            })
             .map_err(|e| ServerError::Executor {
                 cpu,
                 message: e.to_string(),
@@ -310,23 +406,37 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         stop,
         threads,
         metrics,
+        method_names,
         health,
+        quic: quic_listeners,
+        drain_timeout,
     })
 }
 
 /// One listen address as the cores serve it.
 pub(crate) struct Listening {
     /// As clients dial it (port 0 resolved).
-    pub(crate) addr: ListenAddr,
-    pub(crate) network: Network,
+    pub(crate) addr: Addr,
     socket_addr: Option<SocketAddr>,
     /// For `unix`: removes the socket file once the last core stops accepting.
     _file: Option<transport::unix::SocketFile>,
 }
 
+impl Listening {
+    /// A listener bound by a reactor thread (QUIC, KCP) at `bound`.
+    #[cfg_attr(not(test), allow(dead_code))] // made by the QUIC and KCP listeners (issues 13, 14)
+    pub(crate) fn reactor(network: transport::addr::Network, bound: SocketAddr) -> Listening {
+        Listening {
+            addr: Addr::new(network, bound.to_string()),
+            socket_addr: Some(bound),
+            _file: None,
+        }
+    }
+}
+
 /// Binds one listen address: `count` descriptors, one per core.
 fn bind(
-    listen: &ListenAddr,
+    listen: &Addr,
     count: usize,
     backlog: u32,
 ) -> Result<(Vec<OwnedFd>, Listening), ServerError> {
@@ -339,16 +449,15 @@ fn bind(
         })?;
         let listening = Listening {
             addr: listen.clone(),
-            network: listen.network,
             socket_addr: None,
             _file: Some(file),
         };
         return Ok((fds, listening));
     }
-    let addr = listen.socket_addr().map_err(|message| {
+    let addr = listen.socket_addr().map_err(|e| {
         ServerError::Config(crate::config::ConfigError::Invalid {
             key: "server.listen",
-            message,
+            message: e.to_string(),
         })
     })?;
     let (bound, fds) =
@@ -359,11 +468,7 @@ fn bind(
             }
         })?;
     let listening = Listening {
-        addr: ListenAddr {
-            network: listen.network,
-            address: bound.to_string(),
-        },
-        network: listen.network,
+        addr: Addr::new(listen.network, bound.to_string()),
         socket_addr: Some(bound),
         _file: None,
     };
@@ -404,10 +509,11 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 }
 
 /// What one executor shares with its connections.
-pub(crate) struct Core {
+pub(crate) struct Core<R> {
     pub(crate) index: usize,
     pub(crate) config: Arc<Config>,
-    pub(crate) services: service::Context,
+    /// This core's state of every service.
+    pub(crate) services: R,
     pub(crate) metrics: Arc<CoreMetrics>,
     /// Set when `[tls]` is configured.
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
@@ -415,6 +521,11 @@ pub(crate) struct Core {
     pub(crate) auth: Arc<[Box<[u8]>]>,
     /// Set when shutdown starts: a connection that then sees end of input was drained.
     pub(crate) draining: Cell<bool>,
+    /// Rate limits of this core's warnings about connections.
+    pub(crate) logs: logs::LogLimit,
+    /// Connections this core keeps open at once: `limits.max_connections_per_core`, or when
+    /// that is 0, this core's share of the open-files limit.
+    pub(crate) max_connections: usize,
     conns: RefCell<Conns>,
 }
 
@@ -422,32 +533,44 @@ pub(crate) struct Core {
 #[derive(Default)]
 struct Conns {
     next: u64,
-    fds: HashMap<u64, RawFd>,
+    open: HashMap<u64, accept::Drain>,
+    /// Open connections per peer address (only with `limits.max_connections_per_ip`).
+    per_ip: HashMap<std::net::IpAddr, u32>,
     idle_waker: Option<Waker>,
 }
 
 /// Removes a connection from its core's set when its task ends, however it ends, and counts
 /// the close with its reason ([`Close::DrainTimeout`] if the task was dropped unfinished).
-pub(crate) struct ConnGuard {
-    core: Rc<Core>,
+pub(crate) struct ConnGuard<R: Registry> {
+    core: Rc<Core<R>>,
     id: u64,
+    /// Counted against `limits.max_connections_per_ip`.
+    ip: Option<std::net::IpAddr>,
     transport: Transport,
     reason: Cell<Option<Close>>,
 }
 
-impl ConnGuard {
+impl<R: Registry> ConnGuard<R> {
     pub(crate) fn closed(&self, reason: Close) {
         self.reason.set(Some(reason));
     }
 }
 
-impl Drop for ConnGuard {
+impl<R: Registry> Drop for ConnGuard<R> {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
-        conns.fds.remove(&self.id);
+        conns.open.remove(&self.id);
+        if let Some(ip) = self.ip
+            && let Some(n) = conns.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                conns.per_ip.remove(&ip);
+            }
+        }
         let reason = self.reason.get().unwrap_or(Close::DrainTimeout);
         self.core.metrics.transport(self.transport).close(reason);
-        if conns.fds.is_empty()
+        if conns.open.is_empty()
             && let Some(w) = conns.idle_waker.take()
         {
             w.wake();
@@ -455,54 +578,121 @@ impl Drop for ConnGuard {
     }
 }
 
-impl Core {
+impl<R: Registry> Core<R> {
     /// Tracks a new connection until its guard drops. Any transport whose connections the core
     /// serves registers them here, so limits, drain and metrics see them.
-    pub(crate) fn register(self: &Rc<Core>, fd: RawFd, transport: Transport) -> ConnGuard {
+    pub(crate) fn register(
+        self: &Rc<Core<R>>,
+        drain: accept::Drain,
+        transport: Transport,
+        ip: Option<std::net::IpAddr>,
+    ) -> ConnGuard<R> {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
-        conns.fds.insert(id, fd);
+        conns.open.insert(id, drain);
+        let ip = ip.filter(|_| self.config.limits.max_connections_per_ip != 0);
+        if let Some(ip) = ip {
+            *conns.per_ip.entry(ip).or_insert(0) += 1;
+        }
         self.metrics.transport(transport).accepted.inc();
         ConnGuard {
             core: Rc::clone(self),
             id,
+            ip,
             transport,
             reason: Cell::new(None),
         }
     }
 
-    /// True if `limits.max_connections_per_core` leaves no room for one more connection.
-    pub(crate) fn full(&self) -> bool {
-        let max = self.config.limits.max_connections_per_core;
-        max != 0 && self.conns.borrow().fds.len() >= max
+    /// Why one more connection from `ip` may not be served, if it may not: the core is at its
+    /// connection cap (`limits.max_connections_per_core`, or what the open-files limit allows),
+    /// or the peer at `limits.max_connections_per_ip`.
+    pub(crate) fn refuses(&self, ip: Option<std::net::IpAddr>) -> Option<Close> {
+        let conns = self.conns.borrow();
+        if conns.open.len() >= self.max_connections {
+            return Some(Close::MaxConnections);
+        }
+        let per_ip = self.config.limits.max_connections_per_ip;
+        match ip {
+            Some(ip)
+                if per_ip != 0 && conns.per_ip.get(&ip).is_some_and(|&n| n as usize >= per_ip) =>
+            {
+                Some(Close::MaxConnectionsPerIp)
+            }
+            _ => None,
+        }
     }
 }
 
+/// Descriptors kept back from connections: listeners, the rings, logs, the admin endpoint,
+/// clients of async handlers.
+const RESERVED_FDS: u64 = 256;
+
+/// One core's share of the open-files limit (RLIMIT_NOFILE), less [`RESERVED_FDS`]: the
+/// connection cap when `limits.max_connections_per_core` is 0, so a flood of connections is
+/// refused at once instead of running the process out of descriptors.
+fn nofile_share(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `limit` is.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    let share = soft.saturating_sub(RESERVED_FDS) / cores.max(1) as u64;
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
+}
+
+/// What one core takes connections from.
+struct Listeners<R> {
+    /// Its listening sockets (one per TCP-family address, the shared one per unix address).
+    fds: Vec<(OwnedFd, Arc<Listening>)>,
+    /// Its receive loops of streams handed over by reactor threads.
+    receive: Vec<accept::ReceiveLoop<R>>,
+}
+
 #[allow(clippy::too_many_arguments)] // each is one thing the core owns; a struct would only rename them
-async fn run_core(
-    index: usize,
+async fn run_core<R: Registry>(
+    info: CoreInfo,
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
     auth: Arc<[Box<[u8]>]>,
     metrics: Arc<CoreMetrics>,
-    fds: Vec<(OwnedFd, Arc<Listening>)>,
+    listeners: Listeners<R>,
     stop: Arc<Stop>,
     report: StartReport,
 ) {
+    let index = info.index;
+    let max_connections = match config.limits.max_connections_per_core {
+        0 => nofile_share(info.cores),
+        max => max,
+    };
+    // Checked by `start` already, so only a service's own `new` could fail here (it cannot).
+    let services = match R::build(&info, &config.services) {
+        Ok(services) => services,
+        Err(e) => {
+            tracing::error!(core = index, "cannot build the services: {e}");
+            return;
+        }
+    };
     let core = Rc::new(Core {
         index,
-        services: service::Context {
-            hello_delay: config.services.hello.delay,
-        },
+        services,
         config,
         metrics,
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth,
         draining: Cell::new(false),
+        logs: logs::LogLimit::default(),
+        max_connections,
         conns: RefCell::new(Conns::default()),
     });
-    let accepts: Vec<_> = fds
+    let mut accepts: Vec<_> = listeners
+        .fds
         .into_iter()
         .map(|(fd, listening)| {
             // SAFETY: the fd is a bound, listening socket we own (made by transport::tcp or
@@ -510,7 +700,7 @@ async fn run_core(
             // an fd and an io_uring accept(2), which works on any stream socket: for `unix` it is
             // how each core waits on the shared socket (glommio's UnixListener cannot adopt one).
             let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(accept_loop(
+            glommio::spawn_local(accept::accept_loop(
                 Rc::clone(&core),
                 listener,
                 listening,
@@ -518,6 +708,12 @@ async fn run_core(
             ))
         })
         .collect();
+    for receive in listeners.receive {
+        accepts.push(glommio::spawn_local(receive(
+            Rc::clone(&core),
+            Arc::clone(&stop),
+        )));
+    }
     // The sockets listen since `start`; from here on this core also takes connections off them.
     report.ready();
     for accept in accepts {
@@ -527,131 +723,25 @@ async fn run_core(
     debug!(core = index, "core stopped");
 }
 
-async fn accept_loop(
-    core: Rc<Core>,
-    listener: glommio::net::TcpListener,
-    listening: Arc<Listening>,
-    stop: Arc<Stop>,
-) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => return,
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                // Out of file descriptors or memory: back off instead of spinning on accept.
-                warn!(core = core.index, error = %e, "accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if listening.network == Network::Unix {
-            accepted_unix(&core, stream, &listening);
-            continue;
-        }
-        let peer = stream.peer_addr().unwrap_or(UNNAMED_PEER);
-        let full = core.full();
-        let guard = core.register(stream.as_raw_fd(), Transport::TCP);
-        if full {
-            // Accepted and closed at once, so the peer hears no rather than waiting in the
-            // backlog.
-            guard.closed(Close::MaxConnections);
-            debug!(core = core.index, %peer, "closing connection: limits.max_connections_per_core reached");
-            continue;
-        }
-        // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency (it
-        // would hold a reply while an earlier one is unacknowledged). Socket buffer sizes are
-        // left to the kernel's autotuning: setting SO_SNDBUF/SO_RCVBUF turns it off, and the
-        // largest write here (a pipelined batch's replies) is far below the default window.
-        let _ = stream.set_nodelay(true);
-        debug!(core = core.index, %peer, "connection accepted");
-        let core = Rc::clone(&core);
-        let network = listening.network;
-        glommio::spawn_local(async move {
-            let close = match sniff::route(&core, stream, peer, network, Transport::TCP).await {
-                // End of input after shutdown started is the drain's own SHUT_RD.
-                Close::Eof if core.draining.get() => Close::Shutdown,
-                close => close,
-            };
-            guard.closed(close);
-        })
-        .detach();
-    }
-}
-
-/// What logs show as the peer of a Unix connection (its peers are unnamed); the listener is in
-/// the connection's span instead.
-const UNNAMED_PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-
-/// Serves a connection accepted on a `unix` listener. glommio's accept returned it typed as TCP;
-/// it is re-typed as the Unix stream it is (a dup of the fd, then the TCP wrapper is dropped).
-fn accepted_unix(core: &Rc<Core>, stream: glommio::net::TcpStream, listening: &Listening) {
-    // SAFETY: the fd is open for as long as `stream` lives, which covers this call.
-    let dup =
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
-    drop(stream);
-    let fd = match dup {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(core = core.index, listener = %listening.addr, error = %e, "cannot take an accepted unix connection");
-            return;
-        }
-    };
-    let raw = fd.into_raw_fd();
-    // SAFETY: `raw` is a connected Unix stream socket we own; ownership moves into the stream,
-    // which keeps it open for as long as the connection is registered.
-    let stream = unsafe { glommio::net::UnixStream::from_raw_fd(raw) };
-    let full = core.full();
-    let guard = core.register(raw, Transport::UNIX);
-    if full {
-        guard.closed(Close::MaxConnections);
-        debug!(core = core.index, listener = %listening.addr, "closing connection: limits.max_connections_per_core reached");
-        return;
-    }
-    let span = tracing::debug_span!("conn", listener = %listening.addr);
-    debug!(parent: &span, core = core.index, "connection accepted");
-    let core = Rc::clone(core);
-    glommio::spawn_local(tracing::Instrument::instrument(
-        async move {
-            let close =
-                match sniff::route(&core, stream, UNNAMED_PEER, Network::Unix, Transport::UNIX)
-                    .await
-                {
-                    Close::Eof if core.draining.get() => Close::Shutdown,
-                    close => close,
-                };
-            guard.closed(close);
-        },
-        span,
-    ))
-    .detach();
-}
-
 /// Stops reading on every open connection (each reader then sees end of input, lets its calls
 /// in flight finish, flushes and closes) and waits for them, at most `server.drain_timeout`.
-async fn drain(core: &Rc<Core>) {
+async fn drain<R: Registry>(core: &Rc<Core<R>>) {
     core.draining.set(true);
-    let open: Vec<RawFd> = core.conns.borrow().fds.values().copied().collect();
-    if open.is_empty() {
+    let open = core.conns.borrow().open.len();
+    if open == 0 {
         return;
     }
     info!(
         core = core.index,
-        connections = open.len(),
+        connections = open,
         "draining connections"
     );
-    for fd in open {
-        // SAFETY: the fd belongs to a connection that is still registered, so it is open.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    for drain in core.conns.borrow().open.values() {
+        drain.stop_reading();
     }
     let idle = poll_fn(|cx| {
         let mut conns = core.conns.borrow_mut();
-        if conns.fds.is_empty() {
+        if conns.open.is_empty() {
             Poll::Ready(())
         } else {
             conns.idle_waker = Some(cx.waker().clone());
@@ -673,7 +763,7 @@ async fn drain(core: &Rc<Core>) {
     if !drained {
         warn!(
             core = core.index,
-            open = core.conns.borrow().fds.len(),
+            open = core.conns.borrow().open.len(),
             "drain timeout: closing connections"
         );
     }
@@ -681,7 +771,7 @@ async fn drain(core: &Rc<Core>) {
 
 /// A one-shot stop signal that any thread can trigger and every core can await.
 #[derive(Default)]
-struct Stop {
+pub(crate) struct Stop {
     flag: AtomicBool,
     event: event_listener::Event,
 }

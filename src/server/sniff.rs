@@ -25,11 +25,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::logs::limited_warn;
 use super::{Core, conn, gateway};
-use crate::config::Network;
+use crate::metrics::BadFrame;
 use crate::metrics::{Close, Transport};
+use crate::service::Registry;
+use crate::transport::addr::Network;
 use crate::transport::http_connect;
 use crate::transport::prefixed::Prefixed;
 
@@ -76,8 +79,8 @@ impl Socket for glommio::net::UnixStream {
 }
 
 /// Serves an accepted connection by what its first bytes announce.
-pub(crate) async fn route<S: Socket>(
-    core: &Rc<Core>,
+pub(crate) async fn route<S: Socket, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     network: Network,
@@ -93,7 +96,7 @@ pub(crate) async fn route<S: Socket>(
     };
     if kind != Kind::Tls && core.tls.is_some() && !core.config.tls.allow_plaintext {
         core.metrics.plaintext_refused.inc();
-        warn!(core = core.index, %peer, "closing connection: plaintext on a TLS-only listener (tls.allow_plaintext = false)");
+        limited_warn!(core.logs, "plaintext", core = core.index, %peer, "closing connection: plaintext on a TLS-only listener (tls.allow_plaintext = false)");
         return Close::BadFrame;
     }
     match kind {
@@ -120,8 +123,8 @@ pub(crate) async fn route<S: Socket>(
 }
 
 /// Routes what is not plaintext rpcx, on a stream already past any TLS layer.
-async fn route_boxed(
-    core: &Rc<Core>,
+async fn route_boxed<R: Registry>(
+    core: &Rc<Core<R>>,
     kind: Kind,
     stream: Box<dyn Io>,
     peer: SocketAddr,
@@ -141,21 +144,21 @@ async fn route_boxed(
         }
         Kind::Http => http_not_served(core, stream, peer, transport).await,
         Kind::Tls => {
-            counts.bad_frame("bad_magic");
-            warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
+            counts.bad_frame(BadFrame::BadMagic);
+            limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
             Close::BadFrame
         }
         Kind::Unknown(byte) => {
-            counts.bad_frame("bad_magic");
-            warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
+            counts.bad_frame(BadFrame::BadMagic);
+            limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
             Close::BadFrame
         }
     }
 }
 
 /// TLS handshake (bounded by the handshake deadline), then the same routing inside TLS.
-async fn serve_tls<S: Socket>(
-    core: &Rc<Core>,
+async fn serve_tls<S: Socket, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     network: Network,
@@ -163,16 +166,18 @@ async fn serve_tls<S: Socket>(
     deadline: Instant,
 ) -> Close {
     let Some(acceptor) = core.tls.clone() else {
-        core.metrics.transport(transport).bad_frame("bad_magic");
-        warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
+        core.metrics
+            .transport(transport)
+            .bad_frame(BadFrame::BadMagic);
+        limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
         return Close::BadFrame;
     };
     let mut tls = match within(deadline, acceptor.accept(stream)).await {
         None => return handshake_timeout(core, peer, "TLS handshake not finished"),
         Some(Err(e)) => {
             core.metrics.tls_handshake_failures.inc();
-            warn!(core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
-            return Close::BadFrame;
+            limited_warn!(core.logs, "tls_handshake", core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
+            return Close::TlsHandshake;
         }
         Some(Ok(tls)) => tls,
     };
@@ -193,8 +198,8 @@ async fn serve_tls<S: Socket>(
 
 /// rpcx's HTTP CONNECT: `CONNECT /_rpcx_` is answered `200 Connected to rpcx` and the connection
 /// carries rpcx frames from then on; any other request gets `405 must CONNECT` and is closed.
-async fn serve_connect(
-    core: &Rc<Core>,
+async fn serve_connect<R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: Box<dyn Io>,
     peer: SocketAddr,
     transport: Transport,
@@ -208,7 +213,7 @@ async fn serve_connect(
         Some(Err(http_connect::HeadError::Io(_))) => return Close::ReadError,
         Some(Err(e)) => {
             core.metrics.http_connect_refused.inc();
-            warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
+            limited_warn!(core.logs, "http_connect", core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
             return Close::BadFrame;
         }
     };
@@ -216,13 +221,13 @@ async fn serve_connect(
         Ok(line) => line,
         Err(e) => {
             core.metrics.http_connect_refused.inc();
-            warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
+            limited_warn!(core.logs, "http_connect", core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
             return Close::BadFrame;
         }
     };
     if !line.is_rpcx_connect() {
         core.metrics.http_connect_refused.inc();
-        warn!(core = core.index, %peer, method = line.method, path = line.path, "answering 405 must CONNECT and closing");
+        limited_warn!(core.logs, "must_connect", core = core.index, %peer, method = line.method, path = line.path, "answering 405 must CONNECT and closing");
         let _ = stream
             .write_all(http_connect::must_connect(line.http10))
             .await;
@@ -241,13 +246,15 @@ async fn serve_connect(
 }
 
 /// Plain HTTP on an rpcx listener with `gateway.enabled = false`: a short 404 and close.
-pub(crate) async fn http_not_served(
-    core: &Rc<Core>,
+pub(crate) async fn http_not_served<R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: Box<dyn Io>,
     peer: SocketAddr,
     transport: Transport,
 ) -> Close {
-    core.metrics.transport(transport).bad_frame("bad_magic");
+    core.metrics
+        .transport(transport)
+        .bad_frame(BadFrame::BadMagic);
     debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");
     let _ = stream.write_all(HTTP_NOT_SERVED).await;
     let _ = stream.close().await;
@@ -257,7 +264,7 @@ pub(crate) async fn http_not_served(
 /// The answer to plain HTTP on a port that serves only rpcx frames.
 const HTTP_NOT_SERVED: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 50\r\n\r\nthis port serves rpcx frames; HTTP is not enabled\n";
 
-fn handshake_timeout(core: &Core, peer: SocketAddr, what: &str) -> Close {
+fn handshake_timeout<R: Registry>(core: &Core<R>, peer: SocketAddr, what: &str) -> Close {
     debug!(core = core.index, %peer, "closing connection: {what} within the handshake timeout");
     Close::HandshakeTimeout
 }

@@ -25,7 +25,20 @@ pub fn start_with(cores: usize, tweak: impl FnOnce(&mut Config)) -> ServerHandle
     config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
     config.server.cores = cores;
     tweak(&mut config);
-    percore::server::start(config).expect("server starts")
+    percore::server::start::<percore::builtin::Builtin>(config).expect("server starts")
+}
+
+/// Sets the built-in Hello service's simulated work (`[services.Hello] delay`).
+#[allow(dead_code)] // not every test file uses it
+pub fn hello_delay(config: &mut percore::config::Config, delay: std::time::Duration) {
+    let mut section = toml::Table::new();
+    section.insert(
+        "delay".into(),
+        toml::Value::String(humantime::format_duration(delay).to_string()),
+    );
+    config
+        .services
+        .insert("Hello".into(), toml::Value::Table(section));
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -89,7 +102,7 @@ pub fn request(serialize: u8, seq: u64, path: &str, method: &str, payload: &[u8]
 pub fn msgpack_args(a: i64, b: i64) -> Vec<u8> {
     let mut out = Vec::new();
     percore::codec::encode_serde(
-        &percore::service::ArithArgs { a, b },
+        &percore::builtin::ArithArgs { a, b },
         percore::codec::SerializeType::MsgPack,
         &mut out,
         "args",
@@ -99,7 +112,7 @@ pub fn msgpack_args(a: i64, b: i64) -> Vec<u8> {
 }
 
 pub fn msgpack_reply(payload: &[u8]) -> i64 {
-    let r: percore::service::ArithReply =
+    let r: percore::builtin::ArithReply =
         percore::codec::decode_serde(percore::codec::SerializeType::MsgPack, payload, "reply")
             .unwrap();
     r.c
@@ -136,6 +149,11 @@ impl ServeProcess {
     /// Starts the binary with `config_toml` (the listen address is set here: port 0) and waits,
     /// at most 30 s, for its "listening" log line to learn the port.
     pub fn start(config_toml: &str) -> ServeProcess {
+        ServeProcess::start_binary(env!("CARGO_BIN_EXE_percore").as_ref(), config_toml)
+    }
+
+    /// As [`ServeProcess::start`], with another binary built on `percore::cli` (an example).
+    pub fn start_binary(binary: &std::path::Path, config_toml: &str) -> ServeProcess {
         let dir = std::env::temp_dir().join(format!("percore-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("serve-{}.toml", unique()));
@@ -143,7 +161,7 @@ impl ServeProcess {
             "[server]\nlisten = [\"tcp@127.0.0.1:0\"]\ncores = 1\ndrain_timeout = \"100ms\"\n{config_toml}"
         );
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -192,6 +210,25 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The binary of example `name`, which `cargo test` builds beside the test binaries.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built (cargo test builds examples)",
+        path.display()
+    );
+    path
 }
 
 fn unique() -> u64 {
