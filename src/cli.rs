@@ -481,7 +481,7 @@ fn serve<R: Registry>(args: ServeArgs) -> ExitCode {
                     ExitCode::from(EXIT_HOST)
                 }
                 None => {
-                    tracing::error!("{e:#}");
+                    // One line on stderr (not a log line too: the journal would show it twice).
                     eprintln!("percore: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -58,6 +58,11 @@ pub struct ServerConfig {
     /// they are closed anyway, e.g. "10s".
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Bind `tcp`/`reuseport`/`http` addresses even when another process already listens there
+    /// (SO_REUSEPORT: the kernel then splits new connections between the two). Off: such an
+    /// address is refused at start, naming the process. On only for a deliberate hand-over
+    /// restart (start the new server, then stop the old one).
+    pub share_port: bool,
 }
 
 /// `[limits]`: finite bounds on what one peer can make the server hold.
@@ -102,6 +107,10 @@ pub struct Limits {
     /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
     /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
     pub max_connections_per_ip: usize,
+    /// Metadata entries one rpcx frame may carry; a frame with more is refused and its
+    /// connection closed (reason `too_many_metadata`), so a frame of a million tiny entries
+    /// costs no more than this many. rpcx's clients send a handful.
+    pub max_metadata_entries: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -123,6 +132,9 @@ pub struct Gateway {
     /// A keep-alive connection with no request in progress is closed after this long, e.g. "60s".
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Calls in one JSON-RPC batch; a larger batch is answered with one -32600 error and no call
+    /// runs, so one request cannot hold its core for long.
+    pub max_batch: usize,
     /// A request must arrive whole (head and body) within this long of its first byte, or the
     /// connection is closed (so a client trickling bytes cannot hold it forever), e.g. "30s".
     #[serde(with = "humantime_serde")]
@@ -236,6 +248,7 @@ impl Default for ServerConfig {
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
+            share_port: false,
         }
     }
 }
@@ -252,6 +265,7 @@ impl Default for Limits {
             frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
             max_connections_per_ip: 0,
+            max_metadata_entries: 1024,
         }
     }
 }
@@ -265,6 +279,7 @@ impl Default for Gateway {
             max_body_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            max_batch: 256,
         }
     }
 }
@@ -325,10 +340,10 @@ pub enum ConfigError {
     /// A `[services.NAME]` section the server's registry cannot use.
     #[error("{0}")]
     Section(#[from] crate::service::SectionError),
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -407,9 +422,9 @@ pub fn load(
         .or_else(|| env(ENV_CONFIG).filter(|v| !v.is_empty()).map(PathBuf::from));
     let (mut config, file_keys) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
             let parse = |message| ConfigError::Parse {
                 path: path.to_owned(),

@@ -136,6 +136,8 @@ labels! {
         BadGzip = "bad_gzip",
         /// A gzip payload that inflates past `limits.max_decompressed_bytes`.
         DecompressedTooLarge = "decompressed_too_large",
+        /// More metadata entries than `limits.max_metadata_entries`.
+        TooManyMetadata = "too_many_metadata",
     }
 }
 
@@ -149,6 +151,7 @@ impl From<&DecodeError> for BadFrame {
             DecodeError::InvalidUtf8(_) => BadFrame::InvalidUtf8,
             DecodeError::BadMetadata => BadFrame::BadMetadata,
             DecodeError::UnknownCompress(_) => BadFrame::UnknownCompress,
+            DecodeError::TooManyMetadata(_) => BadFrame::TooManyMetadata,
         }
     }
 }

@@ -162,3 +162,115 @@ fn by_default_the_connection_cap_follows_the_open_files_limit() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn work_per_request_is_bounded_metadata_entries_and_batch_size() {
+    let server = common::start(1);
+    let addr = server.local_addrs()[0];
+    let mut good = connect(addr);
+    // A frame with 5,000 metadata entries is refused; its connection closes.
+    let mut bad = connect(addr);
+    let mut many = request(3, 1, "Arith", "Mul", &msgpack_args(1, 1));
+    many.metadata = (0..5000)
+        .map(|i| (format!("k{i}"), String::new()))
+        .collect();
+    send(&mut bad, &many);
+    assert!(common::closed_without_reply(&mut bad));
+    let counts = server.metrics()[0].transport(percore::metrics::Transport::Tcp);
+    assert_eq!(
+        counts.bad_frames[percore::metrics::BadFrame::TooManyMetadata as usize].get(),
+        1
+    );
+    // 1,000 entries are within the default limit.
+    let mut ok = request(3, 2, "Arith", "Mul", &msgpack_args(2, 2));
+    ok.metadata = (0..1000)
+        .map(|i| (format!("k{i}"), String::new()))
+        .collect();
+    send(&mut good, &ok);
+    assert_eq!(msgpack_reply(&read_frame(&mut good).payload), 4);
+
+    // A JSON-RPC batch over gateway.max_batch gets one error and runs nothing.
+    let batch = |n: usize| {
+        let calls: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"Arith.Mul","params":{{"A":{i},"B":2}},"id":{i}}}"#))
+            .collect();
+        format!("[{}]", calls.join(","))
+    };
+    let post = |body: String| {
+        let mut s = connect(addr);
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nX-JSONRPC-2.0: true\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let json = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()
+    };
+    let started = server.metrics()[0].methods[0].started.get();
+    let refused = post(batch(300));
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_batch")
+    );
+    assert_eq!(
+        server.metrics()[0].methods[0].started.get(),
+        started,
+        "no call ran"
+    );
+    let answered = post(batch(256));
+    assert_eq!(answered.as_array().unwrap().len(), 256);
+    assert_eq!(answered[255]["result"]["C"], 510);
+    common::stop(server);
+}
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused_naming_the_first() {
+    let first = common::ServeProcess::start("");
+    let addr = first.addr.clone();
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args([
+                "serve",
+                "--cores",
+                "1",
+                "--admin-listen",
+                "",
+                "--listen",
+                &addr,
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused at once; a server that starts is stopped after 2 s.
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exited = child.try_wait().unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (exited, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (exited, stderr) = run(&[]);
+    let status = exited.expect("the second server refuses to start");
+    assert!(!status.success());
+    assert!(stderr.contains("already in use by pid"), "{stderr}");
+    assert!(stderr.contains("server.share_port = true"), "{stderr}");
+    // One clean text: the cause is not repeated.
+    assert_eq!(stderr.matches("already in use").count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Shared on purpose, it starts.
+    let (exited, stderr) = run(&["--set", "server.share_port=true"]);
+    assert!(exited.is_none(), "share_port = true starts: {stderr}");
+    drop(first);
+}

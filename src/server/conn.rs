@@ -398,7 +398,7 @@ fn take_frames<R: Registry>(
         }
         let raw = &data[..total];
         let _audit = audit::RequestPath::enter();
-        match protocol::decode(raw, limits.max_frame_bytes) {
+        match protocol::decode_limited(raw, limits.max_frame_bytes, limits.max_metadata_entries) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
                 return Err(End::BadFrame(
