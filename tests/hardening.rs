@@ -342,3 +342,31 @@ fn a_gateway_body_over_the_inflate_limit_is_refused_and_its_connection_closed() 
     assert!(text.contains("Connection: close"), "{text}");
     assert!(text.contains("X-RPCX-ErrorMessage"), "{text}");
 }
+
+#[test]
+fn quiet_connections_give_back_what_mid_size_calls_grew() {
+    let server = common::ServeProcess::start("");
+    let addr: SocketAddr = server.addr.trim_start_matches("tcp@").parse().unwrap();
+    let before = server.rss_kib();
+    // 100 connections, each one Echo of 200 KiB (under every per-call release threshold), then
+    // quiet: each would keep ~400 KiB of read and write buffer.
+    let payload = vec![5u8; 200 << 10];
+    let mut idle = Vec::new();
+    for i in 0..100u64 {
+        let mut s = connect(addr);
+        send(&mut s, &request(0, i, "Echo", "Echo", &payload));
+        assert_eq!(read_frame(&mut s).payload.len(), payload.len());
+        idle.push(s);
+    }
+    let busy = server.rss_kib();
+    // Quiet for over a second: the watchdog trims every connection's buffers.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = server.rss_kib();
+    eprintln!("RSS KiB: before {before}, after the calls {busy}, after 2.5 s quiet {after}");
+    assert!(
+        after < before + 16 * 1024,
+        "100 quiet connections hold {} KiB more than before",
+        after.saturating_sub(before)
+    );
+    drop(idle);
+}
