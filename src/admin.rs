@@ -45,6 +45,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         cores: server.metrics().to_vec(),
         names: server.method_names(),
         health: server.health(),
+        registry: server.registration().map(|r| r.metrics()),
     };
     std::thread::Builder::new()
         .name("percore-admin".into())
@@ -58,6 +59,8 @@ struct State {
     cores: Vec<Arc<CoreMetrics>>,
     names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// `[registry.etcd]`'s counters, when it is configured.
+    registry: Option<Arc<crate::etcd::EtcdMetrics>>,
 }
 
 /// One admin connection: reading its request, then writing its answer.
@@ -230,7 +233,13 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics::prometheus(&state.cores, &state.names, status),
+            &{
+                let mut text = metrics::prometheus(&state.cores, &state.names, status);
+                if let Some(registry) = &state.registry {
+                    registry.prometheus(&mut text);
+                }
+                text
+            },
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

@@ -67,6 +67,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod etcd;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
