@@ -91,7 +91,8 @@ impl TlsArgs {
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS.
+    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS. Or
+    /// `etcd://HOST:PORT/BASE`: a server of the service registered in etcd under BASE.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -119,7 +120,9 @@ struct CallArgs {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
-    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS.
+    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS. Or one
+    /// `etcd://HOST:PORT/BASE`: the active servers of the --call's service registered in etcd
+    /// under BASE, listed once at the start.
     #[arg(
         short = 's',
         long = "server",
@@ -305,8 +308,26 @@ fn call(args: CallArgs) -> ExitCode {
 fn bench(args: BenchArgs) -> ExitCode {
     use std::io::IsTerminal;
     let connections = args.connections.unwrap_or(args.concurrency);
+    let mut servers = args.servers;
+    if let [address] = servers.as_slice() {
+        match crate::client::etcd_servers(address, args.call.names().0) {
+            Ok(None) => {}
+            Ok(Some(listed)) if listed.is_empty() => {
+                eprintln!(
+                    "percore: no active server of {} is registered at {address}",
+                    args.call.names().0
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(Some(listed)) => servers = listed,
+            Err(e) => {
+                eprintln!("percore: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = BenchConfig {
-        servers: args.servers,
+        servers,
         concurrency: args.concurrency,
         connections,
         requests: args.requests,

@@ -30,6 +30,7 @@
 mod command;
 mod conn;
 mod discovery;
+mod etcd;
 mod error;
 pub mod gofmt;
 pub mod json;
@@ -45,8 +46,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use self::command::{CallCommand, CallError, run_call};
+pub use self::command::{CallCommand, CallError, etcd_servers, run_call};
 pub use self::discovery::{Discovery, ServerEntry};
+pub use self::etcd::{EtcdDiscovery, EtcdError, list_once as etcd_list_once};
 pub use self::error::{Error, ErrorKind};
 pub use self::selector::{SelectCall, SelectMode, Selector, consistent_hash_key, jump_hash};
 pub use self::xclient::{FailMode, XClient};
