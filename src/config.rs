@@ -349,7 +349,10 @@ impl EtcdRegistry {
             })
         };
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
-            return bad("registry.etcd.endpoints", "needs at least one etcd endpoint");
+            return bad(
+                "registry.etcd.endpoints",
+                "needs at least one etcd endpoint",
+            );
         }
         if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
             return bad("registry.etcd.ttl", "must be whole seconds, at least 1s");
@@ -880,6 +883,7 @@ mod tests {
         for text in [
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
+            include_str!("../configs/etcd.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }
@@ -1049,6 +1053,47 @@ mod tests {
         assert!(
             err.contains("auth.token_file") && err.contains("no token"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn etcd_registry_is_checked() {
+        let etcd = "[registry.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n";
+        let c =
+            Config::from_toml(&format!("[server]\nlisten = [\"tcp@0.0.0.0:1\"]\n{etcd}")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.etcd.advertise") && err.contains("tcp@0.0.0.0:1"),
+            "{err}"
+        );
+        let c = Config::from_toml(&format!(
+            "[server]\nlisten = [\"reuseport@127.0.0.1:7\", \"unix@/tmp/x.sock\"]\n{etcd}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let e = c.registry.etcd.as_ref().unwrap();
+        assert_eq!(e.base_path, "/rpcx_test");
+        assert_eq!(
+            e.addresses(&c.server.listen).unwrap(),
+            ["tcp@127.0.0.1:7"],
+            "reuseport is dialed as tcp, unix is left out"
+        );
+        for (bad, key) in [
+            ("ttl = \"1500ms\"", "registry.etcd.ttl"),
+            ("user = \"u\"", "registry.etcd.user"),
+            ("base_path = \"/\"", "registry.etcd.base_path"),
+        ] {
+            let c = Config::from_toml(&format!("{etcd}{bad}\n")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{bad}: {err}");
+        }
+        let err = Config::from_toml(&format!("{etcd}endpoint = 1\n")).unwrap_err();
+        assert!(err.contains("endpoint"), "{err}");
+        let mut c = Config::from_toml(&format!("{etcd}user = \"u\"\npassword = \"p\"\n")).unwrap();
+        c = c.redacted();
+        assert_eq!(
+            c.registry.etcd.unwrap().password.as_deref(),
+            Some("<redacted>")
         );
     }
 

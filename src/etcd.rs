@@ -162,7 +162,10 @@ impl Throttle {
     /// Some(number of failures not logged since the last line) when this one should be logged.
     pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
             self.skipped += 1;
             return None;
         }
@@ -263,7 +266,7 @@ impl Registration {
 
 enum Ended {
     /// Stop was asked for; the client to delete the keys with, if one is connected.
-    Stopped(Option<etcd_client::Client>),
+    Stopped(Option<Box<etcd_client::Client>>),
     /// The lease or connection failed.
     Lost(String),
 }
@@ -284,7 +287,10 @@ async fn keep_registered(
         metrics.failures.fetch_add(1, Ordering::Relaxed);
         metrics.registered.store(0, Ordering::Relaxed);
         if let Some(skipped) = throttle.allow() {
-            warn!(error, skipped, "etcd registration: {what}; serving goes on, retrying");
+            warn!(
+                error,
+                skipped, "etcd registration: {what}; serving goes on, retrying"
+            );
         }
     };
     loop {
@@ -361,7 +367,7 @@ async fn keep_alive(
     let mut answered = Instant::now();
     loop {
         tokio::select! {
-            _ = &mut *stop => return Ended::Stopped(Some(client)),
+            _ = &mut *stop => return Ended::Stopped(Some(Box::new(client))),
             _ = tick.tick() => {
                 if answered.elapsed() >= ttl {
                     return Ended::Lost("no lease renewal answered within the ttl".into());
@@ -385,13 +391,13 @@ async fn keep_alive(
 
 /// Deletes every key, on `client` or a new connection; true if all were deleted.
 async fn delete(
-    client: Option<etcd_client::Client>,
+    client: Option<Box<etcd_client::Client>>,
     connect: &EtcdConnect,
     keys: &[(String, String)],
 ) -> bool {
     let run = async {
         let mut client = match client {
-            Some(c) => c,
+            Some(c) => *c,
             None => connect.connect().await?,
         };
         for (key, _) in keys {
@@ -463,12 +469,21 @@ mod tests {
             "/rpcx_test/",
             &["Arith", "Echo"],
             &["tcp@10.0.0.1:8972".into()],
-            &|s| if s == "Arith" { "weight=7".into() } else { String::new() },
+            &|s| {
+                if s == "Arith" {
+                    "weight=7".into()
+                } else {
+                    String::new()
+                }
+            },
         );
         assert_eq!(
             k,
             [
-                ("/rpcx_test/Arith/tcp@10.0.0.1:8972".into(), "weight=7".into()),
+                (
+                    "/rpcx_test/Arith/tcp@10.0.0.1:8972".into(),
+                    "weight=7".into()
+                ),
                 ("/rpcx_test/Echo/tcp@10.0.0.1:8972".into(), String::new()),
             ]
         );
@@ -477,7 +492,9 @@ mod tests {
     #[test]
     fn etcd_urls() {
         assert_eq!(
-            parse_url("etcd://127.0.0.1:2379/rpcx_test").unwrap().unwrap(),
+            parse_url("etcd://127.0.0.1:2379/rpcx_test")
+                .unwrap()
+                .unwrap(),
             (vec!["127.0.0.1:2379".into()], "/rpcx_test".into())
         );
         assert_eq!(

@@ -53,8 +53,7 @@ pub fn etcd_servers(address: &str, service: &str) -> Result<Option<Vec<String>>,
     };
     let (endpoints, base) = url?;
     let connect = crate::etcd::EtcdConnect::new(endpoints);
-    let servers =
-        super::etcd::list_once(&connect, &base, service).map_err(|e| e.to_string())?;
+    let servers = super::etcd::list_once(&connect, &base, service).map_err(|e| e.to_string())?;
     Ok(Some(
         super::discovery::filter(servers, None)
             .into_iter()

@@ -212,7 +212,10 @@ async fn list(
 fn entry(prefix: &str, key: &str, value: &str) -> Option<ServerEntry> {
     let address = key.strip_prefix(prefix)?;
     if address.is_empty() || address.parse::<crate::transport::addr::Addr>().is_err() {
-        debug!(key, "etcd: a key under the service is not network@address; left out");
+        debug!(
+            key,
+            "etcd: a key under the service is not network@address; left out"
+        );
         return None;
     }
     Some(ServerEntry::new(address, value))

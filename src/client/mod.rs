@@ -30,8 +30,8 @@
 mod command;
 mod conn;
 mod discovery;
-mod etcd;
 mod error;
+mod etcd;
 pub mod gofmt;
 pub mod json;
 mod selector;
@@ -48,8 +48,8 @@ use serde::de::DeserializeOwned;
 
 pub use self::command::{CallCommand, CallError, etcd_servers, run_call};
 pub use self::discovery::{Discovery, ServerEntry};
-pub use self::etcd::{EtcdDiscovery, EtcdError, list_once as etcd_list_once};
 pub use self::error::{Error, ErrorKind};
+pub use self::etcd::{EtcdDiscovery, EtcdError, list_once as etcd_list_once};
 pub use self::selector::{SelectCall, SelectMode, Selector, consistent_hash_key, jump_hash};
 pub use self::xclient::{FailMode, XClient};
 use crate::codec::{self, CodecError, Payload, SerializeType};
