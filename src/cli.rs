@@ -405,6 +405,10 @@ fn load<R: Registry>(flags: &Overrides) -> Result<Config, ConfigError> {
     let config = config::load(flags, |name| std::env::var(name).ok())?;
     // Every [services.NAME] section names a hosted service and fits its config type.
     R::check(&config.services)?;
+    if let Some(etcd) = &config.registry.etcd {
+        let services: Vec<&str> = R::SERVICES.iter().map(|(name, _)| *name).collect();
+        etcd.check_services(&services)?;
+    }
     // The certificates are read here too, so --check-config catches a bad TLS file.
     crate::transport::tls::server_config(&config.tls)?;
     Ok(config)

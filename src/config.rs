@@ -341,6 +341,23 @@ impl EtcdRegistry {
         Ok(out)
     }
 
+    /// Every `metadata` key names one of `services` (the server's registry).
+    pub fn check_services(&self, services: &[&str]) -> Result<(), ConfigError> {
+        match self
+            .metadata
+            .keys()
+            .find(|k| !services.contains(&k.as_str()))
+        {
+            Some(unknown) => Err(ConfigError::Invalid {
+                key: "registry.etcd.metadata",
+                message: format!(
+                    "{unknown:?} is not a registered service (these are: {services:?})"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self, listen: &[Addr]) -> Result<(), ConfigError> {
         let bad = |key: &'static str, message: &str| {
             Err(ConfigError::Invalid {

@@ -531,3 +531,31 @@ fn etcd_outage_costs_no_call_and_a_lost_etcd_is_registered_again() {
     });
     caller.calls(30);
 }
+
+#[test]
+fn check_config_names_bad_registry_settings() {
+    let dir = temp_dir("check");
+    for (name, toml, want) in [
+        (
+            "metadata",
+            "[registry.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nmetadata = { Arith2 = \"weight=2\" }\n",
+            "Arith2",
+        ),
+        (
+            "unspecified",
+            "[server]\nlisten = [\"tcp@0.0.0.0:8972\"]\n[registry.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+            "tcp@0.0.0.0:8972",
+        ),
+    ] {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+    }
+}

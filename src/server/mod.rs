@@ -414,16 +414,7 @@ fn registry_keys<R: Registry>(
     listening: &[Addr],
 ) -> Result<Vec<(String, String)>, ServerError> {
     let services: Vec<&str> = R::SERVICES.iter().map(|(name, _)| *name).collect();
-    if let Some(unknown) = etcd
-        .metadata
-        .keys()
-        .find(|k| !services.contains(&k.as_str()))
-    {
-        return Err(ServerError::Config(crate::config::ConfigError::Invalid {
-            key: "registry.etcd.metadata",
-            message: format!("{unknown:?} is not a registered service (these are: {services:?})"),
-        }));
-    }
+    etcd.check_services(&services)?;
     let addresses = etcd.addresses(listening)?;
     let metadata = |s: &str| {
         etcd.metadata
