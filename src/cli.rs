@@ -91,7 +91,8 @@ impl TlsArgs {
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS. Or
+    /// (rpcx's HTTP CONNECT), unix@/path or quic@host:port; add --tls-ca or --tls-insecure for
+    /// TLS (quic@ always needs one of them). Or
     /// `etcd://HOST:PORT/BASE`: a server of the service registered in etcd under BASE.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
@@ -119,8 +120,9 @@ struct CallArgs {
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
-    /// are dealt over them. Add --tls-ca or --tls-insecure for TLS. Or one
+    /// Servers, `network@address` (tcp, reuseport, http, unix or quic), comma-separated;
+    /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
+    /// needs one of them). Or one
     /// `etcd://HOST:PORT/BASE`: the active servers of the --call's service registered in etcd
     /// under BASE, listed once at the start.
     #[arg(
@@ -229,8 +231,8 @@ struct ServeArgs {
     /// Default: $PERCORE_CONFIG, else the embedded defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen address `network@address` (tcp, reuseport, http or unix, e.g.
-    /// `unix@/run/percore.sock`); repeat for several. Replaces server.listen.
+    /// Listen address `network@address` (tcp, reuseport, http, unix or quic, e.g.
+    /// `unix@/run/percore.sock`; quic needs [tls]); repeat for several. Replaces server.listen.
     #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
     listen: Vec<crate::transport::addr::Addr>,
     /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.
@@ -534,7 +536,13 @@ fn init_logging(config: &Config) -> LogReload {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(config));
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal (and not with NO_COLOR): escape codes in a file or the journal
+    // are noise.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let fmt = match (config.log.format, journald) {
         (LogFormat::Json, _) => fmt.json().boxed(),
         (LogFormat::Text, true) => fmt.without_time().boxed(),

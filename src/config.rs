@@ -36,6 +36,8 @@ pub struct Config {
     pub admin: Admin,
     pub auth: Auth,
     pub registry: RegistryConfig,
+    /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
+    pub quic: crate::transport::quic::QuicLimits,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -85,10 +87,26 @@ pub struct Limits {
     /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (reason `timeout`), so a peer trickling bytes cannot hold a connection forever,
+    /// e.g. "30s"; "0s" turns it off. Partial bytes do not count as a request for
+    /// `idle_timeout`. HTTP requests have `gateway.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
-    /// peers that would wait forever. 0 means no limit.
+    /// peers that would wait forever. 0 means this core's share of the open-files limit
+    /// (RLIMIT_NOFILE less 256, divided by the cores), so a flood is refused before the process
+    /// runs out of descriptors.
     pub max_connections_per_core: usize,
+    /// Connections one peer address may keep open on one core; past it a new one from that
+    /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
+    /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
+    pub max_connections_per_ip: usize,
+    /// Metadata entries one rpcx frame may carry; a frame with more is refused and its
+    /// connection closed (reason `too_many_metadata`), so a frame of a million tiny entries
+    /// costs no more than this many. rpcx's clients send a handful.
+    pub max_metadata_entries: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -110,6 +128,9 @@ pub struct Gateway {
     /// A keep-alive connection with no request in progress is closed after this long, e.g. "60s".
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Calls in one JSON-RPC batch; a larger batch is answered with one -32600 error and no call
+    /// runs, so one request cannot hold its core for long.
+    pub max_batch: usize,
     /// A request must arrive whole (head and body) within this long of its first byte, or the
     /// connection is closed (so a client trickling bytes cannot hold it forever), e.g. "30s".
     #[serde(with = "humantime_serde")]
@@ -429,7 +450,10 @@ impl Default for Limits {
             max_calls_in_flight: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
+            max_connections_per_ip: 0,
+            max_metadata_entries: 1024,
         }
     }
 }
@@ -443,6 +467,7 @@ impl Default for Gateway {
             max_body_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            max_batch: 256,
         }
     }
 }
@@ -471,8 +496,8 @@ impl Default for Log {
 /// and a network percore serves.
 pub fn check_listen(addr: &Addr) -> Result<(), String> {
     match addr.network {
-        Network::Quic | Network::Kcp => Err(format!(
-            "{addr}: network {} is not served yet (tcp, reuseport, http and unix are)",
+        Network::Kcp => Err(format!(
+            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and quic are)",
             addr.network
         )),
         Network::Unix => Ok(()),
@@ -828,6 +853,25 @@ impl Config {
                 message,
             })?;
         }
+        if let Some(quic) = self
+            .server
+            .listen
+            .iter()
+            .find(|a| a.network == Network::Quic)
+            && !tls.enabled()
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert",
+                message: format!(
+                    "{quic}: QUIC always runs TLS 1.3: set tls.cert and tls.key in [tls] (the quic@ listener uses that certificate)"
+                ),
+            });
+        }
+        if let Err(crate::transport::quic::QuicError::Limits { key, message }) =
+            self.quic.validate()
+        {
+            return Err(ConfigError::Invalid { key, message });
+        }
         if self
             .auth
             .tokens
@@ -901,6 +945,7 @@ mod tests {
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
             include_str!("../configs/etcd.toml"),
+            include_str!("../configs/quic.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }
@@ -933,12 +978,40 @@ mod tests {
         let long = format!("unix@/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("107"));
         assert!(
-            parse_listen("quic@127.0.0.1:1")
+            parse_listen("kcp@127.0.0.1:1")
                 .unwrap_err()
                 .contains("not served yet")
         );
+        assert_eq!(parse_listen("quic@[::1]:0").unwrap().network, Network::Quic);
+        assert!(
+            parse_listen("quic@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
+        );
         let err = Config::from_toml("[server]\nlisten = [\"tcp@nohost:1\"]").unwrap_err();
         assert!(err.to_string().contains("nohost"), "{err}");
+    }
+
+    #[test]
+    fn a_quic_listener_needs_tls_and_sound_limits() {
+        let mut c = Config::default();
+        c.server.listen = vec![parse_listen("quic@127.0.0.1:0").unwrap()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.cert: quic@127.0.0.1:0"), "{err}");
+        assert!(err.contains("[tls]"), "{err}");
+        c.tls.cert = Some("cert.pem".into());
+        c.tls.key = Some("key.pem".into());
+        c.validate().unwrap();
+        c.quic.idle_timeout = Duration::ZERO;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("quic.idle_timeout"), "{err}");
+        let err = Config::from_toml(
+            "[quic]
+max_streams = 2
+",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_streams"), "{err}");
     }
 
     #[test]

@@ -54,8 +54,11 @@
 //! Other threads stay off that path: `percore-admin` (when `admin.listen` is set) answers
 //! `/metrics`, `/healthz` and `/readyz` from one poll(2) loop, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
-//! and SIGHUP into a log-level reload; `percore-etcd` (with `[registry.etcd]`) keeps this server's
-//! keys in etcd on a tokio runtime of its own, and a drain deletes them before the cores stop. `READY=1` goes to systemd once every core accepts.
+//! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
+//! `percore-quic-client` does the same for the client's `quic@` dials. `percore-etcd` (with
+//! `[registry.etcd]`) keeps this server's keys in etcd on a tokio runtime of its own, and a
+//! drain deletes them before the cores stop.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or

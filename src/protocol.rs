@@ -178,6 +178,9 @@ pub enum DecodeError {
     /// Compress type other than none (0) and gzip (1).
     #[error("unknown compress type {0}")]
     UnknownCompress(u8),
+    /// More metadata entries than the receiver's limit (percore: `limits.max_metadata_entries`).
+    #[error("more than {0} metadata entries")]
+    TooManyMetadata(usize),
 }
 
 impl DecodeError {
@@ -191,6 +194,7 @@ impl DecodeError {
             DecodeError::InvalidUtf8(_) => "invalid_utf8",
             DecodeError::BadMetadata => "bad_metadata",
             DecodeError::UnknownCompress(_) => "unknown_compress",
+            DecodeError::TooManyMetadata(_) => "too_many_metadata",
         }
     }
 }
@@ -230,6 +234,17 @@ pub fn frame_len(buf: &[u8], max_body: u32) -> Result<Option<usize>, DecodeError
 /// `Ok(Some((frame, n)))`: the frame used the first `n` bytes. Never reads past `buf`, never
 /// panics, and rejects a body over `max_body` from the header alone.
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    decode_limited(buf, max_body, usize::MAX)
+}
+
+/// [`decode`], refusing a frame with more than `max_metadata` metadata entries (counted while
+/// the block is checked, so a frame of a million entries costs no more than `max_metadata`).
+#[inline]
+pub fn decode_limited(
+    buf: &[u8],
+    max_body: u32,
+    max_metadata: usize,
+) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     let Some(total) = frame_len(buf, max_body)? else {
         return Ok(None);
     };
@@ -261,7 +276,7 @@ pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, D
         header,
         path: utf8(path, Field::ServicePath)?,
         method: utf8(method, Field::ServiceMethod)?,
-        metadata: Metadata::parse(metadata)?,
+        metadata: Metadata::parse_limited(metadata, max_metadata)?,
         payload,
     };
     Ok(Some((frame, total)))
@@ -310,8 +325,19 @@ impl<'a> Metadata<'a> {
     /// Validates a raw block.
     #[inline]
     pub fn parse(raw: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
+        Metadata::parse_limited(raw, usize::MAX)
+    }
+
+    /// [`Metadata::parse`], refusing more than `max` entries.
+    #[inline]
+    pub fn parse_limited(raw: &'a [u8], max: usize) -> Result<Metadata<'a>, DecodeError> {
         let mut cursor = Cursor { buf: raw };
+        let mut entries = 0usize;
         while !cursor.buf.is_empty() {
+            if entries == max {
+                return Err(DecodeError::TooManyMetadata(max));
+            }
+            entries += 1;
             let key = cursor
                 .field(Field::Metadata)
                 .map_err(|_| DecodeError::BadMetadata)?;

@@ -465,19 +465,32 @@ fn call_bench_serve_and_the_client_read_addresses_alike() {
             );
         }
     }
-    // quic and kcp parse everywhere, and each command says it cannot use them yet.
-    for addr in ["quic@127.0.0.1:1", "kcp@127.0.0.1:1"] {
-        let call = percore(&["call", addr, "Arith.Mul", "{}"]);
-        let serve = percore(&["serve", "--listen", addr, "--check-config"]);
-        assert!(
-            text(&call.stderr).contains("cannot be dialed yet"),
-            "{}",
-            text(&call.stderr)
-        );
-        assert!(
-            text(&serve.stderr).contains("not served yet"),
-            "{}",
-            text(&serve.stderr)
-        );
-    }
+    // quic parses everywhere; without TLS each command says what it needs.
+    let addr = "quic@127.0.0.1:1";
+    let call = percore(&["call", addr, "Arith.Mul", "{}"]);
+    let serve = percore(&["serve", "--listen", addr, "--check-config"]);
+    assert!(
+        text(&call.stderr).contains("--tls-insecure"),
+        "{}",
+        text(&call.stderr)
+    );
+    assert!(
+        text(&serve.stderr).contains("[tls]"),
+        "{}",
+        text(&serve.stderr)
+    );
+    // kcp parses everywhere, and each command says it cannot use it yet.
+    let addr = "kcp@127.0.0.1:1";
+    let call = percore(&["call", addr, "Arith.Mul", "{}"]);
+    let serve = percore(&["serve", "--listen", addr, "--check-config"]);
+    assert!(
+        text(&call.stderr).contains("cannot be dialed yet"),
+        "{}",
+        text(&call.stderr)
+    );
+    assert!(
+        text(&serve.stderr).contains("not served yet"),
+        "{}",
+        text(&serve.stderr)
+    );
 }

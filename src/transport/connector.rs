@@ -10,9 +10,11 @@
 //! | `tcp@host:port`, `reuseport@host:port` | TCP (rpcx dials `reuseport` servers as `tcp`), TCP_NODELAY |
 //! | `http@host:port` | TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` |
 //! | `unix@/path` | a Unix domain stream socket |
+//! | `quic@host:port` | QUIC (TLS 1.3, ALPN `rpcx`) on the process's QUIC client thread, one connection and one stream ([`super::quic`]) |
 //!
 //! Each can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
-//! `http`) CONNECT inside it. A host name is resolved with the system resolver and every
+//! `http`) CONNECT inside it. QUIC always runs TLS: its [`DialOptions::tls`] must say how to
+//! check the server (a CA or insecure skip-verify). A host name is resolved with the system resolver and every
 //! address it resolves to is tried in turn until one connects. The whole dial (every connect
 //! attempt, the TLS handshake, CONNECT) is bounded by [`DialOptions::timeout`].
 //!
@@ -34,6 +36,7 @@ use rustls_pki_types::ServerName;
 use super::addr::{Addr, AddrError, Network};
 use super::http_connect;
 use super::prefixed::Prefixed;
+use super::quic::{self, DialConfig, QuicError, QuicStream};
 use super::tls::{self, ClientTls, TlsError};
 
 /// How to dial.
@@ -76,6 +79,9 @@ pub enum DialError {
     /// The whole dial took longer than [`DialOptions::timeout`].
     #[error("dialing {target} timed out after {after:?}")]
     Timeout { target: String, after: Duration },
+    /// A QUIC dial failed (the message names the target: refused, wrong ALPN, handshake...).
+    #[error("{0}")]
+    Quic(#[from] QuicError),
 }
 
 impl DialError {
@@ -83,7 +89,9 @@ impl DialError {
     pub fn into_io(self) -> io::Error {
         let kind = match &self {
             DialError::Connect { source, .. } => source.kind(),
-            DialError::Timeout { .. } => io::ErrorKind::TimedOut,
+            DialError::Timeout { .. } | DialError::Quic(QuicError::Timeout { .. }) => {
+                io::ErrorKind::TimedOut
+            }
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self.to_string())
@@ -96,6 +104,8 @@ pub struct Connector {
     addr: Addr,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// For `quic`: its TLS settings and the server name to check.
+    quic: Option<(DialConfig, String)>,
 }
 
 impl fmt::Debug for Connector {
@@ -116,15 +126,36 @@ impl Connector {
 
     /// A connector for an address already parsed.
     pub fn to(addr: Addr, options: &DialOptions) -> Result<Connector, DialError> {
-        if matches!(addr.network, Network::Quic | Network::Kcp) {
+        if addr.network == Network::Kcp {
             return Err(AddrError::new(
                 &addr,
                 format!(
-                    "network {} cannot be dialed yet (tcp, reuseport, http and unix can; TLS is an option of each)",
+                    "network {} cannot be dialed yet (tcp, reuseport, http, unix and quic can; TLS is an option of each)",
                     addr.network
                 ),
             )
             .into());
+        }
+        if addr.network == Network::Quic {
+            let Some(opts) = &options.tls else {
+                return Err(TlsError {
+                    key: "tls-ca",
+                    path: None,
+                    message: format!(
+                        "{addr} always runs TLS 1.3: give the CA that signed the server's certificate (--tls-ca) or skip the check (--tls-insecure)"
+                    ),
+                }
+                .into());
+            };
+            let config = DialConfig::new(tls::quic_client_config(opts)?)?;
+            let name = opts.server_name.as_deref().unwrap_or(addr.host());
+            tls::server_name(name)?;
+            return Ok(Connector {
+                quic: Some((config, name.to_owned())),
+                addr,
+                timeout: options.timeout,
+                tls: None,
+            });
         }
         let tls = match &options.tls {
             None => None,
@@ -138,6 +169,7 @@ impl Connector {
             addr,
             timeout: options.timeout,
             tls,
+            quic: None,
         })
     }
 
@@ -167,6 +199,10 @@ impl Connector {
             target: target(),
             source,
         };
+        if let Some((config, name)) = &self.quic {
+            let stream = quic::dial(&self.addr.address, name, config, self.timeout).await?;
+            return Ok(Stream::Quic(Box::new(stream)));
+        }
         let plain = match self.addr.network {
             Network::Unix => UnixStream::connect(&self.addr.address)
                 .await
@@ -243,6 +279,8 @@ pub enum Stream {
     Tls(Box<futures_rustls::client::TlsStream<Stream>>),
     /// Bytes already read (after an HTTP CONNECT answer), then the stream.
     Replay(Box<Prefixed<Stream>>),
+    /// A QUIC stream (its connection is driven by the QUIC client thread).
+    Quic(Box<QuicStream>),
 }
 
 impl fmt::Debug for Stream {
@@ -252,15 +290,16 @@ impl fmt::Debug for Stream {
             Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
             Stream::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
             Stream::Replay(s) => f.debug_tuple("Replay").field(s.inner()).finish(),
+            Stream::Quic(s) => f.debug_tuple("Quic").field(s).finish(),
         }
     }
 }
 
 impl Stream {
-    /// Whether the connection runs over TLS.
+    /// Whether the connection runs over TLS (QUIC always does).
     pub fn is_tls(&self) -> bool {
         match self {
-            Stream::Tls(_) => true,
+            Stream::Tls(_) | Stream::Quic(_) => true,
             Stream::Replay(s) => s.inner().is_tls(),
             Stream::Tcp(_) | Stream::Unix(_) => false,
         }
@@ -271,6 +310,7 @@ impl Stream {
         match self {
             Stream::Tls(s) => s.get_ref().1.protocol_version(),
             Stream::Replay(s) => s.inner().tls_version(),
+            Stream::Quic(_) => Some(rustls::ProtocolVersion::TLSv1_3),
             Stream::Tcp(_) | Stream::Unix(_) => None,
         }
     }
@@ -287,6 +327,10 @@ macro_rules! each {
                 $e
             }
             Stream::Replay(s) => {
+                let $s = &mut **s;
+                $e
+            }
+            Stream::Quic(s) => {
                 let $s = &mut **s;
                 $e
             }
@@ -327,11 +371,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quic_and_kcp_are_refused_by_name_until_they_dial() {
-        for addr in ["quic@127.0.0.1:1", "kcp@127.0.0.1:1"] {
-            let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
-            assert!(err.to_string().contains(addr), "{err}");
-        }
+    fn kcp_is_refused_by_name_until_it_dials() {
+        let addr = "kcp@127.0.0.1:1";
+        let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
+        assert!(err.to_string().contains(addr), "{err}");
+    }
+
+    #[test]
+    fn quic_needs_tls_options() {
+        let addr = "quic@127.0.0.1:1";
+        let err = Connector::new(addr, &DialOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("tls-ca: "), "{err}");
+        assert!(
+            err.contains(addr) && err.contains("--tls-insecure"),
+            "{err}"
+        );
+        let insecure = DialOptions {
+            tls: Some(ClientTls {
+                insecure_skip_verify: true,
+                ..ClientTls::default()
+            }),
+            ..DialOptions::default()
+        };
+        assert!(Connector::new(addr, &insecure).is_ok());
     }
 
     #[test]
