@@ -289,7 +289,7 @@ async fn keep_registered(
         if let Some(skipped) = throttle.allow() {
             warn!(
                 error,
-                skipped, "etcd registration: {what}; serving goes on, retrying"
+                skipped, "etcd registration {what}; serving goes on, retrying"
             );
         }
     };
@@ -309,8 +309,11 @@ async fn keep_registered(
             Err(e) => Ended::Lost(e),
         };
         match ended {
-            Ended::Stopped(client) => return delete(client, &connect, &keys).await,
-            Ended::Lost(e) => fail("lost", &e, &metrics),
+            Ended::Stopped(client) => {
+                metrics.registered.store(0, Ordering::Relaxed);
+                return delete(client, &connect, &keys).await;
+            }
+            Ended::Lost(e) => fail("failed", &e, &metrics),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
