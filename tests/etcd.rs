@@ -514,6 +514,14 @@ fn etcd_outage_costs_no_call_and_a_lost_etcd_is_registered_again() {
     eventually("every server registers again", || {
         servers.iter().all(|s| s.registrations() >= 2)
     });
+    for s in &servers {
+        assert!(
+            s.metric("percore_registry_failures_total") >= 1,
+            "the outage is counted"
+        );
+        assert!(s.metric("percore_registry_lease_renewals_total") >= 1);
+        assert_eq!(s.metric("percore_registry_registered"), 1);
+    }
     caller.pause();
     assert_eq!(caller.failures(), Vec::<String>::new());
     caller.calls(30);
