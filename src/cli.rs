@@ -395,7 +395,7 @@ fn serve<R: Registry>(args: ServeArgs) -> ExitCode {
     match run::<R>(config, flags, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr (not a log line too: the journal would show it twice).
             eprintln!("percore: {e:#}");
             ExitCode::FAILURE
         }

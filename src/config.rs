@@ -59,6 +59,11 @@ pub struct ServerConfig {
     /// they are closed anyway, e.g. "10s".
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Bind `tcp`/`reuseport`/`http` addresses even when another process already listens there
+    /// (SO_REUSEPORT: the kernel then splits new connections between the two). Off: such an
+    /// address is refused at start, naming the process. On only for a deliberate hand-over
+    /// restart (start the new server, then stop the old one).
+    pub share_port: bool,
 }
 
 /// `[limits]`: finite bounds on what one peer can make the server hold.
@@ -437,6 +442,7 @@ impl Default for ServerConfig {
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
+            share_port: false,
         }
     }
 }
@@ -528,10 +534,10 @@ pub enum ConfigError {
     /// A `[services.NAME]` section the server's registry cannot use.
     #[error("{0}")]
     Section(#[from] crate::service::SectionError),
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -610,9 +616,9 @@ pub fn load(
         .or_else(|| env(ENV_CONFIG).filter(|v| !v.is_empty()).map(PathBuf::from));
     let (mut config, file_keys) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
             let parse = |message| ConfigError::Parse {
                 path: path.to_owned(),

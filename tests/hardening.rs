@@ -228,3 +228,49 @@ fn work_per_request_is_bounded_metadata_entries_and_batch_size() {
     assert_eq!(answered[255]["result"]["C"], 510);
     common::stop(server);
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused_naming_the_first() {
+    let first = common::ServeProcess::start("");
+    let addr = first.addr.clone();
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args([
+                "serve",
+                "--cores",
+                "1",
+                "--admin-listen",
+                "",
+                "--listen",
+                &addr,
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Refused at once; a server that starts is stopped after 2 s.
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let exited = child.try_wait().unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (exited, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (exited, stderr) = run(&[]);
+    let status = exited.expect("the second server refuses to start");
+    assert!(!status.success());
+    assert!(stderr.contains("already in use by pid"), "{stderr}");
+    assert!(stderr.contains("server.share_port = true"), "{stderr}");
+    // One clean text: the cause is not repeated.
+    assert_eq!(stderr.matches("already in use").count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Shared on purpose, it starts.
+    let (exited, stderr) = run(&["--set", "server.share_port=true"]);
+    assert!(exited.is_none(), "share_port = true starts: {stderr}");
+    drop(first);
+}

@@ -53,15 +53,16 @@ pub use accept::Handoff;
 pub enum ServerError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
+    // The cause is in the text; not a `source` too, so a printed chain does not repeat it.
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: String,
-        source: std::io::Error,
+        error: transport::tcp::ListenError,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     ListenUnix {
         addr: String,
-        source: transport::unix::UnixListenError,
+        error: transport::unix::UnixListenError,
     },
     #[error("{0}")]
     Tls(#[from] transport::tls::TlsError),
@@ -341,7 +342,12 @@ pub(crate) fn start_with<R: Registry>(
             quic_handed.push(h);
             continue;
         }
-        let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
+        let (fds, listening) = bind(
+            listen,
+            cpus.len(),
+            config.server.backlog,
+            config.server.share_port,
+        )?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
         }
@@ -500,12 +506,13 @@ fn bind(
     listen: &Addr,
     count: usize,
     backlog: u32,
+    share: bool,
 ) -> Result<(Vec<OwnedFd>, Listening), ServerError> {
     if let Some(path) = listen.unix_path() {
-        let (fds, file) = transport::unix::listen(path, count, backlog).map_err(|source| {
+        let (fds, file) = transport::unix::listen(path, count, backlog).map_err(|error| {
             ServerError::ListenUnix {
                 addr: listen.to_string(),
-                source,
+                error,
             }
         })?;
         let listening = Listening {
@@ -522,10 +529,10 @@ fn bind(
         })
     })?;
     let (bound, fds) =
-        transport::tcp::listen_reuseport(addr, count, backlog).map_err(|source| {
+        transport::tcp::listen_reuseport(addr, count, backlog, share).map_err(|error| {
             ServerError::Listen {
                 addr: listen.to_string(),
-                source,
+                error,
             }
         })?;
     let listening = Listening {

@@ -31,9 +31,9 @@ pub(super) fn start<R: Registry>(
     let tls = tls::quic_server_config(&config.tls)?
         .ok_or_else(|| invalid(format!("{listen}: QUIC needs [tls] (tls.cert and tls.key)")))?;
     let socket = quic::bind(addr)?;
-    let bound = socket.local_addr().map_err(|source| ServerError::Listen {
+    let bound = socket.local_addr().map_err(|e| ServerError::Listen {
         addr: listen.to_string(),
-        source,
+        error: e.into(),
     })?;
     let (handed, handoff) = Handed::<R>::new::<QuicStream>(
         Listening::reactor(Network::Quic, bound),
