@@ -491,7 +491,15 @@ fn run<R: Registry>(config: Config, flags: Overrides, log: LogReload) -> anyhow:
                         "shutting down: draining connections (signal again to exit at once)"
                     );
                     notify::notify("STOPPING=1\nSTATUS=draining connections");
-                    stopper.shutdown();
+                    // On a thread of its own: with [registry.etcd] the shutdown first waits
+                    // (bounded) for the keys' delete, and a second signal must still be heard.
+                    let background = stopper.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("percore-stop".into())
+                        .spawn(move || background.shutdown());
+                    if spawned.is_err() {
+                        stopper.shutdown();
+                    }
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
                     std::process::exit(1);

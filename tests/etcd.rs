@@ -567,3 +567,60 @@ fn check_config_names_bad_registry_settings() {
         assert!(stderr.contains(want), "{name}: {stderr}");
     }
 }
+
+/// With etcd unreachable (a peer that accepts and never answers), the delete at SIGTERM waits
+/// for `registry.etcd.timeout`; a second SIGTERM still exits at once.
+#[test]
+fn a_second_sigterm_exits_while_the_delete_waits() {
+    let dir = temp_dir("second-signal");
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().flatten() {
+            h.lock().unwrap().push(stream);
+        }
+    });
+    let port = free_port();
+    let config = dir.join("s.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = [\"tcp@127.0.0.1:{port}\"]\ncores = 1\n\
+             [registry.etcd]\nendpoints = [\"127.0.0.1:{silent_port}\"]\ntimeout = \"60s\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server {
+        child,
+        addr: format!("tcp@127.0.0.1:{port}"),
+        admin: 0,
+    };
+    eventually("the server accepts", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    eventually("the registration dials etcd", || {
+        !held.lock().unwrap().is_empty()
+    });
+    server.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the first SIGTERM waits for the delete"
+    );
+    server.terminate();
+    assert_eq!(
+        server.wait_exit().code(),
+        Some(1),
+        "the second exits at once"
+    );
+}
