@@ -2,8 +2,38 @@
 //! the client connection.
 
 /// A buffer that grows past this while holding one large message is given back once empty, so
-/// one large frame or request does not pin its memory for the life of the connection.
-pub(crate) const SHRINK_ABOVE: usize = 256 << 10;
+/// one large frame or request does not pin its memory for the life of the connection: an idle
+/// connection keeps its 8 KiB read buffer and small scratch buffers, under 16 KiB in all
+/// (SECURITY.md). Workloads of bigger messages pay one reallocation per batch of them.
+pub(crate) const SHRINK_ABOVE: usize = 16 << 10;
+
+/// Scratch buffers (reply payload, metadata, inflated payload) are kept up to this between
+/// requests: small calls reuse them, a big one's memory goes back.
+pub(crate) const SCRATCH_KEEP: usize = 4 << 10;
+
+/// Gives `buf`'s memory back if it is over `keep` bytes. After a very large buffer (a big
+/// inflated payload) the allocator is asked to return freed memory to the OS now, rather than
+/// when this core next allocates.
+#[inline]
+pub(crate) fn release(buf: &mut Vec<u8>, keep: usize) {
+    if buf.capacity() > keep {
+        let big = buf.capacity() >= RETURN_TO_OS;
+        *buf = Vec::new();
+        if big {
+            return_to_os();
+        }
+    }
+}
+
+/// Freeing this much at once asks the allocator to give memory back to the OS.
+const RETURN_TO_OS: usize = 1 << 20;
+
+#[cold]
+fn return_to_os() {
+    // SAFETY: mi_collect only walks this thread's mimalloc heap; with another global allocator
+    // mimalloc's heap is empty and this does nothing.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
 
 /// `buf[start..end]` is unread data. `buf` is always fully initialised, so reads go straight
 /// into it; it grows to hold the largest message in flight and shrinks back when that is done.
@@ -56,7 +86,11 @@ impl ReadBuf {
             self.start = 0;
             self.end = 0;
             if self.buf.len() > SHRINK_ABOVE {
+                let big = self.buf.len() >= RETURN_TO_OS;
                 self.buf = vec![0; self.initial];
+                if big {
+                    return_to_os();
+                }
             }
         }
     }

@@ -19,7 +19,7 @@
 //! connection after the replies to the frames before it (and the auth error reply) are
 //! flushed, with one log line and a metric.
 
-use crate::buf::{ReadBuf, SHRINK_ABOVE};
+use crate::buf::{ReadBuf, SCRATCH_KEEP, SHRINK_ABOVE, release};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -300,6 +300,17 @@ struct Scratch {
     deflated: Vec<u8>,
 }
 
+impl Scratch {
+    /// After a batch of requests: what a big call grew is given back (four capacity checks).
+    #[inline]
+    fn release(&mut self) {
+        release(&mut self.meta, SCRATCH_KEEP);
+        release(&mut self.payload, SCRATCH_KEEP);
+        release(&mut self.inflated, SCRATCH_KEEP);
+        release(&mut self.deflated, SCRATCH_KEEP);
+    }
+}
+
 async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
     core: &Rc<Core<R>>,
     mut rd: Rd,
@@ -332,6 +343,9 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         }
         if let Some(watch) = watch {
             watch.taken(rbuf.data().len() < buffered, !rbuf.data().is_empty());
+        }
+        if rbuf.data().len() < buffered {
+            scratch.release();
         }
         if outbox.buf.borrow().len() >= WRITE_NUDGE {
             futures_lite::future::yield_now().await;
@@ -434,9 +448,7 @@ async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
             .bytes_out
             .add(batch.len() as u64);
         batch.clear();
-        if batch.capacity() > SHRINK_ABOVE {
-            batch = Vec::new();
-        }
+        release(&mut batch, SHRINK_ABOVE);
     }
     let _ = wr.close().await;
 }

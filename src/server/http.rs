@@ -51,6 +51,11 @@ pub(crate) trait Handler {
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), Refusal>;
     /// A whole request: append its reply to `out`, or say what it waits for.
     fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait>;
+    /// After a request: the reply just written refused it over a limit, and the connection is
+    /// to close (logged and counted as this refusal).
+    fn take_refusal(&mut self) -> Option<Refusal> {
+        None
+    }
 }
 
 /// A reply that cannot go out yet; the replies before it are sent first (HTTP/1.1 answers in
@@ -209,6 +214,10 @@ where
                         }
                     }
                     shrink(&mut body);
+                    if let Some(refusal) = handler.take_refusal() {
+                        let _ = write_out(core, transport, stream, &mut out).await;
+                        return End::BadHttp(refusal);
+                    }
                     if !head.keep_alive {
                         return match write_out(core, transport, stream, &mut out).await {
                             Ok(()) => End::Requested,
@@ -275,9 +284,7 @@ async fn write_out<S: AsyncWrite + Unpin, R: Registry>(
 
 /// Drops a buffer's memory once a big request has passed.
 pub(crate) fn shrink(buf: &mut Vec<u8>) {
-    if buf.capacity() > SHRINK_ABOVE {
-        *buf = Vec::new();
-    }
+    crate::buf::release(buf, SHRINK_ABOVE);
 }
 
 /// What [`advance`] got to.
