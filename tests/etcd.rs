@@ -538,6 +538,36 @@ fn etcd_outage_costs_no_call_and_a_lost_etcd_is_registered_again() {
         caller.servers() == all
     });
     caller.calls(30);
+
+    // Every lease revoked (its keys go with it): each server notices at its next renewal and
+    // registers again under a new lease.
+    let before: Vec<u64> = servers.iter().map(Server::registrations).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let leases = c.leases().await.unwrap();
+        assert!(leases.leases().len() >= 3, "a lease per server");
+        for lease in leases.leases() {
+            c.lease_revoke(lease.id()).await.unwrap();
+        }
+    });
+    eventually("every server registers under a new lease", || {
+        servers
+            .iter()
+            .zip(&before)
+            .all(|(s, b)| s.registrations() > *b)
+    });
+    eventually("the keys are back", || {
+        percore::client::etcd_list_once(&connect, &base, "Arith").is_ok_and(|l| l.len() == 3)
+    });
+    eventually("the client lists the three servers again", || {
+        caller.servers() == all
+    });
 }
 
 #[test]
