@@ -147,7 +147,8 @@ pub struct Gateway {
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Bytes of registered io_uring buffer memory per executor. Network I/O does not use it, so
-    /// it is small: every executor's share must fit the memlock limit (8 MiB by default).
+    /// it is small. Each executor registers it with its three rings, charged to the memlock
+    /// limit (in whole huge pages where THP is on); `percore check-host` shows the total.
     pub io_memory_bytes: usize,
     /// io_uring submission queue depth per executor. 256: network reads and writes go through
     /// readiness polls and direct syscalls (a reactor loop submits a few entries, ~0.05 loops

@@ -20,6 +20,7 @@
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
 //! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
+//! | [`host`] | what the host must give percore (io_uring, memlock, open files), checked before any executor starts; `percore check-host` |
 //!
 //! `main.rs` only parses the command line and calls into these.
 //!
@@ -73,6 +74,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod etcd;
+pub mod host;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

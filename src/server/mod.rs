@@ -22,6 +22,8 @@ mod dispatch;
 mod end;
 mod gateway;
 mod http;
+#[doc(hidden)]
+pub use http::fuzz_reader;
 mod jsonrpc;
 mod logs;
 mod quic;
