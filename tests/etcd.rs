@@ -454,10 +454,12 @@ fn servers_register_balance_leave_gracefully_and_expire() {
     // SIGTERM to s0 while calls go on: it leaves the client's list while it still accepts,
     // then exits 0; no call fails.
     caller.resume();
+    let t = Instant::now();
     servers[0].terminate();
     eventually("s0 leaves the client's list", || {
         !caller.servers().contains(&servers[0].addr)
     });
+    eprintln!("SIGTERM to the client's list without s0: {:?}", t.elapsed());
     assert!(
         TcpStream::connect(("127.0.0.1", servers[0].port())).is_ok(),
         "s0 still accepts once clients have dropped it"
@@ -467,15 +469,21 @@ fn servers_register_balance_leave_gracefully_and_expire() {
         caller.ok.load(Ordering::SeqCst) >= ok_then + 20
     });
     assert!(servers[0].wait_exit().success());
+    eprintln!("SIGTERM to s0's exit: {:?}", t.elapsed());
     caller.calls(20);
     assert_eq!(caller.servers(), sorted(&[&servers[1], &servers[2]]));
 
     // SIGKILL s1: no delete, so its key stays until the lease (ttl 2s) expires; the client then
     // stops using it. (Calls are paused meanwhile: Failfast calls to a dead server fail.)
+    let t = Instant::now();
     servers[1].kill();
     eventually("s1's key expires and the client drops it", || {
         caller.servers() == [servers[2].addr.clone()]
     });
+    eprintln!(
+        "SIGKILL to the client's list without s1 (ttl 2s): {:?}",
+        t.elapsed()
+    );
     let before = servers[2].mul_calls();
     let ok_before = caller.ok.load(Ordering::SeqCst);
     caller.calls(20);
@@ -508,12 +516,22 @@ fn etcd_outage_costs_no_call_and_a_lost_etcd_is_registered_again() {
         caller.ok.load(Ordering::SeqCst) > ok_before + 100,
         "calls went on while etcd was down"
     );
+    eprintln!(
+        "calls while etcd was down 10 s: {} ok, {} failed",
+        caller.ok.load(Ordering::SeqCst) - ok_before,
+        caller.failures().len()
+    );
     assert_eq!(caller.failures(), Vec::<String>::new());
     assert_eq!(caller.servers(), all, "the last list is kept");
     etcd.run();
+    let t = Instant::now();
     eventually("every server registers again", || {
         servers.iter().all(|s| s.registrations() >= 2)
     });
+    eprintln!(
+        "etcd back to every server registered again: {:?}",
+        t.elapsed()
+    );
     for s in &servers {
         assert!(
             s.metric("percore_registry_failures_total") >= 1,
