@@ -11,10 +11,11 @@
 
 FROM rust:1.95-slim-bookworm AS build
 # glommio's build script runs `git submodule update` (a no-op for the crates.io source, but it
-# unwraps the spawn) and liburing's configure; the slim image has no git.
+# unwraps the spawn) and liburing's configure; the slim image has no git. etcd-client's build
+# script compiles etcd's protobuf definitions with protoc.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git protobuf-compiler \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree: the vendored rustls patch (vendor/) is part of the build.

@@ -46,6 +46,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         cores: server.metrics().to_vec(),
         names: server.method_names(),
         health: server.health(),
+        registry: server.registration().map(|r| r.metrics()),
         quic: server
             .quic_counters()
             .into_iter()
@@ -64,6 +65,8 @@ struct State {
     cores: Vec<Arc<CoreMetrics>>,
     names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// `[registry.etcd]`'s counters, when it is configured.
+    registry: Option<Arc<crate::etcd::EtcdMetrics>>,
     /// Each `quic@` listener's own counters, by its address.
     quic: Vec<(String, Arc<QuicCounters>)>,
 }
@@ -238,8 +241,14 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &(metrics::prometheus(&state.cores, &state.names, status)
-                + &metrics::prometheus_quic(&state.quic)),
+            &{
+                let mut text = metrics::prometheus(&state.cores, &state.names, status)
+                    + &metrics::prometheus_quic(&state.quic);
+                if let Some(registry) = &state.registry {
+                    registry.prometheus(&mut text);
+                }
+                text
+            },
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

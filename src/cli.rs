@@ -119,7 +119,8 @@ impl TlsArgs {
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
     /// (rpcx's HTTP CONNECT), unix@/path or quic@host:port; add --tls-ca or --tls-insecure for
-    /// TLS (quic@ always needs one of them).
+    /// TLS (quic@ always needs one of them). Or
+    /// `etcd://HOST:PORT/BASE`: a server of the service registered in etcd under BASE.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -148,7 +149,9 @@ struct CallArgs {
 struct BenchArgs {
     /// Servers, `network@address` (tcp, reuseport, http, unix or quic), comma-separated;
     /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
-    /// needs one of them).
+    /// needs one of them). Or one
+    /// `etcd://HOST:PORT/BASE`: the active servers of the --call's service registered in etcd
+    /// under BASE, listed once at the start.
     #[arg(
         short = 's',
         long = "server",
@@ -383,8 +386,26 @@ fn call(args: CallArgs) -> ExitCode {
 fn bench(args: BenchArgs) -> ExitCode {
     use std::io::IsTerminal;
     let connections = args.connections.unwrap_or(args.concurrency);
+    let mut servers = args.servers;
+    if let [address] = servers.as_slice() {
+        match crate::client::etcd_servers(address, args.call.names().0) {
+            Ok(None) => {}
+            Ok(Some(listed)) if listed.is_empty() => {
+                eprintln!(
+                    "percore: no active server of {} is registered at {address}",
+                    args.call.names().0
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(Some(listed)) => servers = listed,
+            Err(e) => {
+                eprintln!("percore: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = BenchConfig {
-        servers: args.servers,
+        servers,
         concurrency: args.concurrency,
         connections,
         requests: args.requests,
@@ -503,6 +524,10 @@ fn load<R: Registry>(flags: &Overrides) -> Result<Config, ConfigError> {
     let config = config::load(flags, |name| std::env::var(name).ok())?;
     // Every [services.NAME] section names a hosted service and fits its config type.
     R::check(&config.services)?;
+    if let Some(etcd) = &config.registry.etcd {
+        let services: Vec<&str> = R::SERVICES.iter().map(|(name, _)| *name).collect();
+        etcd.check_services(&services)?;
+    }
     // The certificates are read here too, so --check-config catches a bad TLS file.
     crate::transport::tls::server_config(&config.tls)?;
     Ok(config)
@@ -601,7 +626,15 @@ fn run<R: Registry>(config: Config, flags: Overrides, log: LogReload) -> anyhow:
                         "shutting down: draining connections (signal again to exit at once)"
                     );
                     notify::notify("STOPPING=1\nSTATUS=draining connections");
-                    stopper.shutdown();
+                    // On a thread of its own: with [registry.etcd] the shutdown first waits
+                    // (bounded) for the keys' delete, and a second signal must still be heard.
+                    let background = stopper.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("percore-stop".into())
+                        .spawn(move || background.shutdown());
+                    if spawned.is_err() {
+                        stopper.shutdown();
+                    }
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
                     std::process::exit(1);

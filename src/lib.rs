@@ -16,6 +16,7 @@
 //! | [`client`] | the rpcx client: multiplexed connection, `XClient` (fail and select modes), discovery |
 //! | [`bench`] | the load generator behind `percore bench`, built on the public client only |
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
+//! | [`etcd`] | many hosts: registration in etcd (rpcx-etcd's key layout) on a thread of its own; the client's etcd discovery is [`client::EtcdDiscovery`] |
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
 //! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
@@ -56,7 +57,9 @@
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
 //! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
-//! `percore-quic-client` does the same for the client's `quic@` dials.
+//! `percore-quic-client` does the same for the client's `quic@` dials. `percore-etcd` (with
+//! `[registry.etcd]`) keeps this server's keys in etcd on a tokio runtime of its own, and a
+//! drain deletes them before the cores stop.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
@@ -70,6 +73,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod etcd;
 pub mod host;
 pub mod metrics;
 pub mod notify;
