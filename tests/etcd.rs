@@ -125,6 +125,8 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+        // etcd preallocates its WAL (~120 MB): leave nothing behind in /tmp.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
