@@ -16,3 +16,4 @@ pub mod prefixed;
 pub mod tcp;
 pub mod tls;
 pub mod unix;
+pub mod kcp;
