@@ -12,8 +12,8 @@
 pub mod connector;
 pub mod dial;
 pub mod http_connect;
+pub mod kcp;
 pub mod prefixed;
 pub mod tcp;
 pub mod tls;
 pub mod unix;
-pub mod kcp;

@@ -214,8 +214,8 @@ mod tests {
         let cap = Capture::load();
         let mask = unhex("714f64aa64cc9b552ff48f1aba7b4312");
         for d in &cap.datagrams {
-            for i in 0..16 {
-                assert_eq!(d.ciphertext[i] ^ d.plaintext[i], mask[i]);
+            for (i, m) in mask.iter().enumerate() {
+                assert_eq!(d.ciphertext[i] ^ d.plaintext[i], *m);
             }
         }
     }

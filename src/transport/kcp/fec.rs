@@ -244,7 +244,9 @@ impl FecDecoder {
         }
         let mut n = 0;
         for i in missing {
-            let Some(s) = shards[i].as_ref() else { continue };
+            let Some(s) = shards[i].as_ref() else {
+                continue;
+            };
             if s.len() < SIZE {
                 continue;
             }
@@ -276,8 +278,8 @@ mod tests {
             let data: Vec<Vec<u8>> = (0..10).map(|i| vec![u8::from(i == c)]).collect();
             let mut parity = vec![vec![0u8]; 3];
             rs.encode_sep(&data, &mut parity).unwrap();
-            for p in 0..3 {
-                assert_eq!(parity[p][0], cap.parity_rows[p][c], "row {p} column {c}");
+            for (p, row) in cap.parity_rows.iter().enumerate() {
+                assert_eq!(parity[p][0], row[c], "row {p} column {c}");
             }
         }
     }
@@ -301,7 +303,12 @@ mod tests {
                     let want = expected_parity.next().unwrap();
                     let mut out = Vec::new();
                     enc.parity(i, &mut out);
-                    assert_eq!(out, &want.plaintext[OFF..], "parity datagram {}", want.index);
+                    assert_eq!(
+                        out,
+                        &want.plaintext[OFF..],
+                        "parity datagram {}",
+                        want.index
+                    );
                     parity_seen += 1;
                 }
             }
@@ -422,7 +429,10 @@ mod tests {
     fn short_and_unknown_shards_are_errors() {
         let mut dec = FecDecoder::new(codec(10, 3).unwrap());
         let mut r = Vec::new();
-        assert_eq!(dec.decode(&[1, 2, 3], &mut r).err(), Some(FecError::TooShort));
+        assert_eq!(
+            dec.decode(&[1, 2, 3], &mut r).err(),
+            Some(FecError::TooShort)
+        );
         assert_eq!(
             dec.decode(&[0, 0, 0, 0, 0xf1, 0, 9], &mut r).err(),
             Some(FecError::TooShort)

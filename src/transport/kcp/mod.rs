@@ -197,9 +197,9 @@ impl KcpConfig {
             (d, p) if d + p > 255 => {
                 return Err(bad("data_shards", "data + parity shards is at most 255"));
             }
-            (d, p) => Some(
-                fec::codec(d, p).ok_or_else(|| bad("data_shards", "no Reed-Solomon code"))?,
-            ),
+            (d, p) => {
+                Some(fec::codec(d, p).ok_or_else(|| bad("data_shards", "no Reed-Solomon code"))?)
+            }
         };
         let crypt = match self.crypt {
             CryptKind::None => {
@@ -217,7 +217,10 @@ impl KcpConfig {
                         parse_hex(hex).ok_or_else(|| bad("key", "not hex"))?
                     }
                     None => derive_key(
-                        self.password.as_deref().unwrap_or(DEFAULT_PASSWORD).as_bytes(),
+                        self.password
+                            .as_deref()
+                            .unwrap_or(DEFAULT_PASSWORD)
+                            .as_bytes(),
                         self.salt.as_deref().unwrap_or(DEFAULT_SALT).as_bytes(),
                     )
                     .to_vec(),
@@ -252,7 +255,7 @@ impl KcpConfig {
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -369,7 +372,10 @@ mod tests {
     #[test]
     fn defaults_are_rpcx_examples() {
         let setup = KcpConfig::default().prepare().unwrap();
-        assert_eq!(setup.kcp_mtu, 1372, "kcp-go's 1400 counts the 28 header bytes");
+        assert_eq!(
+            setup.kcp_mtu, 1372,
+            "kcp-go's 1400 counts the 28 header bytes"
+        );
         assert!(matches!(setup.crypt, crypt::Crypt::Aes256(_)));
         let cap = Capture::load();
         let mut d = cap.datagrams[0].ciphertext.clone();
@@ -403,9 +409,14 @@ mod tests {
             "crypt",
         );
         check(|c| c.interval = Duration::from_millis(1), "interval");
-        let mut c = KcpConfig::default();
-        c.key = Some("00".repeat(16));
-        assert!(matches!(c.prepare().unwrap().crypt, crypt::Crypt::Aes128(_)));
+        let c = KcpConfig {
+            key: Some("00".repeat(16)),
+            ..KcpConfig::default()
+        };
+        assert!(matches!(
+            c.prepare().unwrap().crypt,
+            crypt::Crypt::Aes128(_)
+        ));
     }
 
     #[test]
@@ -447,7 +458,11 @@ mod tests {
                     stream.extend_from_slice(&out[..n]);
                 }
             }
-            let frames = if c2s { &cap.frames_c2s } else { &cap.frames_s2c };
+            let frames = if c2s {
+                &cap.frames_c2s
+            } else {
+                &cap.frames_s2c
+            };
             assert_eq!(frames.len(), 12);
             assert_eq!(stream, frames.concat(), "c2s {c2s}");
         }

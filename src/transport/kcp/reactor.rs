@@ -286,7 +286,13 @@ impl Reactor {
         }
     }
 
-    fn add_session(&mut self, ep: usize, peer: SocketAddr, conv: u32, shared: Arc<Shared>) -> usize {
+    fn add_session(
+        &mut self,
+        ep: usize,
+        peer: SocketAddr,
+        conv: u32,
+        shared: Arc<Shared>,
+    ) -> usize {
         let now = self.now();
         let Some(e) = self.endpoints[ep].as_ref() else {
             unreachable!("sessions are added to live endpoints")
@@ -331,7 +337,9 @@ impl Reactor {
 
     /// Forgets a session; `why` is what its stream reports (None: its owner closed it).
     fn remove_session(&mut self, sid: usize, why: Option<Ended>) {
-        let Some(s) = self.sessions[sid].take() else { return };
+        let Some(s) = self.sessions[sid].take() else {
+            return;
+        };
         self.free.push(sid);
         let (rw, ww) = {
             let mut b = s.shared.lock();
@@ -372,7 +380,9 @@ impl Reactor {
         let mut buf = [0u8; MTU_LIMIT];
         for ep in 0..self.endpoints.len() {
             for _ in 0..READS_PER_PASS {
-                let Some(e) = self.endpoints[ep].as_ref() else { break };
+                let Some(e) = self.endpoints[ep].as_ref() else {
+                    break;
+                };
                 let (n, from) = match e.socket.recv_from(&mut buf) {
                     Ok(r) => r,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -380,10 +390,10 @@ impl Reactor {
                     Err(err) => {
                         // A connected (dialed) socket reports the peer's ICMP port unreachable
                         // here: nobody listens there.
-                        if let Kind::Dialer { session } = e.kind {
-                            if err.kind() == io::ErrorKind::ConnectionRefused {
-                                self.remove_session(session, Some(Ended::Refused));
-                            }
+                        if let Kind::Dialer { session } = e.kind
+                            && err.kind() == io::ErrorKind::ConnectionRefused
+                        {
+                            self.remove_session(session, Some(Ended::Refused));
                         }
                         break;
                     }
@@ -396,7 +406,9 @@ impl Reactor {
     /// One datagram from `from` on endpoint `ep`.
     fn datagram(&mut self, ep: usize, data: &mut [u8], from: SocketAddr) {
         let now = self.now();
-        let Some(e) = self.endpoints[ep].as_ref() else { return };
+        let Some(e) = self.endpoints[ep].as_ref() else {
+            return;
+        };
         let stats = e.stats.clone();
         bump(&stats.datagrams_in);
         let fec_header = e.setup.fec_header;
@@ -495,14 +507,18 @@ impl Reactor {
                 sid
             }
         };
-        let Some(s) = self.sessions[sid].as_mut() else { return };
+        let Some(s) = self.sessions[sid].as_mut() else {
+            return;
+        };
         let body = &data[crypt::HEADER..];
         let mut recovered = std::mem::take(&mut self.recovered);
         let kcp_bytes = match s.dec.as_mut() {
             None => body,
             Some(dec) => match dec.decode(body, &mut recovered) {
                 Ok(d) => {
-                    stats.fec_recovered.fetch_add(d.recovered as u64, Ordering::Relaxed);
+                    stats
+                        .fec_recovered
+                        .fetch_add(d.recovered as u64, Ordering::Relaxed);
                     d.kcp
                 }
                 Err(_) => {
@@ -534,12 +550,20 @@ impl Reactor {
     fn visit_sessions(&mut self) {
         let now = self.now();
         for sid in 0..self.sessions.len() {
-            let Some(s) = self.sessions[sid].as_mut() else { continue };
-            let Some(ep) = self.endpoints[s.endpoint].as_ref() else { continue };
+            let Some(s) = self.sessions[sid].as_mut() else {
+                continue;
+            };
+            let Some(ep) = self.endpoints[s.endpoint].as_ref() else {
+                continue;
+            };
             let cfg = &ep.setup.cfg;
             let poked = s.shared.dirty.swap(false, Ordering::SeqCst);
             if !(s.touched || poked || s.closing || reached(now, s.next_due)) {
-                if reached(now, s.last_input.wrapping_add(cfg.idle_timeout.as_millis() as u32)) {
+                if reached(
+                    now,
+                    s.last_input
+                        .wrapping_add(cfg.idle_timeout.as_millis() as u32),
+                ) {
                     self.remove_session(sid, Some(Ended::Idle));
                 }
                 continue;
@@ -594,8 +618,12 @@ impl Reactor {
             return;
         }
         let mut packets = packets;
-        let Some(s) = self.sessions[sid].as_mut() else { return };
-        let Some(ep) = self.endpoints[s.endpoint].as_ref() else { return };
+        let Some(s) = self.sessions[sid].as_mut() else {
+            return;
+        };
+        let Some(ep) = self.endpoints[s.endpoint].as_ref() else {
+            return;
+        };
         let setup = &ep.setup;
         let start = RESERVE - crypt::HEADER - setup.fec_header;
         let mut parity_buf = Vec::new();
@@ -619,7 +647,7 @@ impl Reactor {
             }
         }
         let mut q = self.out.0.borrow_mut();
-        q.pool.extend(packets.drain(..));
+        q.pool.append(&mut packets);
         q.pool.truncate(64);
         q.packets = packets;
     }

@@ -51,10 +51,9 @@ fn indices(v: &Value) -> Vec<usize> {
 
 impl Capture {
     pub fn load() -> Capture {
-        let v: Value = serde_json::from_str(include_str!(
-            "../../../tests/data/kcp-go-datagrams.json"
-        ))
-        .unwrap();
+        let v: Value =
+            serde_json::from_str(include_str!("../../../tests/data/kcp-go-datagrams.json"))
+                .unwrap();
         let datagrams = v["datagrams"]
             .as_array()
             .unwrap()

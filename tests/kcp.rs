@@ -1,0 +1,462 @@
+//! KCP at the module level: listener, dialer and streams on loopback, through a lossy relay that
+//! drops, duplicates and reorders datagrams; vanished peers, garbage and caps.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_lite::future::block_on;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use percore::transport::kcp::{self, KcpConfig, KcpListener, KcpStream};
+
+/// Bound on every wait in these tests.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the relay does to each datagram, in percent.
+#[derive(Clone, Copy)]
+struct Loss {
+    drop: u32,
+    dup: u32,
+    reorder: u32,
+}
+
+/// A UDP relay between clients and a server that loses, duplicates and reorders datagrams (a
+/// seeded xorshift decides), one upstream socket per client so the server sees distinct peers.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Stops forwarding anything (the peer "vanishes") while still running.
+    mute: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(server: SocketAddr, loss: Loss, seed: u64) -> Relay {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        front.set_nonblocking(true).unwrap();
+        let addr = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mute = Arc::new(AtomicBool::new(false));
+        let (s, m) = (stop.clone(), mute.clone());
+        let thread = std::thread::spawn(move || relay(front, server, loss, seed, &s, &m));
+        Relay {
+            addr,
+            stop,
+            mute,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn relay(
+    front: UdpSocket,
+    server: SocketAddr,
+    loss: Loss,
+    mut seed: u64,
+    stop: &AtomicBool,
+    mute: &AtomicBool,
+) {
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 100) as u32
+    };
+    let mut up: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+    // Held back datagrams: (release after this many more datagrams, to, via front?, bytes).
+    let mut held: Vec<(u32, SocketAddr, Option<SocketAddr>, Vec<u8>)> = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let mut got: Vec<(SocketAddr, Option<SocketAddr>, Vec<u8>)> = Vec::new();
+        while let Ok((n, from)) = front.recv_from(&mut buf) {
+            let sock = up.entry(from).or_insert_with(|| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(server).unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            });
+            let _ = sock;
+            got.push((server, Some(from), buf[..n].to_vec()));
+        }
+        for (client, sock) in &up {
+            while let Ok(n) = sock.recv(&mut buf) {
+                got.push((*client, None, buf[..n].to_vec()));
+            }
+        }
+        if got.is_empty() {
+            std::thread::sleep(Duration::from_micros(300));
+            // Nothing new: let held datagrams go eventually.
+            for h in &mut held {
+                h.0 = h.0.saturating_sub(1);
+            }
+        }
+        let mut out = Vec::new();
+        for (to, via, bytes) in got {
+            if mute.load(Ordering::SeqCst) {
+                continue;
+            }
+            let r = rand();
+            if r < loss.drop {
+                continue;
+            }
+            if r < loss.drop + loss.reorder {
+                held.push((1 + rand() % 3, to, via, bytes));
+                continue;
+            }
+            if r < loss.drop + loss.reorder + loss.dup {
+                out.push((to, via, bytes.clone()));
+            }
+            out.push((to, via, bytes));
+            for h in &mut held {
+                h.0 = h.0.saturating_sub(1);
+            }
+        }
+        let (ready, keep): (Vec<_>, Vec<_>) = held.drain(..).partition(|h| h.0 == 0);
+        held = keep;
+        out.extend(ready.into_iter().map(|(_, to, via, b)| (to, via, b)));
+        for (to, via, bytes) in out {
+            match via {
+                // client -> server through that client's upstream socket
+                Some(client) => {
+                    let _ = up[&client].send(&bytes);
+                }
+                // server -> client through the front socket
+                None => {
+                    let _ = front.send_to(&bytes, to);
+                }
+            }
+        }
+    }
+}
+
+/// A listener whose sessions are echoed back, each by a thread of its own.
+fn echo_server(cfg: &KcpConfig) -> KcpListener {
+    let setup = cfg.prepare().unwrap();
+    kcp::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        &setup,
+        Box::new(|stream, _| {
+            std::thread::spawn(move || block_on(echo(stream)));
+        }),
+    )
+    .unwrap()
+}
+
+async fn echo(mut s: KcpStream) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Settings that make a lossy test quick: short interval and RTO, fast resend.
+fn quick() -> KcpConfig {
+    KcpConfig {
+        interval: Duration::from_millis(10),
+        nodelay: true,
+        resend: 2,
+        ..KcpConfig::default()
+    }
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+        .collect()
+}
+
+/// Writes `data` and reads the same number of bytes back, concurrently.
+async fn round_trip(s: KcpStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = futures_lite::io::split(s);
+    let send = async {
+        for chunk in data.chunks(3000) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w
+    };
+    let recv = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.unwrap();
+        back
+    };
+    let (_, back) = futures_lite::future::zip(send, recv).await;
+    back
+}
+
+fn with_timeout<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(WAIT).expect("finished in time")
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn streams_carry_bytes_both_ways_through_a_lossy_relay() {
+    let cfg = quick();
+    let server = echo_server(&cfg);
+    let relay = Relay::start(
+        server.local_addr(),
+        Loss {
+            drop: 15,
+            dup: 10,
+            reorder: 10,
+        },
+        0x9e3779b97f4a7c15,
+    );
+    let setup = cfg.prepare().unwrap();
+    let target = relay.addr;
+    let results = with_timeout(move || {
+        let handles: Vec<_> = (0..3u8)
+            .map(|i| {
+                let setup = setup.clone();
+                std::thread::spawn(move || {
+                    let data = pattern(40_000 + 1000 * usize::from(i), i);
+                    let s = kcp::dial(target, &setup).unwrap();
+                    let back = block_on(round_trip(s, &data));
+                    back == data
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(results, vec![true; 3]);
+    let c = server.stats().counts();
+    assert_eq!(c.sessions_total, 3);
+    assert!(c.retransmissions > 0 || c.fec_recovered > 0, "{c:?}");
+    assert!(kcp::dial_stats().counts().datagrams_out > 0);
+    drop(relay);
+}
+
+#[test]
+fn rpcx_example_settings_work_through_loss() {
+    // The defaults (kcp-go's 100ms interval, normal RTO) are slower to recover, so less data.
+    let cfg = KcpConfig::default();
+    let server = echo_server(&cfg);
+    let relay = Relay::start(
+        server.local_addr(),
+        Loss {
+            drop: 10,
+            dup: 5,
+            reorder: 5,
+        },
+        7,
+    );
+    let setup = cfg.prepare().unwrap();
+    let target = relay.addr;
+    let ok = with_timeout(move || {
+        let data = pattern(5_000, 3);
+        let s = kcp::dial(target, &setup).unwrap();
+        block_on(async {
+            let mut s = s;
+            // Request/response turns, like rpcx calls.
+            for chunk in data.chunks(100) {
+                s.write_all(chunk).await.unwrap();
+                let mut back = vec![0u8; chunk.len()];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, chunk);
+            }
+            true
+        })
+    });
+    assert!(ok);
+    drop(relay);
+}
+
+#[test]
+fn a_vanished_peer_is_reclaimed_after_the_idle_timeout() {
+    let cfg = KcpConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..quick()
+    };
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = kcp::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        &cfg.prepare().unwrap(),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).unwrap()),
+    )
+    .unwrap();
+    let relay = Relay::start(
+        server.local_addr(),
+        Loss {
+            drop: 0,
+            dup: 0,
+            reorder: 0,
+        },
+        1,
+    );
+    // The client keeps a long idle timeout: only the server should give up.
+    let client_cfg = KcpConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..quick()
+    };
+    let mut client = kcp::dial(relay.addr, &client_cfg.prepare().unwrap()).unwrap();
+    block_on(client.write_all(b"hello")).unwrap();
+    let mut at_server = rx.recv_timeout(WAIT).unwrap();
+    let mut buf = [0u8; 5];
+    block_on(at_server.read_exact(&mut buf)).unwrap();
+    assert_eq!(&buf, b"hello");
+    assert_eq!(server.stats().counts().sessions, 1);
+
+    relay.mute.store(true, Ordering::SeqCst);
+    assert!(wait_until(|| server.stats().counts().sessions == 0));
+    let c = server.stats().counts();
+    assert_eq!((c.idle_timeouts, c.sessions_total), (1, 1));
+    // The core holding the stream learns why it ended.
+    let err = with_timeout(move || block_on(at_server.read(&mut [0u8; 8])).unwrap_err());
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    drop(client);
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_and_the_listener_keeps_serving() {
+    let cfg = quick();
+    let server = echo_server(&cfg);
+    let addr = server.local_addr();
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seed = 12345u64;
+    let mut sent = 0;
+    for len in [0usize, 1, 10, 19, 20, 27, 28, 52, 100, 1400, 1500] {
+        for _ in 0..5 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            junk.send_to(&bytes, addr).unwrap();
+            sent += 1;
+        }
+    }
+    assert!(wait_until(|| server.stats().counts().datagrams_in == sent));
+    let c = server.stats().counts();
+    assert_eq!(c.sessions_total, 0, "garbage starts no session");
+    assert_eq!(
+        c.dropped_short,
+        5 * 5,
+        "0, 1, 10, 19, 20 bytes: below crypt + FEC headers"
+    );
+    assert_eq!(c.dropped_crc + c.dropped_short, sent, "{c:?}");
+
+    // A real peer is still served, and its stream survives garbage from its own address.
+    let setup = cfg.prepare().unwrap();
+    let ok = with_timeout(move || {
+        let s = kcp::dial(addr, &setup).unwrap();
+        let data = pattern(10_000, 9);
+        block_on(round_trip(s, &data)) == data
+    });
+    assert!(ok);
+    assert_eq!(server.stats().counts().sessions_total, 1);
+}
+
+#[test]
+fn sessions_past_the_cap_are_refused_and_counted() {
+    let cfg = KcpConfig {
+        max_sessions: 1,
+        ..quick()
+    };
+    let server = echo_server(&cfg);
+    let setup = cfg.prepare().unwrap();
+    let addr = server.local_addr();
+    let mut first = kcp::dial(addr, &setup).unwrap();
+    let mut second = kcp::dial(addr, &setup).unwrap();
+    block_on(first.write_all(b"one")).unwrap();
+    let mut b = [0u8; 3];
+    let got = with_timeout(move || {
+        block_on(first.read_exact(&mut b)).unwrap();
+        b
+    });
+    assert_eq!(&got, b"one");
+    block_on(second.write_all(b"two")).unwrap();
+    assert!(wait_until(
+        || server.stats().counts().dropped_session_cap > 0
+    ));
+    assert_eq!(server.stats().counts().sessions_total, 1);
+}
+
+#[test]
+fn wrong_key_is_a_crc_drop() {
+    let server = echo_server(&quick());
+    let other = KcpConfig {
+        password: Some("not-the-key".into()),
+        ..quick()
+    };
+    let mut s = kcp::dial(server.local_addr(), &other.prepare().unwrap()).unwrap();
+    block_on(s.write_all(b"x")).unwrap();
+    assert!(wait_until(|| server.stats().counts().dropped_crc > 0));
+    assert_eq!(server.stats().counts().sessions_total, 0);
+}
+
+#[test]
+fn shutdown_waits_for_open_streams_to_be_closed_by_their_owners() {
+    let cfg = quick();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = kcp::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        &cfg.prepare().unwrap(),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).unwrap()),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let stats = server.stats().clone();
+    let mut client = kcp::dial(addr, &cfg.prepare().unwrap()).unwrap();
+    block_on(client.write_all(b"ping")).unwrap();
+    let mut at_server = rx.recv_timeout(WAIT).unwrap();
+    // The owner answers, then closes: the reply must still reach the client after shutdown
+    // began.
+    let owner = std::thread::spawn(move || {
+        block_on(async {
+            let mut b = [0u8; 4];
+            at_server.read_exact(&mut b).await.unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            at_server.write_all(b"pong").await.unwrap();
+            at_server.close().await.unwrap();
+        })
+    });
+    let stopper = std::thread::spawn(move || server.shutdown(WAIT));
+    let got = with_timeout(move || {
+        let mut b = [0u8; 4];
+        block_on(client.read_exact(&mut b)).unwrap();
+        b
+    });
+    assert_eq!(&got, b"pong");
+    owner.join().unwrap();
+    stopper.join().unwrap();
+    assert_eq!(stats.counts().sessions, 0);
+}
