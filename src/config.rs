@@ -13,11 +13,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::transport::addr::{Addr, Network};
 
 /// The whole server configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,7 +42,8 @@ pub struct ServerConfig {
     /// Addresses as `network@address`; `tcp` and `reuseport` both mean a TCP listener per core
     /// with SO_REUSEPORT, `http` the same for rpcx's HTTP CONNECT network, and `unix@/path` a
     /// Unix domain socket accepted by every core. A bare `host:port` is `tcp`.
-    pub listen: Vec<ListenAddr>,
+    #[serde(deserialize_with = "listen_addrs")]
+    pub listen: Vec<Addr>,
     /// Executors to run, one per CPU, taken in order from the CPUs the process may run on
     /// (online CPUs ∩ affinity mask, so `taskset` and systemd `CPUAffinity=` choose which).
     /// 0 means all of them.
@@ -230,10 +232,7 @@ pub enum LogFormat {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![ListenAddr {
-                network: Network::Tcp,
-                address: "127.0.0.1:8972".into(),
-            }],
+            listen: vec![Addr::new(Network::Tcp, "127.0.0.1:8972")],
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
@@ -288,133 +287,34 @@ impl Default for Log {
     }
 }
 
-/// The transport of a listen or dial address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Network {
-    /// `tcp`: a TCP listener per core with SO_REUSEPORT.
-    Tcp,
-    /// `reuseport`: rpcx's name for the same thing; clients dial it as `tcp`.
-    Reuseport,
-    /// `http`: rpcx's HTTP CONNECT network, a TCP listener per core whose plain HTTP requests
-    /// other than `CONNECT /_rpcx_` get `405 must CONNECT`.
-    Http,
-    /// `unix`: a Unix domain stream socket at a path, accepted by every core.
-    Unix,
-}
-
-impl Network {
-    /// The name used in `network@address`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Network::Tcp => "tcp",
-            Network::Reuseport => "reuseport",
-            Network::Http => "http",
-            Network::Unix => "unix",
-        }
-    }
-
-    /// Whether the address is `host:port` (every network but `unix`).
-    pub fn is_ip(self) -> bool {
-        !matches!(self, Network::Unix)
+/// Checks what a listen address needs beyond its shape: an IP literal with a port (not a name),
+/// and a network percore serves.
+pub fn check_listen(addr: &Addr) -> Result<(), String> {
+    match addr.network {
+        Network::Quic | Network::Kcp => Err(format!(
+            "{addr}: network {} is not served yet (tcp, reuseport, http and unix are)",
+            addr.network
+        )),
+        Network::Unix => Ok(()),
+        _ => addr.socket_addr().map(drop).map_err(|e| e.to_string()),
     }
 }
 
-/// `network@address`, e.g. `tcp@127.0.0.1:8972`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ListenAddr {
-    pub network: Network,
-    pub address: String,
+/// A listen address from text: [`Addr`]'s parse, then [`check_listen`] (for `--listen`).
+pub fn parse_listen(s: &str) -> Result<Addr, String> {
+    let addr: Addr = s
+        .parse()
+        .map_err(|e: crate::transport::addr::AddrError| e.to_string())?;
+    check_listen(&addr)?;
+    Ok(addr)
 }
 
-impl ListenAddr {
-    /// The path of a `unix` listener.
-    pub fn unix_path(&self) -> Option<&Path> {
-        (self.network == Network::Unix).then(|| Path::new(&self.address))
-    }
-
-    /// The socket address of a TCP-family listener.
-    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        self.address.parse().map_err(|_| {
-            format!(
-                "{self}: {:?} is not an IP address with a port",
-                self.address
-            )
-        })
-    }
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (network, address) = s.split_once('@').unwrap_or(("tcp", s));
-        let network = match network {
-            "tcp" | "tcp4" | "tcp6" => Network::Tcp,
-            "reuseport" => Network::Reuseport,
-            "http" => Network::Http,
-            "unix" => Network::Unix,
-            "quic" | "kcp" => {
-                return Err(format!(
-                    "network {network:?} in {s:?} is not served yet (tcp, reuseport, http and unix are)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "unknown network {other:?} in {s:?} (expected tcp, reuseport, http or unix)"
-                ));
-            }
-        };
-        let addr = ListenAddr {
-            network,
-            address: address.to_owned(),
-        };
-        if network.is_ip() {
-            addr.socket_addr()?;
-        } else {
-            check_unix_path(s, address)?;
-        }
-        Ok(addr)
-    }
-}
-
-/// Longest path a Unix socket address can hold (`sun_path` is 108 bytes with the final NUL).
-pub const MAX_UNIX_PATH: usize = 107;
-
-fn check_unix_path(s: &str, path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err(format!(
-            "{s:?}: a unix address needs a path (unix@/run/x.sock)"
-        ));
-    }
-    if path.len() > MAX_UNIX_PATH {
-        return Err(format!(
-            "{s:?}: a unix socket path is at most {MAX_UNIX_PATH} bytes, this one is {}",
-            path.len()
-        ));
-    }
-    if path.contains('\0') {
-        return Err(format!("{s:?}: a unix socket path cannot contain NUL"));
-    }
-    Ok(())
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.network.name(), self.address)
-    }
-}
-
-impl Serialize for ListenAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ListenAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+/// `server.listen` as serde reads it: each entry checked by [`parse_listen`].
+fn listen_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_listen(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// A configuration that cannot be used, with where it came from.
@@ -590,19 +490,7 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
 pub const EXIT_CONFIG: i32 = 78;
 
 impl Config {
-    /// Reads a TOML file; unknown keys are errors that name the key, line and column.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
-    }
-
-    /// Parses TOML text.
+    /// Parses TOML text; unknown keys are errors that name the key, line and column.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         let config: Config =
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
@@ -683,76 +571,79 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.listen.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "server.listen",
-                message: "no listen address".into(),
-            });
-        }
-        if self.server.backlog == 0 {
-            return Err(ConfigError::Invalid {
-                key: "server.backlog",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.limits.max_frame_bytes < 64 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_frame_bytes",
-                message: format!(
-                    "{} is too small for any rpcx frame (at least 64)",
-                    self.limits.max_frame_bytes
-                ),
-            });
-        }
-        if self.limits.max_calls_in_flight == 0 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_calls_in_flight",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.limits.max_pending_write_bytes == 0 {
-            return Err(ConfigError::Invalid {
-                key: "limits.max_pending_write_bytes",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.gateway.max_headers == 0 {
-            return Err(ConfigError::Invalid {
-                key: "gateway.max_headers",
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.gateway.max_header_bytes < 64 {
-            return Err(ConfigError::Invalid {
-                key: "gateway.max_header_bytes",
-                message: format!(
-                    "{} is too small for any HTTP request head (at least 64)",
-                    self.gateway.max_header_bytes
-                ),
-            });
-        }
-        if self.runtime.ring_depth == 0 || !self.runtime.ring_depth.is_power_of_two() {
-            return Err(ConfigError::Invalid {
-                key: "runtime.ring_depth",
-                message: format!("{} must be a power of two", self.runtime.ring_depth),
-            });
-        }
-        let tls = &self.tls;
-        if tls.cert.is_some() != tls.key.is_some() {
-            return Err(ConfigError::Invalid {
-                key: if tls.cert.is_some() {
+        let (limits, gateway, tls) = (&self.limits, &self.gateway, &self.tls);
+        // Each rule: the key it is about, whether it is broken, and what to say.
+        let rules: [(&'static str, bool, &dyn Fn() -> String); 10] = [
+            ("server.listen", self.server.listen.is_empty(), &|| {
+                "no listen address".into()
+            }),
+            ("server.backlog", self.server.backlog == 0, &|| {
+                "must be at least 1".into()
+            }),
+            (
+                "limits.max_frame_bytes",
+                limits.max_frame_bytes < 64,
+                &|| {
+                    format!(
+                        "{} is too small for any rpcx frame (at least 64)",
+                        limits.max_frame_bytes
+                    )
+                },
+            ),
+            (
+                "limits.max_calls_in_flight",
+                limits.max_calls_in_flight == 0,
+                &|| "must be at least 1".into(),
+            ),
+            (
+                "limits.max_pending_write_bytes",
+                limits.max_pending_write_bytes == 0,
+                &|| "must be at least 1".into(),
+            ),
+            ("gateway.max_headers", gateway.max_headers == 0, &|| {
+                "must be at least 1".into()
+            }),
+            (
+                "gateway.max_header_bytes",
+                gateway.max_header_bytes < 64,
+                &|| {
+                    format!(
+                        "{} is too small for any HTTP request head (at least 64)",
+                        gateway.max_header_bytes
+                    )
+                },
+            ),
+            (
+                "runtime.ring_depth",
+                !self.runtime.ring_depth.is_power_of_two(),
+                &|| format!("{} must be a power of two", self.runtime.ring_depth),
+            ),
+            (
+                if tls.cert.is_some() {
                     "tls.key"
                 } else {
                     "tls.cert"
                 },
-                message: "tls.cert and tls.key must be set together".into(),
+                tls.cert.is_some() != tls.key.is_some(),
+                &|| "tls.cert and tls.key must be set together".into(),
+            ),
+            (
+                "tls.client_ca",
+                tls.client_ca.is_some() && !tls.enabled(),
+                &|| "mutual TLS needs tls.cert and tls.key too".into(),
+            ),
+        ];
+        if let Some((key, _, message)) = rules.iter().find(|(_, broken, _)| *broken) {
+            return Err(ConfigError::Invalid {
+                key,
+                message: message(),
             });
         }
-        if tls.client_ca.is_some() && !tls.enabled() {
-            return Err(ConfigError::Invalid {
-                key: "tls.client_ca",
-                message: "mutual TLS needs tls.cert and tls.key too".into(),
-            });
+        for addr in &self.server.listen {
+            check_listen(addr).map_err(|message| ConfigError::Invalid {
+                key: "server.listen",
+                message,
+            })?;
         }
         if self
             .auth
@@ -831,25 +722,31 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        let a: ListenAddr = "reuseport@127.0.0.1:0".parse().unwrap();
+        let a = parse_listen("reuseport@127.0.0.1:0").unwrap();
         assert_eq!(a.network, Network::Reuseport);
-        let b: ListenAddr = "127.0.0.1:9".parse().unwrap();
-        assert_eq!(b.to_string(), "tcp@127.0.0.1:9");
-        assert!(
-            "udp@1.2.3.4:5"
-                .parse::<ListenAddr>()
-                .unwrap_err()
-                .contains("udp")
+        assert_eq!(
+            parse_listen("127.0.0.1:9").unwrap().to_string(),
+            "tcp@127.0.0.1:9"
         );
-        assert!("tcp@localhost".parse::<ListenAddr>().is_err());
-        let u: ListenAddr = "unix@/tmp/x.sock".parse().unwrap();
-        assert_eq!(u.unix_path(), Some(Path::new("/tmp/x.sock")));
-        assert_eq!(u.to_string(), "unix@/tmp/x.sock");
-        assert!("unix@".parse::<ListenAddr>().is_err());
+        assert!(parse_listen("udp@1.2.3.4:5").unwrap_err().contains("udp"));
+        assert!(
+            parse_listen("tcp@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
+        );
+        assert!(parse_listen("tcp@localhost").is_err());
+        let u = parse_listen("unix@/tmp/x.sock").unwrap();
+        assert_eq!(u.unix_path(), Some(std::path::Path::new("/tmp/x.sock")));
+        assert!(parse_listen("unix@").is_err());
         let long = format!("unix@/{}", "x".repeat(200));
-        assert!(long.parse::<ListenAddr>().unwrap_err().contains("107"));
-        let h: ListenAddr = "http@127.0.0.1:0".parse().unwrap();
-        assert_eq!(h.network, Network::Http);
+        assert!(parse_listen(&long).unwrap_err().contains("107"));
+        assert!(
+            parse_listen("quic@127.0.0.1:1")
+                .unwrap_err()
+                .contains("not served yet")
+        );
+        let err = Config::from_toml("[server]\nlisten = [\"tcp@nohost:1\"]").unwrap_err();
+        assert!(err.to_string().contains("nohost"), "{err}");
     }
 
     #[test]

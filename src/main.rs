@@ -9,9 +9,7 @@ use clap::{Parser, Subcommand};
 use percore::bench::{BenchConfig, CallKind, OutputOptions};
 use percore::client::{CallCommand, CallError, Error as ClientError};
 use percore::codec::SerializeType;
-use percore::config::{
-    self, Config, ConfigError, EXIT_CONFIG, ListenAddr, LogFormat, Origin, Overrides,
-};
+use percore::config::{self, Config, ConfigError, EXIT_CONFIG, LogFormat, Origin, Overrides};
 use percore::notify;
 use tracing_subscriber::EnvFilter;
 
@@ -216,8 +214,8 @@ struct ServeArgs {
     config: Option<PathBuf>,
     /// Listen address `network@address` (tcp, reuseport, http or unix, e.g.
     /// `unix@/run/percore.sock`); repeat for several. Replaces server.listen.
-    #[arg(long, value_name = "ADDR")]
-    listen: Vec<ListenAddr>,
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
+    listen: Vec<percore::transport::addr::Addr>,
     /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.
     #[arg(long, value_name = "N")]
     cores: Option<usize>,

@@ -7,18 +7,20 @@
 //! which Prometheus counters tolerate.
 //!
 //! Labels are bounded: services and methods come from the static registry (an unknown one is
-//! `unknown`, never the client's string), transports from [`TRANSPORTS`], reasons from fixed
-//! lists.
+//! `unknown`, never the client's string); transports and reasons are enums ([`Transport`],
+//! [`Close`], [`BadFrame`], [`BadHttp`]) whose `ALL` sizes the counter arrays and lists the
+//! label values, so every reason the code can count is exported.
 //!
-//! Handling time costs one `Instant::now()` pair per call (two vDSO `clock_gettime` reads, tens
-//! of nanoseconds); a delayed call (`Hello.Say` with `services.hello.delay`) is observed as its
-//! handler's time plus the delay, when its outcome is decided.
+//! Handling time is sampled: one call in 16 per method and core (the first included) costs an `Instant::now()` pair and a bucket search;
+//! a delayed call (`Hello.Say` with `services.hello.delay`) is observed as its handler's time
+//! plus the delay, when its outcome is decided.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::protocol::DecodeError;
 use crate::service::Method;
 
 /// A counter written by one thread only.
@@ -45,99 +47,117 @@ impl Counter {
     }
 }
 
-/// Why a connection's input was refused (the `reason` label of bad-frame counts).
-pub const BAD_FRAME_REASONS: &[&str] = &[
-    "bad_magic",
-    "too_large",
-    "truncated",
-    "trailing_bytes",
-    "invalid_utf8",
-    "bad_metadata",
-    "unknown_compress",
-    "bad_gzip",
-    "decompressed_too_large",
-];
+/// A label enum: its variants, `ALL` in label order, and `name()` (the label value).
+macro_rules! labels {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $variant:ident = $label:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant,)* }
 
-/// Why an HTTP connection's input was refused (the `reason` label of bad-HTTP counts).
-pub const BAD_HTTP_REASONS: &[&str] = &[
-    "malformed",
-    "headers_too_large",
-    "body_too_large",
-    "unsupported",
-    "timeout",
-];
+        impl $name {
+            /// Every value, in label order (the index of a value is `self as usize`).
+            pub const ALL: [$name; [$($label),*].len()] = [$($name::$variant),*];
 
-/// The `transport` label values, indexed by [`Transport`]. A new transport adds its name here
-/// and a constant on [`Transport`], and passes it to the connection loop.
-pub const TRANSPORTS: &[&str] = &["tcp", "unix"];
+            /// The label value.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
 
-/// Which transport a connection came in on (an index into [`TRANSPORTS`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transport(usize);
-
-impl Transport {
-    /// TCP listeners (`tcp`, `reuseport`, `http`), with or without TLS.
-    pub const TCP: Transport = Transport(0);
-    /// Unix domain socket listeners (`unix`), with or without TLS.
-    pub const UNIX: Transport = Transport(1);
-
-    pub fn name(self) -> &'static str {
-        TRANSPORTS[self.0]
+labels! {
+    /// Which transport a connection came in on (the `transport` label).
+    pub enum Transport {
+        /// TCP listeners (`tcp`, `reuseport`, `http`), with or without TLS.
+        Tcp = "tcp",
+        /// Unix domain socket listeners (`unix`), with or without TLS.
+        Unix = "unix",
+        /// QUIC streams (`quic`).
+        Quic = "quic",
+        /// KCP sessions (`kcp`).
+        Kcp = "kcp",
     }
 }
 
-/// Why a connection was closed (the `reason` label of closed-connection counts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Close {
-    /// The peer closed its side.
-    Eof,
-    /// Reading failed (reset by the peer, ...).
-    ReadError,
-    /// Writing failed.
-    WriteError,
-    /// The peer sent something that is not rpcx (also counted in bad frames by reason).
-    BadFrame,
-    /// No request within `limits.idle_timeout`.
-    IdleTimeout,
-    /// Nothing sent within `limits.handshake_timeout`.
-    HandshakeTimeout,
-    /// Over `limits.max_connections_per_core`: accepted and closed at once.
-    MaxConnections,
-    /// A call failed the auth check.
-    Unauthenticated,
-    /// Drained on shutdown, every reply sent.
-    Shutdown,
-    /// Still open when the drain timeout ran out.
-    DrainTimeout,
+labels! {
+    /// Why a connection was closed (the `reason` label of closed-connection counts).
+    pub enum Close {
+        /// The peer closed its side (or asked to, with HTTP `Connection: close`).
+        Eof = "eof",
+        /// Reading failed (reset by the peer, ...).
+        ReadError = "read_error",
+        /// Writing failed.
+        WriteError = "write_error",
+        /// The peer sent something that is not rpcx (also counted in bad frames by reason), or
+        /// HTTP that was refused (also counted in bad HTTP by reason).
+        BadFrame = "bad_frame",
+        /// No request within `limits.idle_timeout` (`gateway.idle_timeout` for HTTP).
+        IdleTimeout = "idle_timeout",
+        /// Nothing sent within `limits.handshake_timeout`.
+        HandshakeTimeout = "handshake_timeout",
+        /// Over `limits.max_connections_per_core`: accepted and closed at once.
+        MaxConnections = "max_connections",
+        /// A call failed the auth check.
+        Unauthenticated = "unauthenticated",
+        /// Drained on shutdown, every reply sent.
+        Shutdown = "shutdown",
+        /// Still open when the drain timeout ran out.
+        DrainTimeout = "drain_timeout",
+    }
 }
 
-impl Close {
-    pub const ALL: [Close; 10] = [
-        Close::Eof,
-        Close::ReadError,
-        Close::WriteError,
-        Close::BadFrame,
-        Close::IdleTimeout,
-        Close::HandshakeTimeout,
-        Close::MaxConnections,
-        Close::Unauthenticated,
-        Close::Shutdown,
-        Close::DrainTimeout,
-    ];
+labels! {
+    /// Why a connection's rpcx input was refused (the `reason` label of bad-frame counts).
+    pub enum BadFrame {
+        /// The first byte is not rpcx's magic (or not any protocol this port serves).
+        BadMagic = "bad_magic",
+        /// A frame longer than `limits.max_frame_bytes`.
+        TooLarge = "too_large",
+        /// A frame shorter than its own lengths say.
+        Truncated = "truncated",
+        /// Bytes after a frame's last field, inside its length.
+        TrailingBytes = "trailing_bytes",
+        /// A service path or method that is not UTF-8.
+        InvalidUtf8 = "invalid_utf8",
+        /// A metadata block whose entries run past it.
+        BadMetadata = "bad_metadata",
+        /// A compress type other than none and gzip.
+        UnknownCompress = "unknown_compress",
+        /// A gzip payload that does not inflate.
+        BadGzip = "bad_gzip",
+        /// A gzip payload that inflates past `limits.max_decompressed_bytes`.
+        DecompressedTooLarge = "decompressed_too_large",
+    }
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Close::Eof => "eof",
-            Close::ReadError => "read_error",
-            Close::WriteError => "write_error",
-            Close::BadFrame => "bad_frame",
-            Close::IdleTimeout => "idle_timeout",
-            Close::HandshakeTimeout => "handshake_timeout",
-            Close::MaxConnections => "max_connections",
-            Close::Unauthenticated => "unauthenticated",
-            Close::Shutdown => "shutdown",
-            Close::DrainTimeout => "drain_timeout",
+impl From<&DecodeError> for BadFrame {
+    fn from(e: &DecodeError) -> BadFrame {
+        match e {
+            DecodeError::BadMagic(_) => BadFrame::BadMagic,
+            DecodeError::TooLarge { .. } => BadFrame::TooLarge,
+            DecodeError::Truncated(_) => BadFrame::Truncated,
+            DecodeError::TrailingBytes(_) => BadFrame::TrailingBytes,
+            DecodeError::InvalidUtf8(_) => BadFrame::InvalidUtf8,
+            DecodeError::BadMetadata => BadFrame::BadMetadata,
+            DecodeError::UnknownCompress(_) => BadFrame::UnknownCompress,
         }
+    }
+}
+
+labels! {
+    /// Why an HTTP connection's input was refused (the `reason` label of bad-HTTP counts).
+    pub enum BadHttp {
+        /// Not parsable as HTTP/1.x (400).
+        Malformed = "malformed",
+        /// A request head over `gateway.max_header_bytes` or `gateway.max_headers` (431).
+        HeadersTooLarge = "headers_too_large",
+        /// A body over `gateway.max_body_bytes` (413).
+        BodyTooLarge = "body_too_large",
+        /// A transfer coding other than chunked (501).
+        Unsupported = "unsupported",
+        /// A request not complete within `gateway.request_timeout` (408).
+        Timeout = "timeout",
     }
 }
 
@@ -162,12 +182,12 @@ const BUCKET_NANOS: [u64; 19] = {
 #[derive(Debug, Default)]
 pub struct TransportMetrics {
     pub accepted: Counter,
-    /// Indexed like [`Close::ALL`].
-    pub closed: [Counter; 10],
+    /// Indexed by [`Close`].
+    pub closed: [Counter; Close::ALL.len()],
     pub bytes_in: Counter,
     pub bytes_out: Counter,
-    /// Indexed like [`BAD_FRAME_REASONS`].
-    pub bad_frames: [Counter; 9],
+    /// Indexed by [`BadFrame`].
+    pub bad_frames: [Counter; BadFrame::ALL.len()],
 }
 
 impl TransportMetrics {
@@ -175,15 +195,17 @@ impl TransportMetrics {
         self.closed[reason as usize].inc();
     }
 
-    /// Counts a refused input by its reason name (one of [`BAD_FRAME_REASONS`]).
-    pub fn bad_frame(&self, reason: &str) {
-        if let Some(i) = BAD_FRAME_REASONS.iter().position(|r| *r == reason) {
-            self.bad_frames[i].inc();
-        }
+    /// Counts a refused input.
+    pub fn bad_frame(&self, reason: BadFrame) {
+        self.bad_frames[reason as usize].inc();
     }
 
     pub fn closed_total(&self) -> u64 {
         self.closed.iter().map(Counter::get).sum()
+    }
+
+    fn open(&self) -> u64 {
+        self.accepted.get().saturating_sub(self.closed_total())
     }
 }
 
@@ -248,14 +270,115 @@ pub struct CoreMetrics {
     pub jsonrpc_calls: Counter,
     /// Gateway and JSON-RPC replies that carry an error (rpcx error headers or a JSON-RPC error).
     pub gateway_errors: Counter,
-    /// HTTP input refused with a 4xx/5xx and a closed connection (unparsable request, header or
-    /// body limits, bad chunking), indexed like [`BAD_HTTP_REASONS`].
-    pub bad_http: [Counter; 5],
+    /// HTTP input refused with a 4xx/5xx and a closed connection, indexed by [`BadHttp`].
+    pub bad_http: [Counter; BadHttp::ALL.len()],
     /// Indexed by [`Transport`].
-    pub transports: Box<[TransportMetrics]>,
+    pub transports: [TransportMetrics; Transport::ALL.len()],
     /// Indexed by [`Method::index`], then one more for unknown service or method.
     pub methods: Box<[MethodMetrics]>,
 }
+
+/// The counters that are one number per core: (name, help, the counter).
+type Scalar = (&'static str, &'static str, fn(&CoreMetrics) -> &Counter);
+
+/// Every scalar counter as the scrape exports it, in order.
+const SCALARS: &[Scalar] = &[
+    (
+        "rpcx_server_requests_total",
+        "Request frames read (heartbeats not included).",
+        |c| &c.requests,
+    ),
+    (
+        "rpcx_server_heartbeats_total",
+        "Heartbeat frames echoed.",
+        |c| &c.heartbeats,
+    ),
+    (
+        "rpcx_server_error_replies_total",
+        "Error replies sent.",
+        |c| &c.error_replies,
+    ),
+    (
+        "rpcx_server_auth_failures_total",
+        "Calls refused by the auth check.",
+        |c| &c.auth_failures,
+    ),
+    (
+        "rpcx_server_tls_handshakes_total",
+        "TLS handshakes completed.",
+        |c| &c.tls_handshakes,
+    ),
+    (
+        "rpcx_server_tls_handshake_failures_total",
+        "Connections closed because their TLS handshake failed.",
+        |c| &c.tls_handshake_failures,
+    ),
+    (
+        "rpcx_server_plaintext_refused_total",
+        "Plaintext connections closed because TLS is required (tls.allow_plaintext = false).",
+        |c| &c.plaintext_refused,
+    ),
+    (
+        "rpcx_server_http_connects_total",
+        "HTTP CONNECT /_rpcx_ handshakes accepted.",
+        |c| &c.http_connects,
+    ),
+    (
+        "rpcx_server_http_connect_refused_total",
+        "Requests refused with 405 must CONNECT, or CONNECT heads malformed or too long.",
+        |c| &c.http_connect_refused,
+    ),
+    (
+        "rpcx_server_gateway_requests_total",
+        "HTTP gateway requests answered, errors included.",
+        |c| &c.gateway_requests,
+    ),
+    (
+        "rpcx_server_jsonrpc_calls_total",
+        "JSON-RPC 2.0 calls and notifications (each element of a batch).",
+        |c| &c.jsonrpc_calls,
+    ),
+    (
+        "rpcx_server_gateway_errors_total",
+        "Gateway and JSON-RPC replies that carry an error.",
+        |c| &c.gateway_errors,
+    ),
+];
+
+/// The per-transport counters: (name, type, help, the value).
+type PerTransport = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TransportMetrics) -> u64,
+);
+
+const PER_TRANSPORT: &[PerTransport] = &[
+    (
+        "rpcx_server_connections_open",
+        "gauge",
+        "Connections open now.",
+        TransportMetrics::open,
+    ),
+    (
+        "rpcx_server_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |t| t.accepted.get(),
+    ),
+    (
+        "rpcx_server_received_bytes_total",
+        "counter",
+        "Bytes read from connections.",
+        |t| t.bytes_in.get(),
+    ),
+    (
+        "rpcx_server_sent_bytes_total",
+        "counter",
+        "Bytes written to connections.",
+        |t| t.bytes_out.get(),
+    ),
+];
 
 impl CoreMetrics {
     pub fn new(core: usize) -> CoreMetrics {
@@ -274,7 +397,7 @@ impl CoreMetrics {
             jsonrpc_calls: Counter::default(),
             gateway_errors: Counter::default(),
             bad_http: Default::default(),
-            transports: TRANSPORTS.iter().map(|_| Default::default()).collect(),
+            transports: Default::default(),
             methods: (0..=Method::ALL.len())
                 .map(|_| Default::default())
                 .collect(),
@@ -283,7 +406,7 @@ impl CoreMetrics {
 
     #[inline]
     pub fn transport(&self, t: Transport) -> &TransportMetrics {
-        &self.transports[t.0]
+        &self.transports[t as usize]
     }
 
     /// A registered method's counts.
@@ -298,11 +421,9 @@ impl CoreMetrics {
         &self.methods[Method::ALL.len()]
     }
 
-    /// Counts a refused HTTP input by its reason name (one of [`BAD_HTTP_REASONS`]).
-    pub fn bad_http(&self, reason: &str) {
-        if let Some(i) = BAD_HTTP_REASONS.iter().position(|r| *r == reason) {
-            self.bad_http[i].inc();
-        }
+    /// Counts a refused HTTP input.
+    pub fn bad_http(&self, reason: BadHttp) {
+        self.bad_http[reason as usize].inc();
     }
 
     pub fn bad_http_total(&self) -> u64 {
@@ -328,10 +449,7 @@ impl CoreMetrics {
 
     /// Connections currently open on this core.
     pub fn connections_open(&self) -> u64 {
-        self.transports
-            .iter()
-            .map(|t| t.accepted.get().saturating_sub(t.closed_total()))
-            .sum()
+        self.transports.iter().map(TransportMetrics::open).sum()
     }
 }
 
@@ -353,299 +471,141 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
     };
     let methods = Method::ALL.len() + 1;
 
+    let name = "rpcx_server_started_total";
     header(
         &mut out,
-        "rpcx_server_started_total",
+        name,
         "counter",
         "Calls started, by service and method.",
     );
     for i in 0..methods {
         let (s, m) = method_names(i);
         let n = sum(&|c| c.methods[i].started.get());
-        let _ = writeln!(
-            out,
-            "rpcx_server_started_total{{service=\"{s}\",method=\"{m}\"}} {n}"
-        );
+        let _ = writeln!(out, "{name}{{service=\"{s}\",method=\"{m}\"}} {n}");
     }
+    let name = "rpcx_server_handled_total";
     header(
         &mut out,
-        "rpcx_server_handled_total",
+        name,
         "counter",
         "Calls finished, by service, method and outcome (OK or error).",
     );
     for i in 0..methods {
         let (s, m) = method_names(i);
-        let ok = sum(&|c| c.methods[i].handled_ok.get());
-        let err = sum(&|c| c.methods[i].handled_error.get());
-        let _ = writeln!(
-            out,
-            "rpcx_server_handled_total{{service=\"{s}\",method=\"{m}\",code=\"OK\"}} {ok}"
-        );
-        let _ = writeln!(
-            out,
-            "rpcx_server_handled_total{{service=\"{s}\",method=\"{m}\",code=\"error\"}} {err}"
-        );
+        for (code, n) in [
+            ("OK", sum(&|c| c.methods[i].handled_ok.get())),
+            ("error", sum(&|c| c.methods[i].handled_error.get())),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{service=\"{s}\",method=\"{m}\",code=\"{code}\"}} {n}"
+            );
+        }
     }
+    let name = "rpcx_server_handling_seconds";
     header(
         &mut out,
-        "rpcx_server_handling_seconds",
+        name,
         "histogram",
         "Time from a call's decode to its outcome, by service and method; one call in 16 per method and core is timed, the first included.",
     );
     for i in 0..Method::ALL.len() {
         let (s, m) = method_names(i);
+        let labels = format!("service=\"{s}\",method=\"{m}\"");
         let mut cumulative = 0;
         for (b, bound) in HANDLING_BUCKETS.iter().enumerate() {
             cumulative += sum(&|c| c.methods[i].buckets[b].get());
-            let _ = writeln!(
-                out,
-                "rpcx_server_handling_seconds_bucket{{service=\"{s}\",method=\"{m}\",le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
         cumulative += sum(&|c| c.methods[i].buckets[HANDLING_BUCKETS.len()].get());
-        let _ = writeln!(
-            out,
-            "rpcx_server_handling_seconds_bucket{{service=\"{s}\",method=\"{m}\",le=\"+Inf\"}} {cumulative}"
-        );
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
         let secs = sum(&|c| c.methods[i].sum_nanos.get()) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "rpcx_server_handling_seconds_sum{{service=\"{s}\",method=\"{m}\"}} {secs}"
-        );
-        let _ = writeln!(
-            out,
-            "rpcx_server_handling_seconds_count{{service=\"{s}\",method=\"{m}\"}} {cumulative}"
-        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {secs}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
 
-    header(
-        &mut out,
-        "rpcx_server_requests_total",
-        "counter",
-        "Request frames read (heartbeats not included).",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_requests_total {}",
-        sum(&|c| c.requests.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_heartbeats_total",
-        "counter",
-        "Heartbeat frames echoed.",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_heartbeats_total {}",
-        sum(&|c| c.heartbeats.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_error_replies_total",
-        "counter",
-        "Error replies sent.",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_error_replies_total {}",
-        sum(&|c| c.error_replies.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_auth_failures_total",
-        "counter",
-        "Calls refused by the auth check.",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_auth_failures_total {}",
-        sum(&|c| c.auth_failures.get())
-    );
-
-    // Handshakes before the first rpcx frame: TLS and rpcx's HTTP CONNECT.
-    type Read<'a> = &'a dyn Fn(&CoreMetrics) -> u64;
-    let simple: [(&str, &str, Read); 5] = [
-        (
-            "rpcx_server_tls_handshakes_total",
-            "TLS handshakes completed.",
-            &|c| c.tls_handshakes.get(),
-        ),
-        (
-            "rpcx_server_tls_handshake_failures_total",
-            "Connections closed because their TLS handshake failed.",
-            &|c| c.tls_handshake_failures.get(),
-        ),
-        (
-            "rpcx_server_plaintext_refused_total",
-            "Plaintext connections closed because TLS is required (tls.allow_plaintext = false).",
-            &|c| c.plaintext_refused.get(),
-        ),
-        (
-            "rpcx_server_http_connects_total",
-            "HTTP CONNECT /_rpcx_ handshakes accepted.",
-            &|c| c.http_connects.get(),
-        ),
-        (
-            "rpcx_server_http_connect_refused_total",
-            "Requests refused with 405 must CONNECT, or CONNECT heads malformed or too long.",
-            &|c| c.http_connect_refused.get(),
-        ),
-    ];
-    for (name, help, value) in simple {
+    for &(name, help, counter) in SCALARS {
         header(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", sum(value));
+        let _ = writeln!(out, "{name} {}", sum(&|c| counter(c).get()));
     }
 
+    let name = "rpcx_server_bad_http_total";
     header(
         &mut out,
-        "rpcx_server_gateway_requests_total",
-        "counter",
-        "HTTP gateway requests answered, errors included.",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_gateway_requests_total {}",
-        sum(&|c| c.gateway_requests.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_jsonrpc_calls_total",
-        "counter",
-        "JSON-RPC 2.0 calls and notifications (each element of a batch).",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_jsonrpc_calls_total {}",
-        sum(&|c| c.jsonrpc_calls.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_gateway_errors_total",
-        "counter",
-        "Gateway and JSON-RPC replies that carry an error.",
-    );
-    let _ = writeln!(
-        out,
-        "rpcx_server_gateway_errors_total {}",
-        sum(&|c| c.gateway_errors.get())
-    );
-    header(
-        &mut out,
-        "rpcx_server_bad_http_total",
+        name,
         "counter",
         "HTTP inputs refused (4xx/5xx, connection closed), by reason.",
     );
-    for (r, reason) in BAD_HTTP_REASONS.iter().enumerate() {
-        let n = sum(&|c| c.bad_http[r].get());
-        let _ = writeln!(out, "rpcx_server_bad_http_total{{reason=\"{reason}\"}} {n}");
+    for reason in BadHttp::ALL {
+        let n = sum(&|c| c.bad_http[reason as usize].get());
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", reason.name());
     }
 
-    let per_transport = |out: &mut String,
-                         name: &str,
-                         kind: &str,
-                         help: &str,
-                         f: &dyn Fn(&TransportMetrics) -> u64| {
-        header(out, name, kind, help);
-        for (t, label) in TRANSPORTS.iter().enumerate() {
-            let n = sum(&|c| f(&c.transports[t]));
-            let _ = writeln!(out, "{name}{{transport=\"{label}\"}} {n}");
-        }
-    };
-    per_transport(
-        &mut out,
-        "rpcx_server_connections_open",
-        "gauge",
-        "Connections open now.",
-        &|t| t.accepted.get().saturating_sub(t.closed_total()),
-    );
-    per_transport(
-        &mut out,
-        "rpcx_server_connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        &|t| t.accepted.get(),
-    );
-    per_transport(
-        &mut out,
-        "rpcx_server_received_bytes_total",
-        "counter",
-        "Bytes read from connections.",
-        &|t| t.bytes_in.get(),
-    );
-    per_transport(
-        &mut out,
-        "rpcx_server_sent_bytes_total",
-        "counter",
-        "Bytes written to connections.",
-        &|t| t.bytes_out.get(),
-    );
-    header(
-        &mut out,
-        "rpcx_server_connections_closed_total",
-        "counter",
-        "Connections closed, by reason.",
-    );
-    for (t, label) in TRANSPORTS.iter().enumerate() {
-        for reason in Close::ALL {
-            let n = sum(&|c| c.transports[t].closed[reason as usize].get());
-            let _ = writeln!(
-                out,
-                "rpcx_server_connections_closed_total{{transport=\"{label}\",reason=\"{}\"}} {n}",
-                reason.name()
-            );
+    for &(name, kind, help, value) in PER_TRANSPORT {
+        header(&mut out, name, kind, help);
+        for t in Transport::ALL {
+            let n = sum(&|c| value(c.transport(t)));
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {n}", t.name());
         }
     }
+    let name = "rpcx_server_connections_closed_total";
+    header(&mut out, name, "counter", "Connections closed, by reason.");
+    for t in Transport::ALL {
+        for reason in Close::ALL {
+            let n = sum(&|c| c.transport(t).closed[reason as usize].get());
+            let (t, r) = (t.name(), reason.name());
+            let _ = writeln!(out, "{name}{{transport=\"{t}\",reason=\"{r}\"}} {n}");
+        }
+    }
+    let name = "rpcx_server_bad_frames_total";
     header(
         &mut out,
-        "rpcx_server_bad_frames_total",
+        name,
         "counter",
         "Inputs refused as not rpcx (the connection is closed), by reason.",
     );
-    for (t, label) in TRANSPORTS.iter().enumerate() {
-        for (r, reason) in BAD_FRAME_REASONS.iter().enumerate() {
-            let n = sum(&|c| c.transports[t].bad_frames[r].get());
-            let _ = writeln!(
-                out,
-                "rpcx_server_bad_frames_total{{transport=\"{label}\",reason=\"{reason}\"}} {n}"
-            );
+    for t in Transport::ALL {
+        for reason in BadFrame::ALL {
+            let n = sum(&|c| c.transport(t).bad_frames[reason as usize].get());
+            let (t, r) = (t.name(), reason.name());
+            let _ = writeln!(out, "{name}{{transport=\"{t}\",reason=\"{r}\"}} {n}");
         }
     }
+    let name = "rpcx_server_core_connections_open";
     header(
         &mut out,
-        "rpcx_server_core_connections_open",
+        name,
         "gauge",
         "Connections open now, per core (every transport).",
     );
     for c in cores {
         let _ = writeln!(
             out,
-            "rpcx_server_core_connections_open{{core=\"{}\"}} {}",
+            "{name}{{core=\"{}\"}} {}",
             c.core,
             c.connections_open()
         );
     }
-    header(
-        &mut out,
-        "rpcx_server_cores",
-        "gauge",
-        "Executors (cores) serving.",
-    );
-    let _ = writeln!(out, "rpcx_server_cores {}", cores.len());
-    header(
-        &mut out,
-        "rpcx_server_ready",
-        "gauge",
-        "1 when every core listens and the server is not draining.",
-    );
-    let _ = writeln!(out, "rpcx_server_ready {}", u8::from(status.ready));
-    header(
-        &mut out,
-        "rpcx_server_draining",
-        "gauge",
-        "1 while shutting down.",
-    );
-    let _ = writeln!(out, "rpcx_server_draining {}", u8::from(status.draining));
+    for (name, help, value) in [
+        (
+            "rpcx_server_cores",
+            "Executors (cores) serving.",
+            cores.len() as u64,
+        ),
+        (
+            "rpcx_server_ready",
+            "1 when every core listens and the server is not draining.",
+            u64::from(status.ready),
+        ),
+        (
+            "rpcx_server_draining",
+            "1 while shutting down.",
+            u64::from(status.draining),
+        ),
+    ] {
+        header(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }
 
@@ -685,8 +645,8 @@ mod tests {
         b.method(Method::ArithMul).handled(true);
         b.method(Method::ArithMul).timed(Duration::from_millis(1));
         a.unknown_method().started.inc();
-        a.transport(Transport::TCP).accepted.add(3);
-        a.transport(Transport::TCP).close(Close::Eof);
+        a.transport(Transport::Tcp).accepted.add(3);
+        a.transport(Transport::Tcp).close(Close::Eof);
         let text = prometheus(
             &[a, b],
             Status {
@@ -708,5 +668,59 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn every_label_value_is_exported() {
+        let text = prometheus(
+            &[Arc::new(CoreMetrics::new(0))],
+            Status {
+                ready: false,
+                draining: false,
+            },
+        );
+        for t in Transport::ALL {
+            for r in Close::ALL {
+                let line = format!(
+                    "rpcx_server_connections_closed_total{{transport=\"{}\",reason=\"{}\"}} 0",
+                    t.name(),
+                    r.name()
+                );
+                assert!(text.contains(&line), "missing {line}");
+            }
+            for r in BadFrame::ALL {
+                let line = format!(
+                    "rpcx_server_bad_frames_total{{transport=\"{}\",reason=\"{}\"}} 0",
+                    t.name(),
+                    r.name()
+                );
+                assert!(text.contains(&line), "missing {line}");
+            }
+        }
+        for r in BadHttp::ALL {
+            assert!(text.contains(&format!(
+                "rpcx_server_bad_http_total{{reason=\"{}\"}} 0",
+                r.name()
+            )));
+        }
+        for (name, _, _) in SCALARS {
+            assert!(text.contains(&format!("\n{name} 0\n")), "missing {name}");
+        }
+        // Every counter a reason names is one the scrape reads.
+        let m = CoreMetrics::new(0);
+        m.transport(Transport::Kcp)
+            .bad_frame(BadFrame::DecompressedTooLarge);
+        m.bad_http(BadHttp::Timeout);
+        let text = prometheus(
+            &[Arc::new(m)],
+            Status {
+                ready: true,
+                draining: false,
+            },
+        );
+        assert!(text.contains(
+            "rpcx_server_bad_frames_total{transport=\"kcp\",reason=\"decompressed_too_large\"} 1"
+        ));
+        assert!(text.contains("rpcx_server_bad_http_total{reason=\"timeout\"} 1"));
     }
 }

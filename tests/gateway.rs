@@ -497,7 +497,7 @@ fn hundred_keep_alive_requests_on_one_connection() {
     }
     let m = &server.metrics()[0];
     assert_eq!(
-        m.transport(percore::metrics::Transport::TCP).accepted.get(),
+        m.transport(percore::metrics::Transport::Tcp).accepted.get(),
         1
     );
     assert_eq!(m.gateway_requests.get(), 200);
@@ -707,7 +707,7 @@ fn oversized_body_is_refused_with_413() {
     assert_eq!(reply.header("Connection"), Some("close"));
     assert!(common::closed_without_reply(&mut s));
     assert_eq!(
-        server.metrics()[0].bad_http[2].get(),
+        server.metrics()[0].bad_http[percore::metrics::BadHttp::BodyTooLarge as usize].get(),
         3,
         "body_too_large counted"
     );

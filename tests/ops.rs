@@ -396,14 +396,14 @@ fn gateway_bytes_are_counted_under_the_transport_that_carried_them() {
     assert!(reply.ends_with(r#"{"C":6}"#), "{reply}");
     let m = &server.metrics()[0];
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_in.get(),
+        m.transport(Transport::Unix).bytes_in.get(),
         request.len() as u64
     );
     assert_eq!(
-        m.transport(Transport::UNIX).bytes_out.get(),
+        m.transport(Transport::Unix).bytes_out.get(),
         reply.len() as u64
     );
-    assert_eq!(m.transport(Transport::TCP).bytes_in.get(), 0);
+    assert_eq!(m.transport(Transport::Tcp).bytes_in.get(), 0);
     common::stop(server);
 }
 
@@ -440,7 +440,7 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
         "the server read every call without its replies being read"
     );
     let read = server.metrics()[0]
-        .transport(percore::metrics::Transport::TCP)
+        .transport(percore::metrics::Transport::Tcp)
         .bytes_in
         .get();
     assert!(read < all.len() as u64);
@@ -454,5 +454,33 @@ fn a_peer_that_does_not_read_its_replies_stops_being_read() {
     s.set_write_timeout(Some(common::IO_TIMEOUT)).unwrap();
     s.write_all(&all[written..]).unwrap();
     assert!(replies.join().unwrap());
+    common::stop(server);
+}
+
+#[test]
+fn slow_and_idle_admin_clients_do_not_hold_up_probes() {
+    let server = common::start_with(1, |_| {});
+    let admin = percore::admin::start("127.0.0.1:0".parse().unwrap(), &server).unwrap();
+    server.wait_ready();
+    // One client trickles its request a byte at a time; 200 more connect and send nothing.
+    let mut slow = connect(admin);
+    let idle: Vec<TcpStream> = (0..200).map(|_| connect(admin)).collect();
+    let request = b"GET /healthz HTTP/1.1\r\n\r\n";
+    for (i, path) in ["/healthz", "/metrics", "/readyz"].iter().cycle().take(15).enumerate() {
+        if i < request.len() {
+            slow.write_all(&request[i..i + 1]).unwrap();
+        }
+        // Each probe must be answered within 2 s (a read past that fails the test).
+        let mut probe = TcpStream::connect(admin).unwrap();
+        probe
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        write!(probe, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+        let mut text = String::new();
+        probe.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {text}");
+    }
+    drop(idle);
+    drop(slow);
     common::stop(server);
 }

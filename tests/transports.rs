@@ -15,7 +15,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use percore::config::Config;
 use percore::protocol::{self, Message};
 use percore::server::ServerHandle;
-use percore::transport::connector::{Conn, Connector, DialError, DialOptions};
+use percore::transport::connector::{Connector, DialError, DialOptions, Stream};
 use percore::transport::http_connect::{CONNECT_REQUEST, CONNECTED};
 use percore::transport::tls::ClientTls;
 
@@ -130,7 +130,7 @@ fn on_glommio<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> 
     })
 }
 
-async fn read_message(conn: &mut Conn) -> Option<Message> {
+async fn read_message(conn: &mut Stream) -> Option<Message> {
     let mut header = [0u8; protocol::HEADER_LEN];
     conn.read_exact(&mut header).await.ok()?;
     let total = protocol::frame_len(&header, u32::MAX).unwrap().unwrap();
@@ -144,7 +144,7 @@ async fn read_message(conn: &mut Conn) -> Option<Message> {
 }
 
 /// `Arith.Mul {a, b}` on `conn`; the product, or `None` if the connection closed.
-async fn try_mul(conn: &mut Conn, seq: u64, a: i64, b: i64) -> Option<i64> {
+async fn try_mul(conn: &mut Stream, seq: u64, a: i64, b: i64) -> Option<i64> {
     let msg = request(3, seq, "Arith", "Mul", &msgpack_args(a, b));
     conn.write_all(&msg.to_bytes()).await.ok()?;
     conn.flush().await.ok()?;

@@ -161,7 +161,7 @@ impl BenchConfig {
             return bad("no server (-s network@host:port)".into());
         }
         for s in &self.servers {
-            s.parse::<crate::transport::dial::DialAddr>()
+            s.parse::<crate::transport::addr::Addr>()
                 .map_err(|e| BenchError::Config(e.to_string()))?;
         }
         if let Some(tls) = &self.tls {

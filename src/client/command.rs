@@ -72,7 +72,7 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
     }
     // Parsed here so a bad address fails before an executor starts.
     cmd.address
-        .parse::<crate::transport::dial::DialAddr>()
+        .parse::<crate::transport::addr::Addr>()
         .map_err(Error::from)?;
     let reply = super::block_on(move || async move {
         let client = Client::new(&cmd.address, options)?;

@@ -28,7 +28,7 @@ use crate::codec::{self, SerializeType};
 use crate::protocol::{
     self, COMPRESS_GZIP, Frame, Header, META_AUTH, META_SERVER_TIMEOUT, Metadata,
 };
-use crate::transport::dial::Stream;
+use crate::transport::connector::Stream;
 
 /// rpcx compresses only payloads larger than this (the Go client's and server's rule).
 const GZIP_ABOVE: usize = 1024;

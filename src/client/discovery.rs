@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use crate::transport::dial::{AddrError, DialAddr};
+use crate::transport::addr::{Addr, AddrError};
 
 /// One server and its metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl ServerEntry {
     }
 
     /// The parsed address.
-    pub fn dial_addr(&self) -> Result<DialAddr, AddrError> {
+    pub fn dial_addr(&self) -> Result<Addr, AddrError> {
         self.address.parse()
     }
 }
@@ -70,7 +70,7 @@ impl FromStr for ServerEntry {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (address, metadata) = s.split_once('?').unwrap_or((s, ""));
-        address.parse::<DialAddr>()?;
+        address.parse::<Addr>()?;
         Ok(ServerEntry::new(address, metadata))
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::codec::CodecError;
-use crate::transport::dial::AddrError;
+use crate::transport::addr::AddrError;
 
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

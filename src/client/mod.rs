@@ -52,7 +52,8 @@ pub use self::selector::{SelectCall, SelectMode, Selector, consistent_hash_key, 
 pub use self::xclient::{FailMode, XClient};
 use crate::codec::{self, CodecError, Payload, SerializeType};
 use crate::protocol::{Header, Message, Metadata};
-use crate::transport::dial::{self, DialAddr};
+use crate::transport::addr::Addr;
+use crate::transport::connector::{Connector, DialOptions};
 
 /// Client settings. The defaults are the Go client's.
 #[derive(Clone, Debug)]
@@ -198,8 +199,10 @@ pub struct Client {
 }
 
 struct Inner {
-    addr: DialAddr,
+    addr: Addr,
     options: Rc<Options>,
+    /// Made by the first dial (it reads the TLS files), then reused.
+    connector: RefCell<Option<Connector>>,
     conn: RefCell<Option<Rc<conn::Conn>>>,
     dialing: Cell<bool>,
     /// Dials finished so far, and the error of the last one if it failed: callers that waited
@@ -220,17 +223,18 @@ impl Drop for Inner {
 }
 
 impl Client {
-    /// A client of the server at `addr` (`tcp@host:port`; see [`DialAddr`]). Does not dial.
+    /// A client of the server at `addr` (`tcp@host:port`; see [`Addr`]). Does not dial.
     pub fn new(addr: &str, options: Options) -> Result<Client, Error> {
-        let addr: DialAddr = addr.parse()?;
+        let addr: Addr = addr.parse()?;
         Ok(Client::with_addr(addr, Rc::new(options)))
     }
 
-    fn with_addr(addr: DialAddr, options: Rc<Options>) -> Client {
+    fn with_addr(addr: Addr, options: Rc<Options>) -> Client {
         Client {
             inner: Rc::new(Inner {
                 addr,
                 options,
+                connector: RefCell::new(None),
                 conn: RefCell::new(None),
                 dialing: Cell::new(false),
                 dials: Cell::new(0),
@@ -243,8 +247,8 @@ impl Client {
     }
 
     /// The server's address as given.
-    pub fn addr(&self) -> &str {
-        self.inner.addr.as_str()
+    pub fn addr(&self) -> &Addr {
+        &self.inner.addr
     }
 
     /// The options in force.
@@ -368,12 +372,7 @@ impl Client {
         // Waiters of a dial that is abandoned (its caller dropped) must not see an older error.
         *inner.last_dial_error.borrow_mut() = None;
         let guard = DialGuard(inner);
-        let result = dial::dial(
-            &inner.addr,
-            inner.options.connect_timeout,
-            inner.options.tls.as_ref(),
-        )
-        .await;
+        let result = inner.dial().await;
         drop(guard);
         match result {
             Ok(stream) => {
@@ -388,10 +387,10 @@ impl Client {
                 *inner.last_dial_error.borrow_mut() = None;
                 Ok(conn)
             }
-            Err(e) => {
+            Err(reason) => {
                 let error = Error::Connect {
                     addr: inner.addr.to_string(),
-                    reason: e.to_string(),
+                    reason,
                 };
                 *inner.last_dial_error.borrow_mut() = Some(error.clone());
                 Err(error)
@@ -401,6 +400,27 @@ impl Client {
 }
 
 /// Ends a dial however it ends (done, or the dialing future dropped) and wakes the waiters.
+impl Inner {
+    /// One dial of the server, through the connector made by the first.
+    async fn dial(&self) -> Result<crate::transport::connector::Stream, String> {
+        if self.connector.borrow().is_none() {
+            let options = DialOptions {
+                timeout: self.options.connect_timeout,
+                tls: self.options.tls.clone(),
+            };
+            let connector =
+                Connector::to(self.addr.clone(), &options).map_err(|e| e.to_string())?;
+            *self.connector.borrow_mut() = Some(connector);
+        }
+        // A clone (an address and two Arcs) so no borrow is held across the await.
+        let connector = self.connector.borrow().clone();
+        match connector {
+            Some(c) => c.connect().await.map_err(|e| e.to_string()),
+            None => Err("no connector".into()),
+        }
+    }
+}
+
 struct DialGuard<'a>(&'a Inner);
 
 impl Drop for DialGuard<'_> {

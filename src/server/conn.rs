@@ -30,15 +30,13 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, warn};
 
 use super::Core;
-use super::dispatch::{self, Invoked, UNAUTHENTICATED};
+use super::end::End;
+use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
 use crate::codec::{self, CodecError};
-use crate::metrics::{Close, Transport};
-use crate::protocol::{
-    self, COMPRESS_GZIP, Frame, Header, META_ERROR, META_SERVER_TIMEOUT, STATUS_ERROR,
-};
+use crate::metrics::{BadFrame, Transport};
+use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done. 8 KiB holds a whole pipelined batch of small calls
@@ -51,38 +49,6 @@ const INITIAL_READ_BUFFER: usize = 8 << 10;
 /// once per read batch otherwise, which is what makes pipelined load one read and one write
 /// per batch).
 const WRITE_NUDGE: usize = 64 << 10;
-
-/// Why a connection ended.
-#[derive(Debug)]
-pub(crate) enum End {
-    /// The peer closed its side.
-    Eof,
-    /// Reading failed (reset, timeout).
-    ReadError(io::Error),
-    /// Writing failed; the reader stopped too.
-    WriteFailed,
-    /// The peer sent something that is not an rpcx frame (metric reason, description).
-    Refused(&'static str, String),
-    /// No request for `limits.idle_timeout`, and no reply owed.
-    IdleTimeout,
-    /// A call failed the auth check.
-    Unauthenticated,
-}
-
-impl End {
-    /// The `reason` label of the close (the accept loop turns `Eof` during a drain into
-    /// `Shutdown`).
-    pub(crate) fn close(&self) -> Close {
-        match self {
-            End::Eof => Close::Eof,
-            End::ReadError(_) => Close::ReadError,
-            End::WriteFailed => Close::WriteError,
-            End::Refused(..) => Close::BadFrame,
-            End::IdleTimeout => Close::IdleTimeout,
-            End::Unauthenticated => Close::Unauthenticated,
-        }
-    }
-}
 
 /// Serves rpcx frames on `stream` until the peer closes it, it breaks, it idles past the idle
 /// timeout, or it sends bad input or a bad token. Bytes and refusals are counted under
@@ -113,23 +79,7 @@ where
         let end = read_loop(core, ReadHalf(&stream), &outbox, &idle, transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
-        match &end {
-            End::Refused(reason, what) => {
-                core.metrics.transport(transport).bad_frame(reason);
-                warn!(core = core.index, %peer, reason, "closing connection: {what}");
-            }
-            End::Unauthenticated => {
-                warn!(core = core.index, %peer, "closing connection: a call failed the auth check")
-            }
-            End::IdleTimeout => {
-                debug!(core = core.index, %peer, "closing connection: idle timeout")
-            }
-            End::ReadError(e) => {
-                debug!(core = core.index, %peer, error = %e, "connection read failed")
-            }
-            End::WriteFailed => debug!(core = core.index, %peer, "connection write failed"),
-            End::Eof => debug!(core = core.index, %peer, "connection closed by peer"),
-        }
+        end.report(core, peer, transport);
         outbox.close();
         end
     };
@@ -364,7 +314,7 @@ fn take_frames(
         let total = match protocol::frame_len(data, limits.max_frame_bytes) {
             Ok(Some(total)) => total,
             Ok(None) => return Ok(Taken::NeedMore),
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         };
         if data.len() < total {
             rbuf.reserve_frame(total);
@@ -380,12 +330,12 @@ fn take_frames(
         match protocol::decode(raw, limits.max_frame_bytes) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
-                return Err(End::Refused(
-                    "truncated",
+                return Err(End::BadFrame(
+                    BadFrame::Truncated,
                     "frame shorter than its header says".into(),
                 ));
             }
-            Err(e) => return Err(End::Refused(e.reason(), e.to_string())),
+            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
         }
         rbuf.consume(total);
     }
@@ -445,10 +395,10 @@ fn handle(
         let limit = core.config.limits.max_decompressed_bytes;
         if let Err(e) = codec::gunzip(frame.payload, limit, &mut scratch.inflated) {
             let reason = match e {
-                CodecError::TooLarge { .. } => "decompressed_too_large",
-                _ => "bad_gzip",
+                CodecError::TooLarge { .. } => BadFrame::DecompressedTooLarge,
+                _ => BadFrame::BadGzip,
             };
-            return Err(End::Refused(reason, e.to_string()));
+            return Err(End::BadFrame(reason, e.to_string()));
         }
         &scratch.inflated
     } else {
@@ -484,7 +434,12 @@ fn handle(
         Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, raw, compressed, scratch);
-            delay_reply(core, outbox, frame, delay, bytes);
+            delay_reply(outbox, delay, bytes);
+        }
+        Invoked::Expired(deadline) => {
+            let mut bytes = Vec::new();
+            error_reply(core, &mut bytes, frame, DEADLINE_EXCEEDED);
+            delay_reply(outbox, deadline, bytes);
         }
         Invoked::Failed(text) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &text),
     }
@@ -526,28 +481,8 @@ fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
     protocol::encode(out, &header, frame.path, frame.method, &meta, &[]);
 }
 
-/// Sends `bytes` after `delay`, or an error reply once the client's `__ServerTimeout` passes if
-/// that comes first.
-fn delay_reply(
-    core: &Rc<Core>,
-    outbox: &Rc<Outbox>,
-    frame: &Frame<'_>,
-    delay: Duration,
-    bytes: Vec<u8>,
-) {
-    let deadline = frame
-        .metadata
-        .get(META_SERVER_TIMEOUT)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(Duration::from_millis);
-    let (wait, bytes) = match deadline {
-        Some(deadline) if deadline < delay => {
-            let mut out = Vec::new();
-            error_reply(core, &mut out, frame, "context deadline exceeded");
-            (deadline, out)
-        }
-        _ => (delay, bytes),
-    };
+/// Sends `bytes` after `wait`, from a task of its own, so other calls go on meanwhile.
+fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
     outbox.delayed.set(outbox.delayed.get() + 1);
     let outbox = Rc::clone(outbox);
     glommio::spawn_local(async move {

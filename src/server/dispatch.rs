@@ -1,8 +1,9 @@
 //! From a decoded call to a reply, whatever carried it: rpcx frames, the HTTP gateway, JSON-RPC.
 //!
 //! [`invoke`] checks the caller's token (when `[auth]` has any), looks the method up, checks the
-//! serialize type has a codec, and runs the handler with panics caught, counting the call per
-//! method; every transport-specific loop turns the [`Invoked`] into its own reply.
+//! serialize type has a codec, runs the handler with panics caught, and holds a delayed reply
+//! against the caller's deadline (`__ServerTimeout`), counting the call per method; every
+//! transport-specific loop turns the [`Invoked`] into its own reply.
 
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Core;
 use crate::codec::SerializeType;
-use crate::protocol::{META_AUTH, Metadata};
+use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata};
 use crate::service::{Method, Outcome, Reply, Request};
 
 /// What became of a call.
@@ -20,6 +21,9 @@ pub(crate) enum Invoked {
     Ready,
     /// As `Ready`, but send after this delay (simulated work).
     After(Duration),
+    /// The handler asked for a delay past the caller's `__ServerTimeout`: send an error reply
+    /// with [`DEADLINE_EXCEEDED`] once this deadline passes (the reply itself is dropped).
+    Expired(Duration),
     /// Send an error reply with this text (rpcx's exact texts for lookup and codec errors).
     Failed(Cow<'static, str>),
     /// The call's `__AUTH` token is missing or not accepted: send an error reply with
@@ -30,6 +34,10 @@ pub(crate) enum Invoked {
 
 /// The error text of a call that failed the auth check (rpcx's example `AuthFunc` text).
 pub(crate) const UNAUTHENTICATED: &str = "invalid token";
+
+/// The error text of a call whose reply would come after the caller's deadline (Go's
+/// `context.DeadlineExceeded`).
+pub(crate) const DEADLINE_EXCEEDED: &str = "context deadline exceeded";
 
 /// Runs `path.method` on an already decompressed payload. On `Ready`/`After` the reply's
 /// metadata block (wire form) is in `meta_out` and its payload in `payload_out`; both are
@@ -76,16 +84,31 @@ pub(crate) fn invoke(
         meta_out,
         payload_out,
     );
+    let invoked = match invoked {
+        Invoked::After(delay) => match server_timeout(metadata) {
+            Some(deadline) if deadline < delay => Invoked::Expired(deadline),
+            _ => Invoked::After(delay),
+        },
+        other => other,
+    };
     let ok = matches!(invoked, Invoked::Ready | Invoked::After(_));
     counts.handled(ok);
     if let Some(started) = started {
         let delay = match invoked {
-            Invoked::After(delay) => delay,
+            Invoked::After(delay) | Invoked::Expired(delay) => delay,
             _ => Duration::ZERO,
         };
         counts.timed(started.elapsed() + delay);
     }
     invoked
+}
+
+/// The caller's deadline: `__ServerTimeout`, decimal milliseconds (PROTOCOL.md §2).
+fn server_timeout(metadata: Metadata<'_>) -> Option<Duration> {
+    metadata
+        .get(META_SERVER_TIMEOUT)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
 /// How many calls of a method share one timing in `rpcx_server_handling_seconds`.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Core;
-use super::dispatch::{self, Invoked, UNAUTHENTICATED};
+use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
 use crate::protocol::Metadata;
 
 /// Invalid JSON.
@@ -202,6 +202,10 @@ impl Call<'_> {
             Invoked::Ready => {}
             Invoked::After(delay) => {
                 self.delay = Some(self.delay.map_or(delay, |d| d.max(delay)));
+            }
+            Invoked::Expired(deadline) => {
+                self.delay = Some(self.delay.map_or(deadline, |d| d.max(deadline)));
+                return fail(reply, &reply_id, INTERNAL_ERROR, DEADLINE_EXCEEDED);
             }
             // rpcx answers every call failure (an auth failure too) with -32603 and its text.
             Invoked::Failed(text) => return fail(reply, &reply_id, INTERNAL_ERROR, &text),

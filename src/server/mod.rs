@@ -9,14 +9,19 @@
 //! accepts from (see [`crate::transport::unix`] for why); its file is removed once every core
 //! has stopped accepting.
 //!
-//! Every accepted connection goes to `sniff`, the one router: its first bytes pick rpcx
-//! frames, TLS, HTTP CONNECT or HTTP.
+//! Every accepted connection goes through `accept::serve`, the one accept path (limit,
+//! registration, span, close reason); sockets the cores accept go on to `sniff`, the one router,
+//! whose first bytes pick rpcx frames, TLS, HTTP CONNECT or HTTP. Transports run by a reactor
+//! thread of their own hand their streams to the cores through a [`Handoff`].
 
+mod accept;
 mod conn;
 #[cfg(feature = "alloc-audit")]
 pub use conn::audit::in_request_path;
 mod dispatch;
+mod end;
 mod gateway;
+mod http;
 mod jsonrpc;
 mod sniff;
 
@@ -24,7 +29,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,10 +39,12 @@ use std::task::{Poll, Waker};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ListenAddr, Network};
+use crate::config::Config;
 use crate::metrics::{Close, CoreMetrics, Transport};
 use crate::service;
 use crate::transport;
+use crate::transport::addr::Addr;
+pub use accept::Handoff;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +80,7 @@ pub enum ServerError {
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
-    listen: Vec<ListenAddr>,
+    listen: Vec<Addr>,
     cpus: Vec<usize>,
     stop: Arc<Stop>,
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
@@ -89,7 +96,7 @@ impl ServerHandle {
     }
 
     /// Every listen address in config order, as clients dial it (port 0 resolved).
-    pub fn listen_addrs(&self) -> &[ListenAddr] {
+    pub fn listen_addrs(&self) -> &[Addr] {
         &self.listen
     }
 
@@ -244,6 +251,16 @@ impl Drop for StartReport {
 
 /// Binds the listeners and starts one executor per core.
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with(config, Vec::new())
+}
+
+/// `start`, plus listeners whose streams a reactor thread hands to the cores (QUIC, KCP: each
+/// such transport makes its [`accept::Handed`] with the listener's address and starts its
+/// thread with the [`Handoff`]).
+pub(crate) fn start_with(
+    config: Config,
+    handed: Vec<accept::Handed>,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let cpus = choose_cpus(config.server.cores)?;
     let tls = transport::tls::server_config(&config.tls)?;
@@ -264,6 +281,17 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         }
     }
 
+    // receive loops[core]
+    let mut receivers: Vec<Vec<accept::ReceiveLoop>> =
+        (0..cpus.len()).map(|_| Vec::new()).collect();
+    for h in handed {
+        resolved.push(h.listening.addr.clone());
+        addrs.extend(h.listening.socket_addr);
+        for (core, receive) in h.per_core.into_iter().enumerate() {
+            receivers[core].push(receive);
+        }
+    }
+
     let auth: Arc<[Box<[u8]>]> = config
         .auth_tokens()?
         .into_iter()
@@ -274,7 +302,7 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
-    for (index, (&cpu, fds)) in cpus.iter().zip(sockets).enumerate() {
+    for (index, ((&cpu, fds), receive)) in cpus.iter().zip(sockets).zip(receivers).enumerate() {
         let core_metrics = Arc::new(CoreMetrics::new(index));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
@@ -294,7 +322,19 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
             builder.spin_before_park(config.runtime.spin_before_park)
         };
         let thread = builder
-            .spawn(move || run_core(index, config, tls, auth, core_metrics, fds, stop, report))
+            .spawn(move || {
+                let listeners = Listeners { fds, receive };
+                run_core(
+                    index,
+                    config,
+                    tls,
+                    auth,
+                    core_metrics,
+                    listeners,
+                    stop,
+                    report,
+                )
+            })
             .map_err(|e| ServerError::Executor {
                 cpu,
                 message: e.to_string(),
@@ -317,16 +357,27 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
 /// One listen address as the cores serve it.
 pub(crate) struct Listening {
     /// As clients dial it (port 0 resolved).
-    pub(crate) addr: ListenAddr,
-    pub(crate) network: Network,
+    pub(crate) addr: Addr,
     socket_addr: Option<SocketAddr>,
     /// For `unix`: removes the socket file once the last core stops accepting.
     _file: Option<transport::unix::SocketFile>,
 }
 
+impl Listening {
+    /// A listener bound by a reactor thread (QUIC, KCP) at `bound`.
+    #[cfg_attr(not(test), allow(dead_code))] // made by the QUIC and KCP listeners (issues 13, 14)
+    pub(crate) fn reactor(network: transport::addr::Network, bound: SocketAddr) -> Listening {
+        Listening {
+            addr: Addr::new(network, bound.to_string()),
+            socket_addr: Some(bound),
+            _file: None,
+        }
+    }
+}
+
 /// Binds one listen address: `count` descriptors, one per core.
 fn bind(
-    listen: &ListenAddr,
+    listen: &Addr,
     count: usize,
     backlog: u32,
 ) -> Result<(Vec<OwnedFd>, Listening), ServerError> {
@@ -339,16 +390,15 @@ fn bind(
         })?;
         let listening = Listening {
             addr: listen.clone(),
-            network: listen.network,
             socket_addr: None,
             _file: Some(file),
         };
         return Ok((fds, listening));
     }
-    let addr = listen.socket_addr().map_err(|message| {
+    let addr = listen.socket_addr().map_err(|e| {
         ServerError::Config(crate::config::ConfigError::Invalid {
             key: "server.listen",
-            message,
+            message: e.to_string(),
         })
     })?;
     let (bound, fds) =
@@ -359,11 +409,7 @@ fn bind(
             }
         })?;
     let listening = Listening {
-        addr: ListenAddr {
-            network: listen.network,
-            address: bound.to_string(),
-        },
-        network: listen.network,
+        addr: Addr::new(listen.network, bound.to_string()),
         socket_addr: Some(bound),
         _file: None,
     };
@@ -422,7 +468,7 @@ pub(crate) struct Core {
 #[derive(Default)]
 struct Conns {
     next: u64,
-    fds: HashMap<u64, RawFd>,
+    open: HashMap<u64, accept::Drain>,
     idle_waker: Option<Waker>,
 }
 
@@ -444,10 +490,10 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
-        conns.fds.remove(&self.id);
+        conns.open.remove(&self.id);
         let reason = self.reason.get().unwrap_or(Close::DrainTimeout);
         self.core.metrics.transport(self.transport).close(reason);
-        if conns.fds.is_empty()
+        if conns.open.is_empty()
             && let Some(w) = conns.idle_waker.take()
         {
             w.wake();
@@ -458,11 +504,15 @@ impl Drop for ConnGuard {
 impl Core {
     /// Tracks a new connection until its guard drops. Any transport whose connections the core
     /// serves registers them here, so limits, drain and metrics see them.
-    pub(crate) fn register(self: &Rc<Core>, fd: RawFd, transport: Transport) -> ConnGuard {
+    pub(crate) fn register(
+        self: &Rc<Core>,
+        drain: accept::Drain,
+        transport: Transport,
+    ) -> ConnGuard {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
-        conns.fds.insert(id, fd);
+        conns.open.insert(id, drain);
         self.metrics.transport(transport).accepted.inc();
         ConnGuard {
             core: Rc::clone(self),
@@ -475,8 +525,16 @@ impl Core {
     /// True if `limits.max_connections_per_core` leaves no room for one more connection.
     pub(crate) fn full(&self) -> bool {
         let max = self.config.limits.max_connections_per_core;
-        max != 0 && self.conns.borrow().fds.len() >= max
+        max != 0 && self.conns.borrow().open.len() >= max
     }
+}
+
+/// What one core takes connections from.
+struct Listeners {
+    /// Its listening sockets (one per TCP-family address, the shared one per unix address).
+    fds: Vec<(OwnedFd, Arc<Listening>)>,
+    /// Its receive loops of streams handed over by reactor threads.
+    receive: Vec<accept::ReceiveLoop>,
 }
 
 #[allow(clippy::too_many_arguments)] // each is one thing the core owns; a struct would only rename them
@@ -486,7 +544,7 @@ async fn run_core(
     tls: Option<Arc<rustls::ServerConfig>>,
     auth: Arc<[Box<[u8]>]>,
     metrics: Arc<CoreMetrics>,
-    fds: Vec<(OwnedFd, Arc<Listening>)>,
+    listeners: Listeners,
     stop: Arc<Stop>,
     report: StartReport,
 ) {
@@ -502,7 +560,8 @@ async fn run_core(
         draining: Cell::new(false),
         conns: RefCell::new(Conns::default()),
     });
-    let accepts: Vec<_> = fds
+    let mut accepts: Vec<_> = listeners
+        .fds
         .into_iter()
         .map(|(fd, listening)| {
             // SAFETY: the fd is a bound, listening socket we own (made by transport::tcp or
@@ -510,7 +569,7 @@ async fn run_core(
             // an fd and an io_uring accept(2), which works on any stream socket: for `unix` it is
             // how each core waits on the shared socket (glommio's UnixListener cannot adopt one).
             let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(accept_loop(
+            glommio::spawn_local(accept::accept_loop(
                 Rc::clone(&core),
                 listener,
                 listening,
@@ -518,6 +577,12 @@ async fn run_core(
             ))
         })
         .collect();
+    for receive in listeners.receive {
+        accepts.push(glommio::spawn_local(receive(
+            Rc::clone(&core),
+            Arc::clone(&stop),
+        )));
+    }
     // The sockets listen since `start`; from here on this core also takes connections off them.
     report.ready();
     for accept in accepts {
@@ -527,131 +592,25 @@ async fn run_core(
     debug!(core = index, "core stopped");
 }
 
-async fn accept_loop(
-    core: Rc<Core>,
-    listener: glommio::net::TcpListener,
-    listening: Arc<Listening>,
-    stop: Arc<Stop>,
-) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => return,
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                // Out of file descriptors or memory: back off instead of spinning on accept.
-                warn!(core = core.index, error = %e, "accept failed");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if listening.network == Network::Unix {
-            accepted_unix(&core, stream, &listening);
-            continue;
-        }
-        let peer = stream.peer_addr().unwrap_or(UNNAMED_PEER);
-        let full = core.full();
-        let guard = core.register(stream.as_raw_fd(), Transport::TCP);
-        if full {
-            // Accepted and closed at once, so the peer hears no rather than waiting in the
-            // backlog.
-            guard.closed(Close::MaxConnections);
-            debug!(core = core.index, %peer, "closing connection: limits.max_connections_per_core reached");
-            continue;
-        }
-        // TCP_NODELAY: replies are already batched per read, so Nagle only adds latency (it
-        // would hold a reply while an earlier one is unacknowledged). Socket buffer sizes are
-        // left to the kernel's autotuning: setting SO_SNDBUF/SO_RCVBUF turns it off, and the
-        // largest write here (a pipelined batch's replies) is far below the default window.
-        let _ = stream.set_nodelay(true);
-        debug!(core = core.index, %peer, "connection accepted");
-        let core = Rc::clone(&core);
-        let network = listening.network;
-        glommio::spawn_local(async move {
-            let close = match sniff::route(&core, stream, peer, network, Transport::TCP).await {
-                // End of input after shutdown started is the drain's own SHUT_RD.
-                Close::Eof if core.draining.get() => Close::Shutdown,
-                close => close,
-            };
-            guard.closed(close);
-        })
-        .detach();
-    }
-}
-
-/// What logs show as the peer of a Unix connection (its peers are unnamed); the listener is in
-/// the connection's span instead.
-const UNNAMED_PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-
-/// Serves a connection accepted on a `unix` listener. glommio's accept returned it typed as TCP;
-/// it is re-typed as the Unix stream it is (a dup of the fd, then the TCP wrapper is dropped).
-fn accepted_unix(core: &Rc<Core>, stream: glommio::net::TcpStream, listening: &Listening) {
-    // SAFETY: the fd is open for as long as `stream` lives, which covers this call.
-    let dup =
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
-    drop(stream);
-    let fd = match dup {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(core = core.index, listener = %listening.addr, error = %e, "cannot take an accepted unix connection");
-            return;
-        }
-    };
-    let raw = fd.into_raw_fd();
-    // SAFETY: `raw` is a connected Unix stream socket we own; ownership moves into the stream,
-    // which keeps it open for as long as the connection is registered.
-    let stream = unsafe { glommio::net::UnixStream::from_raw_fd(raw) };
-    let full = core.full();
-    let guard = core.register(raw, Transport::UNIX);
-    if full {
-        guard.closed(Close::MaxConnections);
-        debug!(core = core.index, listener = %listening.addr, "closing connection: limits.max_connections_per_core reached");
-        return;
-    }
-    let span = tracing::debug_span!("conn", listener = %listening.addr);
-    debug!(parent: &span, core = core.index, "connection accepted");
-    let core = Rc::clone(core);
-    glommio::spawn_local(tracing::Instrument::instrument(
-        async move {
-            let close =
-                match sniff::route(&core, stream, UNNAMED_PEER, Network::Unix, Transport::UNIX)
-                    .await
-                {
-                    Close::Eof if core.draining.get() => Close::Shutdown,
-                    close => close,
-                };
-            guard.closed(close);
-        },
-        span,
-    ))
-    .detach();
-}
-
 /// Stops reading on every open connection (each reader then sees end of input, lets its calls
 /// in flight finish, flushes and closes) and waits for them, at most `server.drain_timeout`.
 async fn drain(core: &Rc<Core>) {
     core.draining.set(true);
-    let open: Vec<RawFd> = core.conns.borrow().fds.values().copied().collect();
-    if open.is_empty() {
+    let open = core.conns.borrow().open.len();
+    if open == 0 {
         return;
     }
     info!(
         core = core.index,
-        connections = open.len(),
+        connections = open,
         "draining connections"
     );
-    for fd in open {
-        // SAFETY: the fd belongs to a connection that is still registered, so it is open.
-        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    for drain in core.conns.borrow().open.values() {
+        drain.stop_reading();
     }
     let idle = poll_fn(|cx| {
         let mut conns = core.conns.borrow_mut();
-        if conns.fds.is_empty() {
+        if conns.open.is_empty() {
             Poll::Ready(())
         } else {
             conns.idle_waker = Some(cx.waker().clone());
@@ -673,7 +632,7 @@ async fn drain(core: &Rc<Core>) {
     if !drained {
         warn!(
             core = core.index,
-            open = core.conns.borrow().fds.len(),
+            open = core.conns.borrow().open.len(),
             "drain timeout: closing connections"
         );
     }
@@ -681,7 +640,7 @@ async fn drain(core: &Rc<Core>) {
 
 /// A one-shot stop signal that any thread can trigger and every core can await.
 #[derive(Default)]
-struct Stop {
+pub(crate) struct Stop {
     flag: AtomicBool,
     event: event_listener::Event,
 }

@@ -28,8 +28,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use super::{Core, conn, gateway};
-use crate::config::Network;
+use crate::metrics::BadFrame;
 use crate::metrics::{Close, Transport};
+use crate::transport::addr::Network;
 use crate::transport::http_connect;
 use crate::transport::prefixed::Prefixed;
 
@@ -141,12 +142,12 @@ async fn route_boxed(
         }
         Kind::Http => http_not_served(core, stream, peer, transport).await,
         Kind::Tls => {
-            counts.bad_frame("bad_magic");
+            counts.bad_frame(BadFrame::BadMagic);
             warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
             Close::BadFrame
         }
         Kind::Unknown(byte) => {
-            counts.bad_frame("bad_magic");
+            counts.bad_frame(BadFrame::BadMagic);
             warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
             Close::BadFrame
         }
@@ -163,7 +164,9 @@ async fn serve_tls<S: Socket>(
     deadline: Instant,
 ) -> Close {
     let Some(acceptor) = core.tls.clone() else {
-        core.metrics.transport(transport).bad_frame("bad_magic");
+        core.metrics
+            .transport(transport)
+            .bad_frame(BadFrame::BadMagic);
         warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
         return Close::BadFrame;
     };
@@ -247,7 +250,9 @@ pub(crate) async fn http_not_served(
     peer: SocketAddr,
     transport: Transport,
 ) -> Close {
-    core.metrics.transport(transport).bad_frame("bad_magic");
+    core.metrics
+        .transport(transport)
+        .bad_frame(BadFrame::BadMagic);
     debug!(core = core.index, %peer, "HTTP request on the rpcx port: answering 404 and closing");
     let _ = stream.write_all(HTTP_NOT_SERVED).await;
     let _ = stream.close().await;

@@ -1,17 +1,28 @@
-//! Client-side dialing of every network percore serves: `tcp@host:port`, `reuseport@host:port`
-//! (dialed as tcp, as rpcx clients do), `unix@/path`, and `http@host:port` (rpcx's HTTP CONNECT
-//! handshake), each optionally over TLS.
+//! The one dialer: every network percore dials, for the client, `percore call` and `percore
+//! bench` alike.
 //!
-//! A [`Connector`] is made once per target (it parses the address and loads the TLS files) and
-//! dials as often as the client needs; every dial returns the one stream type [`Conn`], a
-//! futures-io `AsyncRead + AsyncWrite` on the current glommio executor. Over TLS the layering is
-//! rpcx's: TLS first, then (for `http`) CONNECT inside it.
+//! A [`Connector`] is made once per server address (it parses nothing more and reads the TLS
+//! files once) and dials as often as the client needs. Every dial returns the one stream type
+//! [`Stream`], a futures-io `AsyncRead + AsyncWrite` on the current glommio executor:
+//!
+//! | address | dial |
+//! |---|---|
+//! | `tcp@host:port`, `reuseport@host:port` | TCP (rpcx dials `reuseport` servers as `tcp`), TCP_NODELAY |
+//! | `http@host:port` | TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` |
+//! | `unix@/path` | a Unix domain stream socket |
+//!
+//! Each can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
+//! `http`) CONNECT inside it. A host name is resolved with the system resolver and every
+//! address it resolves to is tried in turn until one connects. The whole dial (every connect
+//! attempt, the TLS handshake, CONNECT) is bounded by [`DialOptions::timeout`].
+//!
+//! Plain TCP, the common case, is a direct variant of [`Stream`] with nothing around the socket
+//! but the enum's match (no boxing, no replay buffer).
 
 use std::fmt;
 use std::io;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
-use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,81 +31,16 @@ use futures_rustls::TlsConnector;
 use glommio::net::{TcpStream, UnixStream};
 use rustls_pki_types::ServerName;
 
+use super::addr::{Addr, AddrError, Network};
 use super::http_connect;
 use super::prefixed::Prefixed;
 use super::tls::{self, ClientTls, TlsError};
-use crate::config::{MAX_UNIX_PATH, Network};
-
-/// What to dial: `network@address`, e.g. `tcp@127.0.0.1:8972` or `unix@/run/percore.sock`. A
-/// bare `host:port` is `tcp`. Unlike a listen address, the host may be a name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub network: Network,
-    pub address: String,
-}
-
-impl FromStr for Target {
-    type Err = DialError;
-
-    fn from_str(s: &str) -> Result<Target, DialError> {
-        let bad = |why: String| DialError::Address(format!("{s:?}: {why}"));
-        let (network, address) = s.split_once('@').unwrap_or(("tcp", s));
-        let network = match network {
-            "tcp" | "tcp4" | "tcp6" => Network::Tcp,
-            "reuseport" => Network::Reuseport,
-            "http" => Network::Http,
-            "unix" => Network::Unix,
-            other => {
-                return Err(bad(format!(
-                    "network {other:?} cannot be dialed (tcp, reuseport, http or unix)"
-                )));
-            }
-        };
-        if address.is_empty() {
-            return Err(bad("no address after the network".into()));
-        }
-        if network.is_ip() {
-            match address.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-                _ => return Err(bad("expected host:port".into())),
-            }
-        } else if address.len() > MAX_UNIX_PATH {
-            return Err(bad(format!(
-                "a unix socket path is at most {MAX_UNIX_PATH} bytes"
-            )));
-        }
-        Ok(Target {
-            network,
-            address: address.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.network.name(), self.address)
-    }
-}
-
-impl Target {
-    /// The host part of a `host:port` address (brackets of an IPv6 literal removed);
-    /// `localhost` for unix.
-    pub fn host(&self) -> &str {
-        if !self.network.is_ip() {
-            return "localhost";
-        }
-        let host = self
-            .address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']')
-    }
-}
 
 /// How to dial.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DialOptions {
-    /// Gives up on the whole dial (connect, TLS handshake, CONNECT) after this long.
+    /// Gives up on the whole dial (connect, TLS handshake, CONNECT) after this long; zero means
+    /// no limit of percore's own (the kernel's connect timeout still applies).
     pub timeout: Duration,
     /// Dial over TLS with these settings.
     pub tls: Option<ClientTls>,
@@ -113,12 +59,12 @@ impl Default for DialOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// The address cannot be dialed as written.
-    #[error("bad address {0}")]
-    Address(String),
+    #[error(transparent)]
+    Address(#[from] AddrError),
     /// The TLS options cannot be used.
     #[error("{0}")]
     Tls(#[from] TlsError),
-    /// The socket could not connect.
+    /// The socket could not connect (to any of the addresses the name resolves to).
     #[error("cannot connect to {target}: {source}")]
     Connect { target: String, source: io::Error },
     /// The TLS handshake failed (wrong CA, wrong name, not a TLS server...).
@@ -132,10 +78,22 @@ pub enum DialError {
     Timeout { target: String, after: Duration },
 }
 
-/// Dials one target again and again with the same settings.
+impl DialError {
+    /// The error as an `io::Error` of the matching kind, its message intact.
+    pub fn into_io(self) -> io::Error {
+        let kind = match &self {
+            DialError::Connect { source, .. } => source.kind(),
+            DialError::Timeout { .. } => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self.to_string())
+    }
+}
+
+/// Dials one address again and again with the same settings.
 #[derive(Clone)]
 pub struct Connector {
-    target: Target,
+    addr: Addr,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
@@ -143,7 +101,7 @@ pub struct Connector {
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
-            .field("target", &self.target)
+            .field("addr", &self.addr)
             .field("timeout", &self.timeout)
             .field("tls", &self.tls.as_ref().map(|(_, name)| name))
             .finish()
@@ -153,248 +111,214 @@ impl fmt::Debug for Connector {
 impl Connector {
     /// Parses `addr` and prepares TLS (reading the CA and client certificate files now).
     pub fn new(addr: &str, options: &DialOptions) -> Result<Connector, DialError> {
-        let target: Target = addr.parse()?;
+        Connector::to(addr.parse()?, options)
+    }
+
+    /// A connector for an address already parsed.
+    pub fn to(addr: Addr, options: &DialOptions) -> Result<Connector, DialError> {
+        if matches!(addr.network, Network::Quic | Network::Kcp) {
+            return Err(AddrError::new(
+                &addr,
+                format!(
+                    "network {} cannot be dialed yet (tcp, reuseport, http and unix can; TLS is an option of each)",
+                    addr.network
+                ),
+            )
+            .into());
+        }
         let tls = match &options.tls {
             None => None,
             Some(opts) => {
                 let config = tls::client_config(opts)?;
-                let name = opts.server_name.as_deref().unwrap_or(target.host());
+                let name = opts.server_name.as_deref().unwrap_or(addr.host());
                 Some((TlsConnector::from(config), tls::server_name(name)?))
             }
         };
         Ok(Connector {
-            target,
+            addr,
             timeout: options.timeout,
             tls,
         })
     }
 
-    /// The target this dials.
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// The address this dials.
+    pub fn addr(&self) -> &Addr {
+        &self.addr
     }
 
     /// Opens one connection, ready for rpcx frames. Must run on a glommio executor.
-    pub async fn connect(&self) -> Result<Conn, DialError> {
-        let dial = self.dial();
+    pub async fn connect(&self) -> Result<Stream, DialError> {
+        if self.timeout.is_zero() {
+            return self.dial().await;
+        }
         let timeout = async {
             glommio::timer::sleep(self.timeout).await;
             Err(DialError::Timeout {
-                target: self.target.to_string(),
+                target: self.addr.to_string(),
                 after: self.timeout,
             })
         };
-        futures_lite::future::or(dial, timeout).await
+        futures_lite::future::or(self.dial(), timeout).await
     }
 
-    async fn dial(&self) -> Result<Conn, DialError> {
-        let target = || self.target.to_string();
-        let plain = match self.target.network {
-            Network::Unix => UnixStream::connect(&self.target.address)
+    async fn dial(&self) -> Result<Stream, DialError> {
+        let target = || self.addr.to_string();
+        let connect_failed = |source: io::Error| DialError::Connect {
+            target: target(),
+            source,
+        };
+        let plain = match self.addr.network {
+            Network::Unix => UnixStream::connect(&self.addr.address)
                 .await
-                .map(Plain::Unix)
-                .map_err(|e| DialError::Connect {
-                    target: target(),
-                    source: e.into(),
-                })?,
-            Network::Tcp | Network::Reuseport | Network::Http => {
-                Plain::Tcp(connect_tcp(&self.target.address).await.map_err(|source| {
-                    DialError::Connect {
-                        target: target(),
-                        source,
-                    }
-                })?)
+                .map(Stream::Unix)
+                .map_err(|e| connect_failed(e.into()))?,
+            _ => {
+                let addrs = self
+                    .addr
+                    .address
+                    .to_socket_addrs()
+                    .map_err(connect_failed)?;
+                Stream::Tcp(connect_any(addrs).await.map_err(connect_failed)?)
             }
         };
-        let inner = match &self.tls {
-            None => Inner::Plain(plain),
+        let mut stream = match &self.tls {
+            None => plain,
             Some((connector, name)) => {
-                let stream = connector
+                let tls = connector
                     .connect(name.clone(), plain)
                     .await
                     .map_err(|source| DialError::Handshake {
                         target: target(),
                         source,
                     })?;
-                Inner::Tls(Box::new(stream))
+                Stream::Tls(Box::new(tls))
             }
         };
-        let mut conn = Conn(Prefixed::new(Vec::new(), inner));
-        if self.target.network == Network::Http {
-            let rest = http_connect::client_handshake(conn.0.inner_mut())
+        if self.addr.network == Network::Http {
+            let rest = http_connect::client_handshake(&mut stream)
                 .await
                 .map_err(|source| DialError::HttpConnect {
                     target: target(),
                     source,
                 })?;
-            conn = Conn(Prefixed::new(rest, conn.0.into_inner()));
+            if !rest.is_empty() {
+                // Bytes the server sent after its answer belong to the rpcx stream.
+                stream = Stream::Replay(Box::new(Prefixed::new(rest, stream)));
+            }
         }
-        Ok(conn)
+        Ok(stream)
     }
 }
 
-/// Dials `addr` once; see [`Connector`] to dial the same target repeatedly.
-pub async fn dial(addr: &str, options: &DialOptions) -> Result<Conn, DialError> {
-    Connector::new(addr, options)?.connect().await
-}
-
-async fn connect_tcp(address: &str) -> io::Result<TcpStream> {
-    // Name resolution blocks; dials are rare (once per connection, not per call).
+/// Connects to each address in turn and returns the first connection made (with TCP_NODELAY:
+/// requests are batched per write already, so Nagle would only add latency), or the last
+/// address's error. Name resolution before it blocks, but dials are rare: once per
+/// connection, not per call.
+pub async fn connect_any(addrs: impl IntoIterator<Item = SocketAddr>) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
-    for addr in address.to_socket_addrs()? {
+    for addr in addrs {
         match TcpStream::connect(addr).await {
             Ok(stream) => {
-                // Requests are batched by the client already; Nagle would only add latency.
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
-            Err(e) => last = e.into(),
+            Err(e) => {
+                last = io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("{addr}: refused or unreachable"),
+                )
+            }
         }
     }
     Err(last)
 }
 
-/// A socket before TLS.
-#[derive(Debug)]
-pub enum Plain {
+/// One dialed connection, whatever its network and layers.
+pub enum Stream {
+    /// Plain TCP: the socket itself.
     Tcp(TcpStream),
+    /// A Unix domain socket.
     Unix(UnixStream),
+    /// TLS over TCP or Unix.
+    Tls(Box<futures_rustls::client::TlsStream<Stream>>),
+    /// Bytes already read (after an HTTP CONNECT answer), then the stream.
+    Replay(Box<Prefixed<Stream>>),
 }
 
-enum Inner {
-    Plain(Plain),
-    Tls(Box<futures_rustls::client::TlsStream<Plain>>),
-}
-
-/// One dialed connection: plain or TLS, TCP or Unix, after any CONNECT handshake.
-pub struct Conn(Prefixed<Inner>);
-
-impl fmt::Debug for Conn {
+impl fmt::Debug for Stream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.inner() {
-            Inner::Plain(p) => f.debug_tuple("Conn").field(p).finish(),
-            Inner::Tls(_) => f.write_str("Conn(Tls)"),
+        match self {
+            Stream::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
+            Stream::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
+            Stream::Replay(s) => f.debug_tuple("Replay").field(s.inner()).finish(),
         }
     }
 }
 
-impl Conn {
+impl Stream {
     /// Whether the connection runs over TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self.0.inner(), Inner::Tls(_))
+        match self {
+            Stream::Tls(_) => true,
+            Stream::Replay(s) => s.inner().is_tls(),
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+        }
     }
 
     /// The negotiated TLS version, when over TLS.
     pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
-        match self.0.inner() {
-            Inner::Tls(s) => s.get_ref().1.protocol_version(),
-            Inner::Plain(_) => None,
+        match self {
+            Stream::Tls(s) => s.get_ref().1.protocol_version(),
+            Stream::Replay(s) => s.inner().tls_version(),
+            Stream::Tcp(_) | Stream::Unix(_) => None,
         }
     }
 }
 
-macro_rules! delegate {
+/// Forwards a poll to whichever stream this is.
+macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
-            Plain::Tcp($s) => $e,
-            Plain::Unix($s) => $e,
+            Stream::Tcp($s) => $e,
+            Stream::Unix($s) => $e,
+            Stream::Tls(s) => {
+                let $s = &mut **s;
+                $e
+            }
+            Stream::Replay(s) => {
+                let $s = &mut **s;
+                $e
+            }
         }
     };
 }
 
-impl AsyncRead for Plain {
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
-impl AsyncWrite for Plain {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_flush(cx))
+        each!(self, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_close(cx))
-    }
-}
-
-impl AsyncRead for Inner {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Inner::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Inner {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Inner::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
-            Inner::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Inner::Plain(s) => Pin::new(s).poll_close(cx),
-            Inner::Tls(s) => Pin::new(&mut **s).poll_close(cx),
-        }
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        each!(self, s => Pin::new(s).poll_close(cx))
     }
 }
 
@@ -403,24 +327,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets() {
-        let t: Target = "reuseport@example.com:8972".parse().unwrap();
-        assert_eq!((t.network, t.host()), (Network::Reuseport, "example.com"));
-        let t: Target = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(t.to_string(), "tcp@127.0.0.1:1");
-        let t: Target = "http@[::1]:80".parse().unwrap();
-        assert_eq!(t.host(), "::1");
-        let t: Target = "unix@/run/x.sock".parse().unwrap();
-        assert_eq!(t.host(), "localhost");
-        for bad in [
-            "quic@1.2.3.4:5",
-            "tcp@nohost",
-            "tcp@:80",
-            "unix@",
-            "tcp@h:99999",
-        ] {
-            let err = bad.parse::<Target>().unwrap_err().to_string();
-            assert!(err.contains(bad), "{bad}: {err}");
+    fn quic_and_kcp_are_refused_by_name_until_they_dial() {
+        for addr in ["quic@127.0.0.1:1", "kcp@127.0.0.1:1"] {
+            let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
+            assert!(err.to_string().contains(addr), "{err}");
         }
+    }
+
+    #[test]
+    fn a_dead_address_first_does_not_stop_the_dial() {
+        // One listener that refuses (bound, never listening... closed right away) and one that
+        // accepts: the dial goes on to the second, as it does for a name resolving to both.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let peer = crate::client::block_on(move || async move {
+            let s = connect_any([dead_addr, live_addr]).await.unwrap();
+            s.peer_addr().unwrap()
+        })
+        .unwrap();
+        assert_eq!(peer, live_addr);
+        let err =
+            crate::client::block_on(
+                move || async move { connect_any([dead_addr]).await.unwrap_err() },
+            )
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(err.to_string().contains(&dead_addr.to_string()), "{err}");
     }
 }

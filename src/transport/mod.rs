@@ -2,15 +2,16 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`addr`] | `network@address`: the one address type (parse, print, the network enum) |
 //! | [`tcp`] | one SO_REUSEPORT listening socket per core (`tcp`, `reuseport`, `http`) |
 //! | [`unix`] | one Unix listening socket shared by the cores; stale-file handling |
 //! | [`tls`] | rustls configs (server from `[tls]`, client from dial options) |
 //! | [`http_connect`] | rpcx's HTTP CONNECT bytes, the head reader, the client handshake |
 //! | [`prefixed`] | a stream that replays bytes already read (sniffing inside TLS, CONNECT) |
-//! | [`connector`] | the client's dialers for every network, over TLS or not |
+//! | [`connector`] | the one dialer (client, `percore call`, `percore bench`): every network, over TLS or not, and its one stream type |
 
+pub mod addr;
 pub mod connector;
-pub mod dial;
 pub mod http_connect;
 pub mod kcp;
 pub mod prefixed;

@@ -1,0 +1,77 @@
+//! How a connection ended, for every protocol a core serves: the one type the rpcx frame loop
+//! and the HTTP loop return, counted once (the metrics' [`Close`] reason, the refusal's own
+//! counter) and logged once, with the peer.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tracing::{debug, warn};
+
+use super::Core;
+use super::http::Refusal;
+use crate::metrics::{BadFrame, Close, Transport};
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer closed its side (between requests, for HTTP).
+    Eof,
+    /// The HTTP request asked for it (`Connection: close`, or HTTP/1.0 without keep-alive).
+    Requested,
+    /// Reading failed (reset, or the peer closed in the middle of an HTTP request).
+    ReadError(io::Error),
+    /// Writing failed; the reader stopped too.
+    WriteFailed,
+    /// No request within the idle timeout (and, for rpcx, no reply owed).
+    IdleTimeout,
+    /// The peer sent something that is not an rpcx frame (reason, description).
+    BadFrame(BadFrame, String),
+    /// HTTP input refused with an error status (answered before closing).
+    BadHttp(Refusal),
+    /// A call failed the auth check.
+    Unauthenticated,
+}
+
+impl End {
+    /// The `reason` label of the close (the accept path turns `Eof` during a drain into
+    /// `Shutdown`).
+    pub(crate) fn close(&self) -> Close {
+        match self {
+            // Asked for by the peer (`Connection: close`), as good as the peer closing.
+            End::Eof | End::Requested => Close::Eof,
+            End::ReadError(_) => Close::ReadError,
+            End::WriteFailed => Close::WriteError,
+            End::BadFrame(..) | End::BadHttp(_) => Close::BadFrame,
+            End::IdleTimeout => Close::IdleTimeout,
+            End::Unauthenticated => Close::Unauthenticated,
+        }
+    }
+
+    /// Counts a refusal under its reason and logs the end: a warning for what the peer did
+    /// wrong, debug for the ordinary ends.
+    pub(crate) fn report(&self, core: &Core, peer: SocketAddr, transport: Transport) {
+        let core_index = core.index;
+        match self {
+            End::BadFrame(reason, what) => {
+                core.metrics.transport(transport).bad_frame(*reason);
+                warn!(core = core_index, %peer, reason = reason.name(), "closing connection: {what}");
+            }
+            End::BadHttp(r) => {
+                core.metrics.bad_http(r.reason);
+                warn!(core = core_index, %peer, reason = r.reason.name(), status = r.status, "closing HTTP connection: {}", r.what);
+            }
+            End::Unauthenticated => {
+                warn!(core = core_index, %peer, "closing connection: a call failed the auth check")
+            }
+            End::IdleTimeout => debug!(core = core_index, %peer, "closing connection: idle"),
+            End::Requested => {
+                debug!(core = core_index, %peer, "closing connection as the request asked")
+            }
+            End::ReadError(e) => {
+                debug!(core = core_index, %peer, error = %e, "connection read failed")
+            }
+            End::WriteFailed => debug!(core = core_index, %peer, "connection write failed"),
+            End::Eof => debug!(core = core_index, %peer, "connection closed by peer"),
+        }
+    }
+}
