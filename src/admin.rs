@@ -44,6 +44,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
     let state = State {
         cores: server.metrics().to_vec(),
         health: server.health(),
+        kcp: server.kcp_stats(),
     };
     std::thread::Builder::new()
         .name("percore-admin".into())
@@ -56,6 +57,8 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
 struct State {
     cores: Vec<Arc<CoreMetrics>>,
     health: Arc<Health>,
+    /// The `kcp@` listeners' reactor counters.
+    kcp: Vec<Arc<crate::transport::kcp::KcpStats>>,
 }
 
 /// One admin connection: reading its request, then writing its answer.
@@ -75,7 +78,11 @@ fn serve(listener: &TcpListener, state: &State) {
         fds.clear();
         fds.push(pollfd(listener.as_raw_fd(), libc::POLLIN));
         for c in &conns {
-            let events = if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN };
+            let events = if c.answer.is_some() {
+                libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
             fds.push(pollfd(c.stream.as_raw_fd(), events));
         }
         let now = Instant::now();
@@ -165,7 +172,12 @@ fn step(c: &mut Conn, revents: i16, state: &State) -> bool {
         match request(&c.head) {
             Parsed::Partial if c.head.len() <= MAX_REQUEST => return true,
             Parsed::Partial | Parsed::Bad => {
-                c.answer = Some(respond("400 Bad Request", "text/plain", "bad request\n", true));
+                c.answer = Some(respond(
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad request\n",
+                    true,
+                ));
             }
             Parsed::Request { method, path } => c.answer = Some(answer(method, path, state)),
         }
@@ -219,7 +231,7 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics::prometheus(&state.cores, status),
+            &(metrics::prometheus(&state.cores, status) + &metrics::kcp_prometheus(&state.kcp)),
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

@@ -33,6 +33,9 @@ pub struct Config {
     pub log: Log,
     pub admin: Admin,
     pub auth: Auth,
+    /// `[kcp]`: the settings of every `kcp@` listener (and, in `percore call`/`bench`, of
+    /// dialed KCP sessions); see [`crate::transport::kcp::KcpConfig`].
+    pub kcp: crate::transport::kcp::KcpConfig,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -291,8 +294,8 @@ impl Default for Log {
 /// and a network percore serves.
 pub fn check_listen(addr: &Addr) -> Result<(), String> {
     match addr.network {
-        Network::Quic | Network::Kcp => Err(format!(
-            "{addr}: network {} is not served yet (tcp, reuseport, http and unix are)",
+        Network::Quic => Err(format!(
+            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and kcp are)",
             addr.network
         )),
         Network::Unix => Ok(()),
@@ -656,6 +659,10 @@ impl Config {
                 message: "a token is empty or has surrounding spaces".into(),
             });
         }
+        self.kcp.check().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.why,
+        })?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 key: "log.level",
@@ -670,6 +677,9 @@ impl Config {
         let mut c = self.clone();
         for t in &mut c.auth.tokens {
             *t = "<redacted>".into();
+        }
+        for secret in [&mut c.kcp.key, &mut c.kcp.password].into_iter().flatten() {
+            *secret = "<redacted>".into();
         }
         c
     }
@@ -709,6 +719,7 @@ mod tests {
         for text in [
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
+            include_str!("../configs/kcp.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }

@@ -74,10 +74,27 @@ impl TlsArgs {
     }
 }
 
+/// Client KCP settings, shared by `call` and `bench`: any key of the server's `[kcp]` section.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct KcpArgs {
+    /// A `[kcp]` setting for kcp@ servers, KEY=VALUE (e.g. password=secret, key=HEX,
+    /// interval=20ms, nodelay=true); repeat for several. Unset keys keep rpcx's example
+    /// settings, whose key is public.
+    #[arg(long = "kcp", value_name = "KEY=VALUE", value_parser = parse_kcp)]
+    kcp: Vec<(String, String)>,
+}
+
+impl KcpArgs {
+    fn config(&self) -> Result<percore::transport::kcp::KcpConfig, String> {
+        percore::transport::kcp::KcpConfig::default().with(&self.kcp)
+    }
+}
+
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT) or unix@/path; add --tls-ca or --tls-insecure for TLS.
+    /// (rpcx's HTTP CONNECT), unix@/path or kcp@host:port (with --kcp settings); add --tls-ca or
+    /// --tls-insecure for TLS.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -100,11 +117,13 @@ struct CallArgs {
     auth: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    kcp: KcpArgs,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@address` (tcp, reuseport, http or unix), comma-separated; connections
+    /// Servers, `network@address` (tcp, reuseport, http, unix or kcp), comma-separated; connections
     /// are dealt over them. Add --tls-ca or --tls-insecure for TLS.
     #[arg(
         short = 's',
@@ -167,6 +186,8 @@ struct BenchArgs {
     quiet: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    kcp: KcpArgs,
 }
 
 /// A CPU list (`1`, `2,3`, `2-3`); empty means "not pinned".
@@ -196,6 +217,12 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("--meta {s:?} is not key=value"))
+}
+
+fn parse_kcp(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("--kcp {s:?} is not key=value"))
 }
 
 /// Precedence: defaults < config file < environment < flags.
@@ -247,6 +274,13 @@ fn main() -> ExitCode {
 }
 
 fn call(args: CallArgs) -> ExitCode {
+    let kcp = match args.kcp.config() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("percore: --kcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cmd = CallCommand {
         address: args.address,
         service_method: args.service_method,
@@ -257,6 +291,7 @@ fn call(args: CallArgs) -> ExitCode {
         gzip: args.gzip,
         auth: args.auth,
         tls: args.tls.client_tls(),
+        kcp,
     };
     match percore::client::run_call(cmd) {
         Ok(output) => {
@@ -280,6 +315,13 @@ fn call(args: CallArgs) -> ExitCode {
 
 fn bench(args: BenchArgs) -> ExitCode {
     use std::io::IsTerminal;
+    let kcp = match args.kcp.config() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("percore: --kcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let connections = args.connections.unwrap_or(args.concurrency);
     let config = BenchConfig {
         servers: args.servers,
@@ -301,6 +343,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         verify: !args.no_verify,
         progress: !args.quiet && std::io::stderr().is_terminal(),
         tls: args.tls.client_tls(),
+        kcp,
     };
     let output = OutputOptions {
         latency: args.latency,

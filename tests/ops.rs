@@ -466,7 +466,12 @@ fn slow_and_idle_admin_clients_do_not_hold_up_probes() {
     let mut slow = connect(admin);
     let idle: Vec<TcpStream> = (0..200).map(|_| connect(admin)).collect();
     let request = b"GET /healthz HTTP/1.1\r\n\r\n";
-    for (i, path) in ["/healthz", "/metrics", "/readyz"].iter().cycle().take(15).enumerate() {
+    for (i, path) in ["/healthz", "/metrics", "/readyz"]
+        .iter()
+        .cycle()
+        .take(15)
+        .enumerate()
+    {
         if i < request.len() {
             slow.write_all(&request[i..i + 1]).unwrap();
         }

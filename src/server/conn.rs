@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Core;
-use super::end::End;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
+use super::end::End;
 use crate::codec::{self, CodecError};
 use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};

@@ -33,7 +33,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::metrics::{Close, CoreMetrics, Transport};
 use crate::service;
 use crate::transport;
-use crate::transport::addr::Addr;
+use crate::transport::addr::{Addr, Network};
 pub use accept::Handoff;
 
 /// Why the server could not start or stopped with an error.
@@ -86,11 +86,21 @@ pub struct ServerHandle {
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
     metrics: Vec<Arc<CoreMetrics>>,
     health: Arc<Health>,
+    /// The `kcp@` listeners' reactors, stopped by `join` once the cores are done.
+    kcp: Vec<transport::kcp::KcpListener>,
+    /// How long `join` lets the KCP reactors get the cores' last replies acknowledged.
+    kcp_grace: std::time::Duration,
 }
 
 impl ServerHandle {
+    /// Each `kcp@` listener's counters (sessions, datagrams, drops by reason, FEC, resends).
+    pub fn kcp_stats(&self) -> Vec<Arc<transport::kcp::KcpStats>> {
+        self.kcp.iter().map(|l| Arc::clone(l.stats())).collect()
+    }
+
     /// The bound socket address of each TCP-family listen address (`tcp`, `reuseport`, `http`),
-    /// in config order, port 0 resolved; `unix` listeners have none and are left out.
+    /// in config order, port 0 resolved, then those of reactor listeners (`kcp`); `unix`
+    /// listeners have none and are left out.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -133,7 +143,8 @@ impl ServerHandle {
         Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then for the KCP reactors to deliver what the cores last
+    /// wrote (at most `server.drain_timeout` more), and stops them.
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
         for (cpu, thread) in self.threads {
@@ -150,6 +161,9 @@ impl ServerHandle {
             if result.is_ok() {
                 result = Err(error);
             }
+        }
+        for kcp in self.kcp {
+            kcp.shutdown(self.kcp_grace);
         }
         result
     }
@@ -249,9 +263,70 @@ impl Drop for StartReport {
     }
 }
 
-/// Binds the listeners and starts one executor per core.
+/// Binds the listeners and starts one executor per core, and a reactor thread per `kcp@`
+/// listener.
 pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
-    start_with(config, Vec::new())
+    config.validate()?;
+    let cores = choose_cpus(config.server.cores)?.len();
+    let mut handed = Vec::new();
+    let mut kcp = Vec::new();
+    for listen in config
+        .server
+        .listen
+        .iter()
+        .filter(|l| l.network == Network::Kcp)
+    {
+        let (h, listener) = kcp_listener(listen, &config, cores)?;
+        handed.push(h);
+        kcp.push(listener);
+    }
+    let mut server = start_with(config, handed)?;
+    server.kcp = kcp;
+    Ok(server)
+}
+
+/// Binds a `kcp@` listener and starts its reactor thread, which hands each new session to the
+/// cores, round robin.
+fn kcp_listener(
+    listen: &Addr,
+    config: &Config,
+    cores: usize,
+) -> Result<(accept::Handed, transport::kcp::KcpListener), ServerError> {
+    let invalid = |message: String| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: "server.listen",
+            message,
+        })
+    };
+    let addr = listen.socket_addr().map_err(|e| invalid(e.to_string()))?;
+    let setup = config.kcp.prepare().map_err(|e| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: e.key,
+            message: e.why,
+        })
+    })?;
+    // The reactor binds first, so that a port-0 address is known before the cores start; it
+    // gets its hand-off right after (a session in between is dropped, and its peer retries).
+    let handoff: Arc<OnceLock<accept::Handoff<transport::kcp::KcpStream>>> = Arc::default();
+    let sink_handoff = Arc::clone(&handoff);
+    let sink: transport::kcp::Sink = Box::new(move |stream, peer| {
+        let Some(handoff) = sink_handoff.get() else {
+            return; // dropped: not serving yet
+        };
+        if let Err(stream) = handoff.send(stream, peer) {
+            // Every core has stopped taking streams (shutdown): closing it is all there is.
+            drop(stream);
+        }
+    });
+    let listener =
+        transport::kcp::listen(addr, &setup, sink).map_err(|source| ServerError::Listen {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let listening = Listening::reactor(Network::Kcp, listener.local_addr());
+    let (h, hoff) = accept::Handed::new(listening, Transport::Kcp, cores);
+    let _ = handoff.set(hoff);
+    Ok((h, listener))
 }
 
 /// `start`, plus listeners whose streams a reactor thread hands to the cores (QUIC, KCP: each
@@ -270,6 +345,9 @@ pub(crate) fn start_with(
     let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
     for listen in &config.server.listen {
+        if listen.network == Network::Kcp {
+            continue; // bound by its reactor (`start`), served through `handed`
+        }
         let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
@@ -351,6 +429,8 @@ pub(crate) fn start_with(
         threads,
         metrics,
         health,
+        kcp: Vec::new(),
+        kcp_grace: config.server.drain_timeout,
     })
 }
 

@@ -10,8 +10,9 @@
 //! | `tcp@host:port`, `reuseport@host:port` | TCP (rpcx dials `reuseport` servers as `tcp`), TCP_NODELAY |
 //! | `http@host:port` | TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` |
 //! | `unix@/path` | a Unix domain stream socket |
+//! | `kcp@host:port` | a KCP session over UDP in kcp-go's format ([`DialOptions::kcp`]), driven by the process's KCP client reactor thread |
 //!
-//! Each can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
+//! Each but `kcp` can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
 //! `http`) CONNECT inside it. A host name is resolved with the system resolver and every
 //! address it resolves to is tried in turn until one connects. The whole dial (every connect
 //! attempt, the TLS handshake, CONNECT) is bounded by [`DialOptions::timeout`].
@@ -23,6 +24,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use rustls_pki_types::ServerName;
 
 use super::addr::{Addr, AddrError, Network};
 use super::http_connect;
+use super::kcp::{self, KcpConfig, KcpConfigError, KcpSetup, KcpStream};
 use super::prefixed::Prefixed;
 use super::tls::{self, ClientTls, TlsError};
 
@@ -44,6 +47,8 @@ pub struct DialOptions {
     pub timeout: Duration,
     /// Dial over TLS with these settings.
     pub tls: Option<ClientTls>,
+    /// Settings of `kcp@` sessions (the server's `[kcp]` must match); unused by the others.
+    pub kcp: KcpConfig,
 }
 
 impl Default for DialOptions {
@@ -51,6 +56,7 @@ impl Default for DialOptions {
         DialOptions {
             timeout: Duration::from_secs(10),
             tls: None,
+            kcp: KcpConfig::default(),
         }
     }
 }
@@ -73,6 +79,9 @@ pub enum DialError {
     /// The server did not accept rpcx's HTTP CONNECT.
     #[error("HTTP CONNECT to {target} failed: {source}")]
     HttpConnect { target: String, source: io::Error },
+    /// The KCP settings cannot be used.
+    #[error("{0}")]
+    Kcp(#[from] KcpConfigError),
     /// The whole dial took longer than [`DialOptions::timeout`].
     #[error("dialing {target} timed out after {after:?}")]
     Timeout { target: String, after: Duration },
@@ -96,6 +105,8 @@ pub struct Connector {
     addr: Addr,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// For `kcp@`: the checked settings with their key, derived once here.
+    kcp: Option<Arc<KcpSetup>>,
 }
 
 impl fmt::Debug for Connector {
@@ -116,16 +127,28 @@ impl Connector {
 
     /// A connector for an address already parsed.
     pub fn to(addr: Addr, options: &DialOptions) -> Result<Connector, DialError> {
-        if matches!(addr.network, Network::Quic | Network::Kcp) {
+        if addr.network == Network::Quic {
             return Err(AddrError::new(
                 &addr,
                 format!(
-                    "network {} cannot be dialed yet (tcp, reuseport, http and unix can; TLS is an option of each)",
+                    "network {} cannot be dialed yet (tcp, reuseport, http, unix and kcp can)",
                     addr.network
                 ),
             )
             .into());
         }
+        if addr.network == Network::Kcp && options.tls.is_some() {
+            // rpcx has no TLS over KCP; its crypt layer is kcp-go's block cipher.
+            return Err(AddrError::new(
+                &addr,
+                "TLS is not an option of kcp (its encryption is [kcp] crypt and key)".to_string(),
+            )
+            .into());
+        }
+        let kcp = match addr.network {
+            Network::Kcp => Some(options.kcp.prepare()?),
+            _ => None,
+        };
         let tls = match &options.tls {
             None => None,
             Some(opts) => {
@@ -138,6 +161,7 @@ impl Connector {
             addr,
             timeout: options.timeout,
             tls,
+            kcp,
         })
     }
 
@@ -168,6 +192,28 @@ impl Connector {
             source,
         };
         let plain = match self.addr.network {
+            Network::Kcp => {
+                // UDP has no connect to fail, so the first address is the one: KCP has no
+                // handshake, and a peer that is not there shows on the stream's first read.
+                let addr = self
+                    .addr
+                    .address
+                    .to_socket_addrs()
+                    .map_err(connect_failed)?
+                    .next()
+                    .ok_or_else(|| {
+                        connect_failed(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            "the name resolves to no address",
+                        ))
+                    })?;
+                let setup = self.kcp.as_ref().ok_or_else(|| {
+                    connect_failed(io::Error::other("no KCP settings for a kcp address"))
+                })?;
+                return kcp::dial(addr, setup)
+                    .map(Stream::Kcp)
+                    .map_err(connect_failed);
+            }
             Network::Unix => UnixStream::connect(&self.addr.address)
                 .await
                 .map(Stream::Unix)
@@ -243,6 +289,8 @@ pub enum Stream {
     Tls(Box<futures_rustls::client::TlsStream<Stream>>),
     /// Bytes already read (after an HTTP CONNECT answer), then the stream.
     Replay(Box<Prefixed<Stream>>),
+    /// A KCP session (its UDP socket and protocol live on the KCP client reactor thread).
+    Kcp(KcpStream),
 }
 
 impl fmt::Debug for Stream {
@@ -252,6 +300,7 @@ impl fmt::Debug for Stream {
             Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
             Stream::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
             Stream::Replay(s) => f.debug_tuple("Replay").field(s.inner()).finish(),
+            Stream::Kcp(s) => f.debug_tuple("Kcp").field(s).finish(),
         }
     }
 }
@@ -262,7 +311,7 @@ impl Stream {
         match self {
             Stream::Tls(_) => true,
             Stream::Replay(s) => s.inner().is_tls(),
-            Stream::Tcp(_) | Stream::Unix(_) => false,
+            Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => false,
         }
     }
 
@@ -271,7 +320,7 @@ impl Stream {
         match self {
             Stream::Tls(s) => s.get_ref().1.protocol_version(),
             Stream::Replay(s) => s.inner().tls_version(),
-            Stream::Tcp(_) | Stream::Unix(_) => None,
+            Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => None,
         }
     }
 }
@@ -282,6 +331,7 @@ macro_rules! each {
         match $self.get_mut() {
             Stream::Tcp($s) => $e,
             Stream::Unix($s) => $e,
+            Stream::Kcp($s) => $e,
             Stream::Tls(s) => {
                 let $s = &mut **s;
                 $e
@@ -327,11 +377,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quic_and_kcp_are_refused_by_name_until_they_dial() {
-        for addr in ["quic@127.0.0.1:1", "kcp@127.0.0.1:1"] {
-            let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
-            assert!(err.to_string().contains(addr), "{err}");
-        }
+    fn quic_is_refused_by_name_until_it_dials() {
+        let addr = "quic@127.0.0.1:1";
+        let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
+        assert!(err.to_string().contains(addr), "{err}");
+    }
+
+    #[test]
+    fn kcp_dials_with_its_settings_and_refuses_tls() {
+        assert!(Connector::new("kcp@127.0.0.1:1", &DialOptions::default()).is_ok());
+        let mut bad = DialOptions::default();
+        bad.kcp.mtu = 20;
+        let err = Connector::new("kcp@127.0.0.1:1", &bad).unwrap_err();
+        assert!(err.to_string().contains("kcp.mtu"), "{err}");
+        let tls = DialOptions {
+            tls: Some(ClientTls {
+                insecure_skip_verify: true,
+                ..ClientTls::default()
+            }),
+            ..DialOptions::default()
+        };
+        let err = Connector::new("kcp@127.0.0.1:1", &tls).unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
     }
 
     #[test]

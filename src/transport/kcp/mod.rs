@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crypt::{CryptError, derive_key};
+pub use crypt::{CryptError, DERIVED_KEY_LEN, derive_key};
 pub use fec::FecError;
 pub use reactor::{KcpListener, dial, dial_stats, listen};
 pub use stream::{Ended, KcpStream};
@@ -59,7 +59,7 @@ pub const MTU_LIMIT: usize = 1500;
 /// defaults are what rpcx's examples use (stream mode, ACK no-delay, FEC 10+3, AES with the
 /// examples' public password), so an rpcx example client works unchanged; its key is public,
 /// so set `key` or `password` + `salt` for anything that matters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KcpConfig {
     /// Largest UDP payload sent, counting kcp-go's 28 header bytes (crypt 20, FEC 8) as kcp-go
@@ -151,7 +151,7 @@ impl Default for KcpConfig {
 
 /// A [`KcpConfig`] that cannot work.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("kcp.{key}: {why}")]
+#[error("{key}: {why}")]
 pub struct KcpConfigError {
     pub key: &'static str,
     pub why: String,
@@ -165,46 +165,73 @@ fn bad(key: &'static str, why: impl Into<String>) -> KcpConfigError {
 }
 
 impl KcpConfig {
+    /// This config with `key = value` pairs applied, as `--kcp KEY=VALUE` flags give them (the
+    /// value read as TOML when it parses as TOML, else as a string); an unknown key is an error.
+    pub fn with(&self, pairs: &[(String, String)]) -> Result<KcpConfig, String> {
+        if pairs.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut table = toml::Table::try_from(self).map_err(|e| e.to_string())?;
+        for (k, v) in pairs {
+            table.insert(k.clone(), crate::config::text_value(v));
+        }
+        let text = toml::to_string(&table).map_err(|e| e.to_string())?;
+        toml::from_str(&text).map_err(|e| e.message().to_owned())
+    }
+
+    /// Checks every key without deriving the key (for config validation).
+    pub fn check(&self) -> Result<(), KcpConfigError> {
+        self.build(false).map(drop)
+    }
+
     /// Checks every key and derives the key material once (PBKDF2 is deliberately slow).
     pub fn prepare(&self) -> Result<Arc<KcpSetup>, KcpConfigError> {
+        self.build(true)?
+            .ok_or_else(|| bad("kcp.key", "no key material"))
+    }
+
+    fn build(&self, derive: bool) -> Result<Option<Arc<KcpSetup>>, KcpConfigError> {
         if !(100..=MTU_LIMIT).contains(&self.mtu) {
-            return Err(bad("mtu", format!("{} is not in 100..=1500", self.mtu)));
+            return Err(bad("kcp.mtu", format!("{} is not in 100..=1500", self.mtu)));
         }
         if self.snd_wnd == 0 {
-            return Err(bad("snd_wnd", "must be at least 1"));
+            return Err(bad("kcp.snd_wnd", "must be at least 1"));
         }
         if self.rcv_wnd < 128 {
             return Err(bad(
-                "rcv_wnd",
+                "kcp.rcv_wnd",
                 format!("{} is below 128, the kcp crate's minimum", self.rcv_wnd),
             ));
         }
         let ms = self.interval.as_millis();
         if !(10..=5000).contains(&ms) {
-            return Err(bad("interval", "must be between 10ms and 5s"));
+            return Err(bad("kcp.interval", "must be between 10ms and 5s"));
         }
         if self.resend > i32::MAX as u32 {
-            return Err(bad("resend", "too large"));
+            return Err(bad("kcp.resend", "too large"));
         }
         let rs = match (self.data_shards, self.parity_shards) {
             (0, 0) => None,
             (0, _) | (_, 0) => {
                 return Err(bad(
-                    "data_shards",
+                    "kcp.data_shards",
                     "data_shards and parity_shards are both 0 (FEC off) or both positive",
                 ));
             }
             (d, p) if d + p > 255 => {
-                return Err(bad("data_shards", "data + parity shards is at most 255"));
+                return Err(bad(
+                    "kcp.data_shards",
+                    "data + parity shards is at most 255",
+                ));
             }
-            (d, p) => {
-                Some(fec::codec(d, p).ok_or_else(|| bad("data_shards", "no Reed-Solomon code"))?)
-            }
+            (d, p) => Some(
+                fec::codec(d, p).ok_or_else(|| bad("kcp.data_shards", "no Reed-Solomon code"))?,
+            ),
         };
         let crypt = match self.crypt {
             CryptKind::None => {
                 if self.key.is_some() || self.password.is_some() || self.salt.is_some() {
-                    return Err(bad("crypt", "\"none\" takes no key, password or salt"));
+                    return Err(bad("kcp.crypt", "\"none\" takes no key, password or salt"));
                 }
                 crypt::Crypt::None
             }
@@ -212,9 +239,12 @@ impl KcpConfig {
                 let key = match &self.key {
                     Some(hex) => {
                         if self.password.is_some() || self.salt.is_some() {
-                            return Err(bad("key", "set either key or password + salt, not both"));
+                            return Err(bad(
+                                "kcp.key",
+                                "set either key or password + salt, not both",
+                            ));
                         }
-                        parse_hex(hex).ok_or_else(|| bad("key", "not hex"))?
+                        parse_hex(hex).ok_or_else(|| bad("kcp.key", "not hex"))?
                     }
                     None => derive_key(
                         self.password
@@ -225,31 +255,35 @@ impl KcpConfig {
                     )
                     .to_vec(),
                 };
-                crypt::Crypt::aes(&key)
-                    .ok_or_else(|| bad("key", "must be 16, 24 or 32 bytes (32 or 48 or 64 hex)"))?
+                crypt::Crypt::aes(&key).ok_or_else(|| {
+                    bad("kcp.key", "must be 16, 24 or 32 bytes (32 or 48 or 64 hex)")
+                })?
             }
         };
         if self.idle_timeout < Duration::from_millis(100) {
-            return Err(bad("idle_timeout", "must be at least 100ms"));
+            return Err(bad("kcp.idle_timeout", "must be at least 100ms"));
         }
         if self.max_sessions == 0 {
-            return Err(bad("max_sessions", "must be at least 1"));
+            return Err(bad("kcp.max_sessions", "must be at least 1"));
         }
         if self.max_buffered < MTU_LIMIT {
-            return Err(bad("max_buffered", "must be at least 1500 bytes"));
+            return Err(bad("kcp.max_buffered", "must be at least 1500 bytes"));
         }
         let fec_header = if rs.is_some() {
             fec::HEADER + fec::SIZE
         } else {
             0
         };
-        Ok(Arc::new(KcpSetup {
+        if !derive {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(KcpSetup {
             kcp_mtu: self.mtu - crypt::HEADER - fec_header,
             fec_header,
             rs,
             crypt,
             cfg: self.clone(),
-        }))
+        })))
     }
 }
 
@@ -388,27 +422,28 @@ mod tests {
             let mut c = KcpConfig::default();
             f(&mut c);
             assert_eq!(c.prepare().unwrap_err().key, key);
+            assert_eq!(c.check().unwrap_err().key, key);
         };
-        check(|c| c.mtu = 2000, "mtu");
-        check(|c| c.rcv_wnd = 32, "rcv_wnd");
-        check(|c| c.parity_shards = 0, "data_shards");
-        check(|c| c.key = Some("zz".into()), "key");
-        check(|c| c.key = Some("00".repeat(20)), "key");
+        check(|c| c.mtu = 2000, "kcp.mtu");
+        check(|c| c.rcv_wnd = 32, "kcp.rcv_wnd");
+        check(|c| c.parity_shards = 0, "kcp.data_shards");
+        check(|c| c.key = Some("zz".into()), "kcp.key");
+        check(|c| c.key = Some("00".repeat(20)), "kcp.key");
         check(
             |c| {
                 c.key = Some("00".repeat(16));
                 c.password = Some("x".into());
             },
-            "key",
+            "kcp.key",
         );
         check(
             |c| {
                 c.crypt = CryptKind::None;
                 c.salt = Some("x".into());
             },
-            "crypt",
+            "kcp.crypt",
         );
-        check(|c| c.interval = Duration::from_millis(1), "interval");
+        check(|c| c.interval = Duration::from_millis(1), "kcp.interval");
         let c = KcpConfig {
             key: Some("00".repeat(16)),
             ..KcpConfig::default()
@@ -417,6 +452,29 @@ mod tests {
             c.prepare().unwrap().crypt,
             crypt::Crypt::Aes128(_)
         ));
+    }
+
+    #[test]
+    fn flags_set_any_key_and_unknown_ones_are_named() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = KcpConfig::default()
+            .with(&pairs(&[
+                ("password", "s3cret"),
+                ("interval", "20ms"),
+                ("nodelay", "true"),
+            ]))
+            .unwrap();
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+        assert_eq!(c.interval, Duration::from_millis(20));
+        assert!(c.nodelay);
+        let e = KcpConfig::default()
+            .with(&pairs(&[("pasword", "x")]))
+            .unwrap_err();
+        assert!(e.contains("pasword"), "{e}");
     }
 
     #[test]
