@@ -25,6 +25,7 @@ fn echo_server(cfg: &KcpConfig) -> KcpListener {
         &setup,
         Box::new(|stream, _| {
             std::thread::spawn(move || block_on(echo(stream)));
+            true
         }),
     )
     .unwrap()
@@ -183,7 +184,7 @@ fn a_vanished_peer_is_reclaimed_after_the_idle_timeout() {
     let server = kcp::listen(
         "127.0.0.1:0".parse().unwrap(),
         &cfg.prepare().unwrap(),
-        Box::new(move |s, _| tx.lock().unwrap().send(s).unwrap()),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
     )
     .unwrap();
     let relay = Relay::start(
@@ -305,7 +306,7 @@ fn shutdown_waits_for_open_streams_to_be_closed_by_their_owners() {
     let server = kcp::listen(
         "127.0.0.1:0".parse().unwrap(),
         &cfg.prepare().unwrap(),
-        Box::new(move |s, _| tx.lock().unwrap().send(s).unwrap()),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
     )
     .unwrap();
     let addr = server.local_addr();
@@ -334,4 +335,23 @@ fn shutdown_waits_for_open_streams_to_be_closed_by_their_owners() {
     owner.join().unwrap();
     stopper.join().unwrap();
     assert_eq!(stats.counts().sessions, 0);
+}
+
+#[test]
+fn dialing_a_port_nobody_listens_on_fails_the_stream() {
+    // A UDP port just released: the kernel answers with ICMP port unreachable.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let setup = quick().prepare().unwrap();
+    let mut s = kcp::dial(([127, 0, 0, 1], port).into(), &setup).unwrap();
+    let err = with_timeout(move || {
+        block_on(async {
+            s.write_all(b"anyone?").await.unwrap();
+            s.read(&mut [0u8; 8]).await.unwrap_err()
+        })
+    });
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }

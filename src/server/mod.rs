@@ -311,12 +311,10 @@ fn kcp_listener(
     let sink_handoff = Arc::clone(&handoff);
     let sink: transport::kcp::Sink = Box::new(move |stream, peer| {
         let Some(handoff) = sink_handoff.get() else {
-            return; // dropped: not serving yet
+            return true; // dropped: not serving yet (the peer's next datagram tries again)
         };
-        if let Err(stream) = handoff.send(stream, peer) {
-            // Every core has stopped taking streams (shutdown): closing it is all there is.
-            drop(stream);
-        }
+        // Given back when every core has stopped taking streams (shutdown): no more sessions.
+        handoff.send(stream, peer).is_ok()
     });
     let listener =
         transport::kcp::listen(addr, &setup, sink).map_err(|source| ServerError::Listen {

@@ -160,6 +160,9 @@ pub struct FecDecoder {
     rs: Arc<ReedSolomon>,
     group: u32,
     groups: VecDeque<Group>,
+    /// Shard buffers of finished groups, reused so that keeping shards allocates nothing in the
+    /// steady state.
+    spare: Vec<Vec<u8>>,
 }
 
 impl FecDecoder {
@@ -167,7 +170,16 @@ impl FecDecoder {
         FecDecoder {
             group: (rs.total_shard_count()) as u32,
             groups: VecDeque::with_capacity(GROUPS_KEPT),
+            spare: Vec::new(),
             rs,
+        }
+    }
+
+    fn recycle(spare: &mut Vec<Vec<u8>>, shards: Vec<Option<Vec<u8>>>, keep: usize) {
+        for s in shards.into_iter().flatten() {
+            if spare.len() < keep {
+                spare.push(s);
+            }
         }
     }
 
@@ -195,13 +207,16 @@ impl FecDecoder {
 
     fn store(&mut self, seqid: u32, region: &[u8], recovered: &mut Vec<Vec<u8>>) -> usize {
         let data = self.rs.data_shard_count();
+        let keep = self.group as usize * 2;
         let base = seqid - seqid % self.group;
         let index = (seqid % self.group) as usize;
         let at = match self.groups.iter().position(|g| g.base == base) {
             Some(at) => at,
             None => {
-                if self.groups.len() == GROUPS_KEPT {
-                    self.groups.pop_front();
+                if self.groups.len() == GROUPS_KEPT
+                    && let Some(old) = self.groups.pop_front()
+                {
+                    Self::recycle(&mut self.spare, old.shards, keep);
                 }
                 self.groups.push_back(Group {
                     base,
@@ -217,14 +232,17 @@ impl FecDecoder {
         if g.done || g.shards[index].is_some() {
             return 0;
         }
-        g.shards[index] = Some(region.to_vec());
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(region);
+        g.shards[index] = Some(buf);
         g.present += 1;
         if index < data {
             g.data_present += 1;
         }
         if g.data_present == data {
             g.done = true;
-            g.shards = Vec::new();
+            Self::recycle(&mut self.spare, std::mem::take(&mut g.shards), keep);
             return 0;
         }
         if g.present < data {
@@ -257,6 +275,7 @@ impl FecDecoder {
             recovered.push(s[SIZE..size].to_vec());
             n += 1;
         }
+        Self::recycle(&mut self.spare, shards, keep);
         n
     }
 }

@@ -49,8 +49,9 @@ pub use reactor::{KcpListener, dial, dial_stats, listen};
 pub use stream::{Ended, KcpStream};
 
 /// What a listener does with each new session: hand it to a core. Called on the reactor
-/// thread, so it must only queue the stream, never wait.
-pub type Sink = Box<dyn Fn(KcpStream, SocketAddr) + Send + Sync>;
+/// thread, so it must only queue the stream, never wait. Returns false when nobody takes
+/// sessions any more (the server is shutting down): the listener then starts no more of them.
+pub type Sink = Box<dyn Fn(KcpStream, SocketAddr) -> bool + Send + Sync>;
 
 /// The KCP packet format kcp-go's UDP datagrams hold: the largest UDP payload kcp-go reads.
 pub const MTU_LIMIT: usize = 1500;

@@ -167,6 +167,8 @@ struct Reactor {
     out: Out,
     nonce: NonceGen,
     recovered: Vec<Vec<u8>>,
+    /// Where parity datagrams are built, reused.
+    parity_buf: Vec<u8>,
     dials: Option<Arc<Mutex<Vec<NewDial>>>>,
 }
 
@@ -191,6 +193,7 @@ impl Reactor {
             out: Out::default(),
             nonce,
             recovered: Vec::new(),
+            parity_buf: Vec::new(),
             dials: None,
         }
     }
@@ -489,9 +492,13 @@ impl Reactor {
             Some(Route::To(sid)) => sid,
             Some(Route::New { replace, conv }) => {
                 let shared = Shared::new(e.setup.cfg.max_buffered, self.notify.clone());
-                if let Kind::Listener { sink, .. } = &e.kind {
+                if let Kind::Listener { sink, ctl, .. } = &e.kind {
                     // The sink only queues the stream for a core.
-                    sink(KcpStream::new(shared.clone(), from, conv), from);
+                    if !sink(KcpStream::new(shared.clone(), from, conv), from) {
+                        ctl.accepting.store(false, Ordering::SeqCst);
+                        bump(&stats.dropped_unknown);
+                        return;
+                    }
                 }
                 if let Some(old) = replace {
                     self.remove_session(old, Some(Ended::Replaced));
@@ -573,16 +580,15 @@ impl Reactor {
             let idle = cfg.idle_timeout.as_millis() as u32;
             let snd_wnd = usize::from(cfg.snd_wnd);
             let stats = ep.stats.clone();
-            let (sent, wakers, closed) = pump(s, snd_wnd);
+            let (sent, [rw, ww], closed) = pump(s, snd_wnd);
             let r = catch_unwind(AssertUnwindSafe(|| {
                 let _ = s.kcp.update(now);
                 if ack_now || sent {
                     let _ = s.kcp.flush();
                 }
             }));
-            for w in wakers {
-                w.wake();
-            }
+            wake(rw);
+            wake(ww);
             if r.is_err() {
                 bump(&stats.dropped_decode);
                 self.remove_session(sid, Some(Ended::DeadLink));
@@ -626,7 +632,7 @@ impl Reactor {
         };
         let setup = &ep.setup;
         let start = RESERVE - crypt::HEADER - setup.fec_header;
-        let mut parity_buf = Vec::new();
+        let parity_buf = &mut self.parity_buf;
         for p in packets.iter_mut() {
             count_retransmissions(&p[RESERVE..], &mut s.sn_next, &ep.stats);
             let dgram = &mut p[start..];
@@ -640,9 +646,9 @@ impl Reactor {
                 for i in 0..ready {
                     parity_buf.clear();
                     parity_buf.resize(crypt::HEADER, 0);
-                    enc.parity(i, &mut parity_buf);
-                    setup.crypt.seal(&mut parity_buf, &self.nonce.next());
-                    send(ep, s.peer, &parity_buf);
+                    enc.parity(i, parity_buf);
+                    setup.crypt.seal(parity_buf, &self.nonce.next());
+                    send(ep, s.peer, parity_buf);
                 }
             }
         }
@@ -678,9 +684,10 @@ fn kcp_input(s: &mut Session, bytes: &[u8], now: u32, stats: &KcpStats) -> bool 
 }
 
 /// Moves bytes between the stream's buffers and KCP. Returns whether new data went into KCP,
-/// the wakers to wake (after the lock is released), and whether the owner closed the stream.
-fn pump(s: &mut Session, snd_wnd: usize) -> (bool, Vec<Waker>, bool) {
-    let mut wakers = Vec::new();
+/// the reader's and writer's wakers to wake (after the lock is released), and whether the
+/// owner closed the stream.
+fn pump(s: &mut Session, snd_wnd: usize) -> (bool, [Option<Waker>; 2], bool) {
+    let mut wakers = [None, None];
     let cap = s.shared.cap;
     let mut b = s.shared.lock();
     // KCP → rx, while the reader has room; otherwise KCP keeps the data and its window closes.
@@ -708,7 +715,7 @@ fn pump(s: &mut Session, snd_wnd: usize) -> (bool, Vec<Waker>, bool) {
         }
     }
     if got {
-        wakers.extend(b.read_waker.take());
+        wakers[0] = b.read_waker.take();
     }
     // tx → KCP, up to twice the send window queued (kcp-go blocks writers at one window).
     let mut sent = false;
@@ -733,7 +740,7 @@ fn pump(s: &mut Session, snd_wnd: usize) -> (bool, Vec<Waker>, bool) {
             s.tx_pos = 0;
         }
         if b.tx.len() < cap {
-            wakers.extend(b.write_waker.take());
+            wakers[1] = b.write_waker.take();
         }
     }
     // tx_pos counts bytes of b.tx already in KCP; the writer only appends, so it stays valid.
