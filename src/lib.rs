@@ -49,6 +49,8 @@
 //! `/metrics`, `/healthz` and `/readyz` with blocking std I/O, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//! `percore-kcp` (one per `kcp@` listener) owns that listener's UDP socket and KCP sessions and
+//! hands each session's byte stream to a core, which runs the same frame loop on it.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or

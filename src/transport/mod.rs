@@ -8,6 +8,7 @@
 //! | [`tls`] | rustls configs (server from `[tls]`, client from dial options) |
 //! | [`http_connect`] | rpcx's HTTP CONNECT bytes, the head reader, the client handshake |
 //! | [`prefixed`] | a stream that replays bytes already read (sniffing inside TLS, CONNECT) |
+//! | [`kcp`] | rpcx's `kcp` network: kcp-go's FEC and crypt layers, the KCP reactor thread, the streams it hands to cores |
 //! | [`connector`] | the one dialer (client, `percore call`, `percore bench`): every network, over TLS or not, and its one stream type |
 
 pub mod addr;
