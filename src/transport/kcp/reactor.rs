@@ -204,6 +204,9 @@ impl Reactor {
 
     fn run(&mut self, ctl: Option<&Control>) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
+        // The endpoint of each socket entry in `fds` (after the eventfd).
+        let mut polled: Vec<usize> = Vec::new();
+        let mut readable: Vec<usize> = Vec::new();
         loop {
             if ctl.is_some_and(|c| c.stop.load(Ordering::SeqCst)) {
                 self.end_all(Ended::Stopped);
@@ -216,12 +219,16 @@ impl Reactor {
                 events: libc::POLLIN,
                 revents: 0,
             });
-            for ep in self.endpoints.iter().flatten() {
-                fds.push(libc::pollfd {
-                    fd: ep.socket.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+            polled.clear();
+            for (i, ep) in self.endpoints.iter().enumerate() {
+                if let Some(ep) = ep {
+                    polled.push(i);
+                    fds.push(libc::pollfd {
+                        fd: ep.socket.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                }
             }
             // SAFETY: fds is a live, correctly sized array of pollfd for the whole call.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -234,8 +241,16 @@ impl Reactor {
                 continue;
             }
             self.notify.clear();
+            readable.clear();
+            readable.extend(
+                fds[1..]
+                    .iter()
+                    .zip(&polled)
+                    .filter(|(fd, _)| fd.revents != 0)
+                    .map(|(_, &ep)| ep),
+            );
             self.take_dials();
-            self.read_all();
+            self.read_all(&readable);
             self.visit_sessions();
         }
     }
@@ -379,9 +394,10 @@ impl Reactor {
         }
     }
 
-    fn read_all(&mut self) {
+    /// Reads what waits on the sockets poll found readable (or in error).
+    fn read_all(&mut self, readable: &[usize]) {
         let mut buf = [0u8; MTU_LIMIT];
-        for ep in 0..self.endpoints.len() {
+        for &ep in readable {
             for _ in 0..READS_PER_PASS {
                 let Some(e) = self.endpoints[ep].as_ref() else {
                     break;
