@@ -355,3 +355,135 @@ fn dialing_a_port_nobody_listens_on_fails_the_stream() {
     });
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }
+
+/// A datagram for a `crypt = "none"` listener: nonce, CRC32 over bytes 20.., then `body`.
+fn clear_datagram(body: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; 20];
+    d.extend_from_slice(body);
+    let crc = crc32fast::hash(&d[20..]);
+    d[16..20].copy_from_slice(&crc.to_le_bytes());
+    d
+}
+
+#[test]
+fn well_formed_garbage_inside_a_valid_crc_never_stops_the_reactor() {
+    // With crypt = "none" anyone can make datagrams that pass the CRC, so the FEC and KCP
+    // parsers behind it see arbitrary input: random shard types, sizes and KCP headers.
+    let cfg = KcpConfig {
+        crypt: kcp::CryptKind::None,
+        ..quick()
+    };
+    let server = echo_server(&cfg);
+    let addr = server.local_addr();
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let socks: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut sent = 0u64;
+    for i in 0..3000u64 {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(rand() as u32).to_le_bytes()); // seqid
+        body.extend_from_slice(match rand() % 8 {
+            0..=5 => &[0xf1, 0],
+            6 => &[0xf2, 0],
+            _ => &[0xf3, 0],
+        });
+        body.extend_from_slice(&(rand() as u16).to_le_bytes()); // size
+        // KCP segments with a few plausible commands and random everything else.
+        for _ in 0..(rand() % 3) {
+            let conv = if rand() % 4 != 0 { 7 } else { rand() as u32 };
+            body.extend_from_slice(&conv.to_le_bytes());
+            body.push(81 + (rand() % 5) as u8);
+            body.push(rand() as u8);
+            body.extend_from_slice(&(rand() as u16).to_le_bytes());
+            for _ in 0..3 {
+                body.extend_from_slice(&(rand() as u32).to_le_bytes()); // ts, sn, una
+            }
+            let len = (rand() % 64) as u32;
+            let claimed = if rand() % 4 == 0 { rand() as u32 } else { len };
+            body.extend_from_slice(&claimed.to_le_bytes());
+            body.extend((0..len).map(|_| rand() as u8));
+        }
+        let sock = &socks[(i % 4) as usize];
+        sock.send_to(&clear_datagram(&body), addr).unwrap();
+        sent += 1;
+        if i % 200 == 0 {
+            std::thread::sleep(Duration::from_millis(2)); // stay within the socket buffer
+        }
+    }
+    let stats = server.stats().clone();
+    wait_until(|| stats.counts().datagrams_in >= sent * 9 / 10);
+    let c = stats.counts();
+    assert!(c.dropped_decode > 0, "{c:?}");
+    assert!(
+        c.sessions <= 4,
+        "one session per source address at most: {c:?}"
+    );
+    assert!(c.sessions_total >= 1, "{c:?}");
+
+    // The reactor still serves a real peer.
+    let setup = cfg.prepare().unwrap();
+    let ok = with_timeout(move || {
+        let s = kcp::dial(addr, &setup).unwrap();
+        let data = pattern(20_000, 5);
+        block_on(round_trip(s, &data)) == data
+    });
+    assert!(ok);
+}
+
+#[test]
+fn a_reader_that_stops_reading_stops_the_sender_instead_of_growing_a_buffer() {
+    let cfg = KcpConfig {
+        max_buffered: 32 << 10,
+        ..quick()
+    };
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = kcp::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        &cfg.prepare().unwrap(),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
+    )
+    .unwrap();
+    let setup = cfg.prepare().unwrap();
+    let client = kcp::dial(server.local_addr(), &setup).unwrap();
+    // The writer pushes until writes stay pending: what it got rid of is bounded by the two
+    // buffers and KCP's windows (send 32 + receive 128 segments of at most 1348 bytes).
+    let bound = 2 * (32 << 10) + (32 + 128) * 1348 * 2;
+    let (accepted, client) = with_timeout(move || {
+        let mut client = client;
+        let chunk = vec![7u8; 16 << 10];
+        let mut accepted = 0usize;
+        let mut stalled_since = Instant::now();
+        while stalled_since.elapsed() < Duration::from_millis(500) && accepted < 10 * bound {
+            match block_on(futures_lite::future::poll_once(client.write(&chunk))) {
+                Some(Ok(n)) => {
+                    accepted += n;
+                    stalled_since = Instant::now();
+                }
+                Some(Err(e)) => panic!("{e}"),
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        (accepted, client)
+    });
+    assert!(
+        accepted <= bound,
+        "{accepted} bytes accepted with nobody reading"
+    );
+    // Once the reader reads, everything arrives and the writer goes on.
+    let mut at_server = rx.recv_timeout(WAIT).unwrap();
+    let got = with_timeout(move || {
+        let mut buf = vec![0u8; accepted];
+        block_on(at_server.read_exact(&mut buf)).unwrap();
+        let _keep = client;
+        buf.iter().all(|&b| b == 7)
+    });
+    assert!(got);
+}
