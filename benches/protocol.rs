@@ -1,12 +1,13 @@
 //! Criterion benches of the hot path's pure parts: frame decode, frame encode, and dispatch
-//! (`Method::lookup` + `call` of an Arith.Mul MsgPack request). Run with `cargo bench`.
+//! (`Registry::lookup` + `call` of an Arith.Mul MsgPack request). Run with `cargo bench`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use percore::builtin::Builtin;
 use percore::codec::SerializeType;
 use percore::protocol::{self, Header, Metadata};
-use percore::service::{Context, Method, Reply, Request};
+use percore::service::{CoreInfo, Registry, Reply, Request};
 
 /// `Arith.Mul` args `{A: 10, B: 20}` as the Go client encodes them.
 const ARGS: [u8; 7] = [0x82, 0xa1, 0x41, 0x0a, 0xa1, 0x42, 0x14];
@@ -65,18 +66,23 @@ fn encode(c: &mut Criterion) {
 }
 
 fn dispatch(c: &mut Criterion) {
-    let ctx = Context::default();
+    let core = CoreInfo {
+        index: 0,
+        cpu: 0,
+        cores: 1,
+    };
+    let registry = Builtin::build(&core, &Default::default()).unwrap();
     let (mut meta, mut payload) = (Vec::with_capacity(64), Vec::with_capacity(64));
     c.bench_function("dispatch/arith_mul_msgpack", |b| {
         b.iter(|| {
-            let method = Method::lookup(black_box("Arith"), black_box("Mul")).unwrap();
+            let method = Builtin::lookup(black_box("Arith"), black_box("Mul")).unwrap();
             let req = Request {
                 codec: SerializeType::MsgPack,
                 metadata: Metadata::default(),
                 payload: black_box(&ARGS),
             };
             let mut reply = Reply::new(&mut meta, &mut payload);
-            black_box(method.call(&ctx, &req, &mut reply).unwrap());
+            black_box(registry.call(method, &req, &mut reply).unwrap());
             black_box(payload.len())
         })
     });

@@ -43,6 +43,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
     let bound = listener.local_addr()?;
     let state = State {
         cores: server.metrics().to_vec(),
+        names: server.method_names(),
         health: server.health(),
         kcp: server.kcp_stats(),
     };
@@ -56,6 +57,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
 /// What the answers are made from.
 struct State {
     cores: Vec<Arc<CoreMetrics>>,
+    names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
     /// The `kcp@` listeners' reactor counters.
     kcp: Vec<Arc<crate::transport::kcp::KcpStats>>,
@@ -231,7 +233,8 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &(metrics::prometheus(&state.cores, status) + &metrics::kcp_prometheus(&state.kcp)),
+            &(metrics::prometheus(&state.cores, &state.names, status)
+                + &metrics::kcp_prometheus(&state.kcp)),
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

@@ -11,8 +11,8 @@
 //! | [`codec`] | payload serialization (raw, JSON, protobuf, MsgPack) and gzip with a size cap |
 //! | [`service`] | the static registry (`Arith`, `Echo`, `Hello`) and the typed-handler adapter |
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
-//! | [`server`] | executors per core, listeners, accept loops, first-byte routing, the connection loop, the HTTP gateway and JSON-RPC, shutdown |
-//! | [`transport`] | per network, how to listen (and, for the client, dial) |
+//! | [`server`] | executors per core, listeners, the one accept path, first-byte routing, the connection loop, HTTP/1.1, the gateway and JSON-RPC, shutdown |
+//! | [`transport`] | per network, how to listen and dial: the one address type ([`transport::addr`]) and the one dialer ([`transport::connector`]) |
 //! | [`client`] | the rpcx client: multiplexed connection, `XClient` (fail and select modes), discovery |
 //! | [`bench`] | the load generator behind `percore bench`, built on the public client only |
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
@@ -28,14 +28,19 @@
 //!            one glommio executor per allowed CPU, pinned; shared: read-only config only
 //! client ─► SO_REUSEPORT listener (one socket per core) ─┐
 //! client ─► unix socket (one socket, accepted by every core) ─┴► accept ─► sniff (first bytes)
+//! client ─► reactor thread (QUIC, KCP) ─► Handoff ─► the core's receive loop ─► rpcx frame loop
+//!   every stream, whatever its listener: server::accept::serve (connection limit, registration
+//!   for drain and metrics, a `conn` span with listener and peer, the close reason)
 //!   sniff: 0x08 rpcx ─► connection task (the bare socket: the hot path has no wrapper)
 //!          0x16 TLS (rustls) ─► sniff again inside TLS
 //!          `C`  HTTP CONNECT /_rpcx_ ─► connection task;  HTTP ─► the gateway seam
 //!
 //! connection task: the first byte routes it (server::sniff)
 //!   0x08 ─► the rpcx frame loop below
-//!   an HTTP method ─► server::gateway: httparse, one request after another (replies in order),
-//!                     X-RPCX-* headers or JSON-RPC 2.0 ─► the same dispatch as rpcx frames
+//!   an HTTP method ─► server::http (httparse, one request after another, replies in order)
+//!                     ─► server::gateway: X-RPCX-* headers or JSON-RPC 2.0
+//!                     ─► server::dispatch::invoke, the same as rpcx frames (auth, lookup,
+//!                        handler, the __ServerTimeout rule for delayed replies)
 //!
 //! rpcx frame loop = reader ⨝ writer (two futures joined in one task)
 //!   reader: read as much as is there ─► protocol::frame_len (header check, before buffering)
@@ -46,7 +51,7 @@
 //! ```
 //!
 //! Other threads stay off that path: `percore-admin` (when `admin.listen` is set) answers
-//! `/metrics`, `/healthz` and `/readyz` with blocking std I/O, reading the cores' single-writer
+//! `/metrics`, `/healthz` and `/readyz` from one poll(2) loop, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
 //! `percore-kcp` (one per `kcp@` listener) owns that listener's UDP socket and KCP sessions and
@@ -60,6 +65,7 @@ pub mod admin;
 pub mod bench;
 pub mod bench_message;
 mod buf;
+pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -68,4 +74,9 @@ pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod service;
+
+pub use service::builtin;
+#[doc(hidden)]
+pub use toml;
+mod stream;
 pub mod transport;

@@ -6,7 +6,7 @@
 //! the cores up; a scrape may see one core's counters a few increments apart from each other,
 //! which Prometheus counters tolerate.
 //!
-//! Labels are bounded: services and methods come from the static registry (an unknown one is
+//! Labels are bounded: services and methods come from the server's registry (an unknown one is
 //! `unknown`, never the client's string); transports and reasons are enums ([`Transport`],
 //! [`Close`], [`BadFrame`], [`BadHttp`]) whose `ALL` sizes the counter arrays and lists the
 //! label values, so every reason the code can count is exported.
@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::protocol::DecodeError;
-use crate::service::Method;
 use crate::transport::kcp::{KcpCounts, KcpStats};
 
 /// A counter written by one thread only.
@@ -275,7 +274,8 @@ pub struct CoreMetrics {
     pub bad_http: [Counter; BadHttp::ALL.len()],
     /// Indexed by [`Transport`].
     pub transports: [TransportMetrics; Transport::ALL.len()],
-    /// Indexed by [`Method::index`], then one more for unknown service or method.
+    /// Indexed by [`MethodId::index`](crate::service::MethodId), then one more for an unknown
+    /// service or method.
     pub methods: Box<[MethodMetrics]>,
 }
 
@@ -382,7 +382,8 @@ const PER_TRANSPORT: &[PerTransport] = &[
 ];
 
 impl CoreMetrics {
-    pub fn new(core: usize) -> CoreMetrics {
+    /// The counters of core `core` of a server whose registry has `methods` methods.
+    pub fn new(core: usize, methods: usize) -> CoreMetrics {
         CoreMetrics {
             core,
             requests: Counter::default(),
@@ -399,9 +400,7 @@ impl CoreMetrics {
             gateway_errors: Counter::default(),
             bad_http: Default::default(),
             transports: Default::default(),
-            methods: (0..=Method::ALL.len())
-                .map(|_| Default::default())
-                .collect(),
+            methods: (0..=methods).map(|_| Default::default()).collect(),
         }
     }
 
@@ -410,16 +409,16 @@ impl CoreMetrics {
         &self.transports[t as usize]
     }
 
-    /// A registered method's counts.
+    /// A registered method's counts, by its [`MethodId::index`](crate::service::MethodId).
     #[inline]
-    pub fn method(&self, m: Method) -> &MethodMetrics {
-        &self.methods[m.index()]
+    pub fn method(&self, index: usize) -> &MethodMetrics {
+        &self.methods[index]
     }
 
     /// Counts of calls to a service or method that is not registered.
     #[inline]
     pub fn unknown_method(&self) -> &MethodMetrics {
-        &self.methods[Method::ALL.len()]
+        &self.methods[self.methods.len() - 1]
     }
 
     /// Counts a refused HTTP input.
@@ -462,15 +461,13 @@ pub struct Status {
     pub draining: bool,
 }
 
-/// Prometheus text exposition (format 0.0.4) of every core's counters, summed.
-pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
+/// Prometheus text exposition (format 0.0.4) of every core's counters, summed. `names` are the
+/// registry's (service, method) pairs, in per-method counter order.
+pub fn prometheus(cores: &[Arc<CoreMetrics>], names: &[(&str, &str)], status: Status) -> String {
     let mut out = String::with_capacity(16 << 10);
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
-    let method_names = |i: usize| match Method::ALL.get(i) {
-        Some(m) => m.names(),
-        None => ("unknown", "unknown"),
-    };
-    let methods = Method::ALL.len() + 1;
+    let method_names = |i: usize| names.get(i).copied().unwrap_or(("unknown", "unknown"));
+    let methods = names.len() + 1;
 
     let name = "rpcx_server_started_total";
     header(
@@ -510,7 +507,7 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], status: Status) -> String {
         "histogram",
         "Time from a call's decode to its outcome, by service and method; one call in 16 per method and core is timed, the first included.",
     );
-    for i in 0..Method::ALL.len() {
+    for i in 0..names.len() {
         let (s, m) = method_names(i);
         let labels = format!("service=\"{s}\",method=\"{m}\"");
         let mut cumulative = 0;
@@ -765,17 +762,18 @@ mod tests {
 
     #[test]
     fn scrape_sums_cores_and_uses_registry_labels() {
-        let a = Arc::new(CoreMetrics::new(0));
-        let b = Arc::new(CoreMetrics::new(1));
-        a.method(Method::ArithMul).started.inc();
-        b.method(Method::ArithMul).started.inc();
-        b.method(Method::ArithMul).handled(true);
-        b.method(Method::ArithMul).timed(Duration::from_millis(1));
+        let a = Arc::new(CoreMetrics::new(0, 1));
+        let b = Arc::new(CoreMetrics::new(1, 1));
+        a.method(0).started.inc();
+        b.method(0).started.inc();
+        b.method(0).handled(true);
+        b.method(0).timed(Duration::from_millis(1));
         a.unknown_method().started.inc();
         a.transport(Transport::Tcp).accepted.add(3);
         a.transport(Transport::Tcp).close(Close::Eof);
         let text = prometheus(
             &[a, b],
+            &[("Arith", "Mul")],
             Status {
                 ready: true,
                 draining: false,
@@ -800,7 +798,8 @@ mod tests {
     #[test]
     fn every_label_value_is_exported() {
         let text = prometheus(
-            &[Arc::new(CoreMetrics::new(0))],
+            &[Arc::new(CoreMetrics::new(0, 1))],
+            &[("Arith", "Mul")],
             Status {
                 ready: false,
                 draining: false,
@@ -834,12 +833,13 @@ mod tests {
             assert!(text.contains(&format!("\n{name} 0\n")), "missing {name}");
         }
         // Every counter a reason names is one the scrape reads.
-        let m = CoreMetrics::new(0);
+        let m = CoreMetrics::new(0, 1);
         m.transport(Transport::Kcp)
             .bad_frame(BadFrame::DecompressedTooLarge);
         m.bad_http(BadHttp::Timeout);
         let text = prometheus(
             &[Arc::new(m)],
+            &[],
             Status {
                 ready: true,
                 draining: false,

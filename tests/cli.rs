@@ -443,3 +443,51 @@ fn bench_no_verify_counts_an_echoed_request_as_ok_and_says_so() {
         assert_eq!(report["ok"], 200, "{call}: {report}");
     }
 }
+
+#[test]
+fn call_bench_serve_and_the_client_read_addresses_alike() {
+    // One parser: each command refuses a bad address with the same text, naming it.
+    for addr in ["udp@127.0.0.1:1", "tcp@127.0.0.1:99999", "unix@", "tcp@:1"] {
+        let expected = percore::client::Client::new(addr, Default::default())
+            .err()
+            .expect("the client refuses it")
+            .to_string();
+        assert!(expected.contains(&format!("{addr:?}")), "{expected}");
+        let call = percore(&["call", addr, "Arith.Mul", "{}"]);
+        let bench = percore(&["bench", "-s", addr, "-n", "1"]);
+        let serve = percore(&["serve", "--listen", addr, "--check-config"]);
+        for (what, out) in [("call", call), ("bench", bench), ("serve", serve)] {
+            assert!(!out.status.success(), "{what} {addr}");
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&expected),
+                "{what} {addr}: {err}\nexpected {expected}"
+            );
+        }
+    }
+    // kcp is served and dialed: nothing listens on that port, and the call says so.
+    let call = percore(&["call", "kcp@127.0.0.1:1", "Arith.Mul", "{}"]);
+    assert!(!call.status.success());
+    assert!(
+        text(&call.stderr).contains("unreachable"),
+        "{}",
+        text(&call.stderr)
+    );
+    let serve = percore(&["serve", "--listen", "kcp@127.0.0.1:1", "--check-config"]);
+    assert!(serve.status.success(), "{}", text(&serve.stderr));
+    // quic parses everywhere, and each command says it cannot use it yet.
+    for addr in ["quic@127.0.0.1:1"] {
+        let call = percore(&["call", addr, "Arith.Mul", "{}"]);
+        let serve = percore(&["serve", "--listen", addr, "--check-config"]);
+        assert!(
+            text(&call.stderr).contains("cannot be dialed yet"),
+            "{}",
+            text(&call.stderr)
+        );
+        assert!(
+            text(&serve.stderr).contains("not served yet"),
+            "{}",
+            text(&serve.stderr)
+        );
+    }
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use percore::bench_message::BenchmarkMessage;
+use percore::builtin::{ArithArgs, ArithReply};
 use percore::client::{
     self, Client, Discovery, Error, ErrorKind, FailMode, Options, Request, SelectMode, ServerEntry,
     XClient,
@@ -20,7 +21,6 @@ use percore::config::Config;
 use percore::metrics::CoreMetrics;
 use percore::protocol::{self, Header, flags};
 use percore::server::ServerHandle;
-use percore::service::{ArithArgs, ArithReply};
 use prost::Message as _;
 
 mod common;
@@ -40,8 +40,8 @@ impl Server {
         config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
         config.server.cores = 1;
         config.server.drain_timeout = Duration::from_millis(100);
-        config.services.hello.delay = hello_delay;
-        let handle = percore::server::start(config).unwrap();
+        common::hello_delay(&mut config, hello_delay);
+        let handle = percore::server::start::<percore::builtin::Builtin>(config).unwrap();
         let addr = format!("tcp@{}", handle.local_addrs()[0]);
         let metrics = handle.metrics().to_vec();
         Server {
@@ -520,7 +520,7 @@ async fn eight_pending_calls(
 fn pending_calls_fail_promptly_when_the_server_dies() {
     // The server is a real process killed outright: a crash, not a graceful drain.
     let server = std::sync::Mutex::new(common::ServeProcess::start(
-        "[services.hello]\ndelay = \"120s\"\n",
+        "[services.Hello]\ndelay = \"120s\"\n",
     ));
     let addr = server.lock().unwrap().addr.clone();
     let server = Arc::new(server);

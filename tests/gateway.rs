@@ -860,7 +860,7 @@ fn http10_expect_continue_and_timeouts() {
 #[test]
 fn delayed_replies_keep_their_order_and_honour_server_timeout() {
     let server = common::start_with(1, |c| {
-        c.services.hello.delay = std::time::Duration::from_millis(50);
+        common::hello_delay(c, std::time::Duration::from_millis(50));
     });
     let addr = server.local_addrs()[0];
     let hello = |meta: &str| {

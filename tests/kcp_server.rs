@@ -12,9 +12,9 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use percore::builtin::{ArithArgs, ArithReply};
 use percore::client::{Client, Options};
 use percore::server::ServerHandle;
-use percore::service::{ArithArgs, ArithReply};
 use percore::transport::addr::Network;
 use percore::transport::kcp::KcpConfig;
 use relay::{Loss, Relay};
@@ -237,7 +237,7 @@ fn garbage_datagrams_are_counted_by_reason_and_calls_go_on() {
 fn sigterm_with_kcp_calls_in_flight_loses_none() {
     // The delay keeps the calls in flight when SIGTERM comes; the drain timeout is far above it.
     let (mut server, kcp, admin) =
-        serve("[server]\ndrain_timeout = \"30s\"\n[services.hello]\ndelay = \"2s\"\n");
+        serve("[server]\ndrain_timeout = \"30s\"\n[services.Hello]\ndelay = \"2s\"\n");
     let relay = Relay::start(
         kcp,
         Loss {

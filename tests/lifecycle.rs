@@ -59,7 +59,7 @@ fn sigterm_drains_calls_in_flight_on_every_core_then_exits_zero() {
     // every call must finish without being cut off.
     std::fs::write(
         &config,
-        "[server]\ndrain_timeout = \"60s\"\n[services.hello]\ndelay = \"3s\"\n",
+        "[server]\ndrain_timeout = \"60s\"\n[services.Hello]\ndelay = \"3s\"\n",
     )
     .unwrap();
     let notify_path = dir.join("notify.sock");

@@ -64,7 +64,7 @@ fn connections_past_the_per_core_limit_are_accepted_and_closed() {
 fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
     let server = common::start_with(1, |c| {
         c.limits.idle_timeout = Duration::from_millis(200);
-        c.services.hello.delay = Duration::from_millis(700);
+        common::hello_delay(c, Duration::from_millis(700));
     });
     let addr = server.local_addrs()[0];
     let mut idle = connect(addr);
@@ -91,7 +91,7 @@ fn an_idle_connection_is_closed_but_not_while_a_reply_is_owed() {
 fn at_the_in_flight_limit_buffered_requests_wait_for_replies() {
     let server = common::start_with(1, |c| {
         c.limits.max_calls_in_flight = 2;
-        c.services.hello.delay = Duration::from_millis(300);
+        common::hello_delay(c, Duration::from_millis(300));
     });
     let mut s = connect(server.local_addrs()[0]);
     // One write: three delayed calls, then a quick one. Without the limit the quick call's reply

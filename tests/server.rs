@@ -254,7 +254,7 @@ fn hello_say_answers_the_benchmark_message() {
 
 #[test]
 fn delayed_replies_do_not_hold_up_other_calls() {
-    let server = common::start_with(1, |c| c.services.hello.delay = Duration::from_millis(300));
+    let server = common::start_with(1, |c| common::hello_delay(c, Duration::from_millis(300)));
     let mut s = connect(server.local_addrs()[0]);
     let msg = prost::Message::encode_to_vec(&percore::bench_message::BenchmarkMessage::prepared());
     send(&mut s, &request(2, 1, "Hello", "Say", &msg));
@@ -287,7 +287,7 @@ fn two_cores_both_serve_connections() {
 
 #[test]
 fn shutdown_finishes_calls_in_flight_and_refuses_new_connections() {
-    let server = common::start_with(1, |c| c.services.hello.delay = Duration::from_millis(300));
+    let server = common::start_with(1, |c| common::hello_delay(c, Duration::from_millis(300)));
     let addr = server.local_addrs()[0];
     let mut s = connect(addr);
     let msg = prost::Message::encode_to_vec(&percore::bench_message::BenchmarkMessage::prepared());

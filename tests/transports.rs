@@ -227,7 +227,7 @@ fn a_unix_path_in_use_by_a_live_server_is_an_error_naming_it() {
     let mut config = Config::default();
     config.server.cores = 1;
     config.server.listen = vec![listen.parse().unwrap()];
-    let err = percore::server::start(config)
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
         .err()
         .expect("a second server on the same path fails")
         .to_string();
@@ -247,7 +247,10 @@ fn a_path_that_is_not_a_socket_is_refused_and_kept() {
     let mut config = Config::default();
     config.server.cores = 1;
     config.server.listen = vec![format!("unix@{}", path.display()).parse().unwrap()];
-    let err = percore::server::start(config).err().unwrap().to_string();
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not a unix socket"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
 }
@@ -324,6 +327,7 @@ fn tls_on_tcp_reuseport_and_unix_listeners() {
     assert_eq!(server.metrics()[0].tls_handshakes.get(), 3);
     let scrape = percore::metrics::prometheus(
         server.metrics(),
+        &server.method_names(),
         percore::metrics::Status {
             ready: true,
             draining: false,
@@ -529,7 +533,7 @@ fn tls_certificate_errors_name_the_key_and_file() {
     config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
     config.tls.cert = Some(dir.join("missing.pem"));
     config.tls.key = Some(pki.server_key.clone());
-    let err = percore::server::start(config.clone())
+    let err = percore::server::start::<percore::builtin::Builtin>(config.clone())
         .err()
         .unwrap()
         .to_string();
@@ -538,7 +542,7 @@ fn tls_certificate_errors_name_the_key_and_file() {
     // A key that is not the certificate's.
     config.tls.cert = Some(pki.server_cert.clone());
     config.tls.key = Some(pki.client_key.clone());
-    let err = percore::server::start(config.clone())
+    let err = percore::server::start::<percore::builtin::Builtin>(config.clone())
         .err()
         .unwrap()
         .to_string();
@@ -547,7 +551,10 @@ fn tls_certificate_errors_name_the_key_and_file() {
     // A key file where the certificate should be.
     config.tls.cert = Some(pki.server_key.clone());
     config.tls.key = Some(pki.server_key.clone());
-    let err = percore::server::start(config).err().unwrap().to_string();
+    let err = percore::server::start::<percore::builtin::Builtin>(config)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no CERTIFICATE block"), "{err}");
 }
 

@@ -7,9 +7,9 @@ use std::str::FromStr;
 use prost::Message as _;
 
 use crate::bench_message::BenchmarkMessage;
+use crate::builtin::{ArithArgs, ArithReply};
 use crate::client::ReplyView;
 use crate::codec::{Payload, SerializeType};
-use crate::service::{ArithArgs, ArithReply};
 
 /// Which call to load a server with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]

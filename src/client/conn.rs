@@ -15,19 +15,18 @@
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Error, Options, PushHandler, ReplyView, Request};
 use crate::codec::{self, SerializeType};
 use crate::protocol::{
     self, COMPRESS_GZIP, Frame, Header, META_AUTH, META_SERVER_TIMEOUT, Metadata,
 };
+use crate::stream::Half;
 use crate::transport::connector::Stream;
 
 /// rpcx compresses only payloads larger than this (the Go client's and server's rule).
@@ -472,7 +471,7 @@ async fn run(conn: Rc<Conn>, stream: Stream) {
     let _ = stream.into_inner().close().await;
 }
 
-async fn read_loop(conn: &Conn, mut rd: Half<'_>) -> Error {
+async fn read_loop(conn: &Conn, mut rd: Half<'_, Stream>) -> Error {
     let max_frame = conn.options.max_frame_bytes;
     let mut buf = ReadBuf::new(INITIAL_READ_BUFFER);
     loop {
@@ -505,7 +504,7 @@ async fn read_loop(conn: &Conn, mut rd: Half<'_>) -> Error {
     }
 }
 
-async fn write_loop(conn: &Conn, mut wr: Half<'_>) -> Error {
+async fn write_loop(conn: &Conn, mut wr: Half<'_, Stream>) -> Error {
     let mut batch = Vec::new();
     loop {
         poll_fn(|cx| {
@@ -572,37 +571,5 @@ async fn heartbeat_loop(conn: Weak<Conn>, interval: Duration) {
             conn.fail(conn.connection_error(format!("heartbeat failed: {e}")));
             return;
         }
-    }
-}
-
-/// One direction of a stream shared by the reader and the writer of one task (each borrows it
-/// only for the duration of a poll, so the two never overlap).
-struct Half<'a>(&'a RefCell<Stream>);
-
-impl AsyncRead for Half<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Half<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
     }
 }

@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! use percore::client::{Client, Options};
-//! use percore::service::{ArithArgs, ArithReply};
+//! use percore::builtin::{ArithArgs, ArithReply};
 //!
 //! let c = percore::client::block_on(|| async {
 //!     let client = Client::new("tcp@127.0.0.1:8972", Options::default())?;

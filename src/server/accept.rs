@@ -30,6 +30,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::{Core, Listening, Stop, conn, sniff};
 use crate::metrics::{Close, Transport};
+use crate::service::Registry;
 use crate::transport::addr::Network;
 
 /// What logs show as the peer of a Unix connection (its peers are unnamed); the listener is in
@@ -59,8 +60,8 @@ impl Drain {
 
 /// Serves one accepted connection on `core`: the connection limit, registration, the span, and
 /// the task that runs `serve_conn` and counts how it ended under `transport`.
-pub(crate) fn serve<S, F, Fut>(
-    core: &Rc<Core>,
+pub(crate) fn serve<S, F, Fut, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     listening: &Listening,
@@ -69,7 +70,7 @@ pub(crate) fn serve<S, F, Fut>(
     serve_conn: F,
 ) where
     S: 'static,
-    F: FnOnce(Rc<Core>, S) -> Fut + 'static,
+    F: FnOnce(Rc<Core<R>>, S) -> Fut + 'static,
     Fut: Future<Output = Close> + 'static,
 {
     let full = core.full();
@@ -98,8 +99,8 @@ pub(crate) fn serve<S, F, Fut>(
 }
 
 /// Accepts connections on one listening socket of this core until shutdown.
-pub(crate) async fn accept_loop(
-    core: Rc<Core>,
+pub(crate) async fn accept_loop<R: Registry>(
+    core: Rc<Core<R>>,
     listener: glommio::net::TcpListener,
     listening: Arc<Listening>,
     stop: Arc<Stop>,
@@ -210,17 +211,17 @@ impl<S: Send> Handoff<S> {
 
 /// A core's receive loop for one handed-over listener, made on the starting thread and run on
 /// the core.
-pub(crate) type ReceiveLoop =
-    Box<dyn FnOnce(Rc<Core>, Arc<Stop>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+pub(crate) type ReceiveLoop<R> =
+    Box<dyn FnOnce(Rc<Core<R>>, Arc<Stop>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// A listener whose streams a reactor thread hands over: its address as clients dial it, and
 /// each core's receive loop (for `server::start_with`).
-pub(crate) struct Handed {
+pub(crate) struct Handed<R> {
     pub(crate) listening: Arc<Listening>,
-    pub(crate) per_core: Vec<ReceiveLoop>,
+    pub(crate) per_core: Vec<ReceiveLoop<R>>,
 }
 
-impl Handed {
+impl<R: Registry> Handed<R> {
     /// A listener at `listening` whose streams come over `transport`, served by `cores` cores;
     /// the reactor thread keeps the [`Handoff`].
     // Made by the QUIC and KCP listeners (issues 13 and 14) and by this module's test.
@@ -229,7 +230,7 @@ impl Handed {
         listening: Listening,
         transport: Transport,
         cores: usize,
-    ) -> (Handed, Handoff<S>)
+    ) -> (Handed<R>, Handoff<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -239,10 +240,10 @@ impl Handed {
             .into_iter()
             .map(|rx| {
                 let listening = Arc::clone(&listening);
-                Box::new(move |core: Rc<Core>, stop: Arc<Stop>| {
+                Box::new(move |core: Rc<Core<R>>, stop: Arc<Stop>| {
                     Box::pin(receive_loop(core, rx, listening, transport, stop))
                         as Pin<Box<dyn Future<Output = ()>>>
-                }) as ReceiveLoop
+                }) as ReceiveLoop<R>
             })
             .collect();
         (
@@ -257,8 +258,8 @@ impl Handed {
 
 /// Serves the streams handed to this core until shutdown: each is rpcx from its first byte,
 /// read through a [`StopReading`] so the drain can end its reads.
-pub(crate) async fn receive_loop<S>(
-    core: Rc<Core>,
+pub(crate) async fn receive_loop<S, R: Registry>(
+    core: Rc<Core<R>>,
     streams: async_channel::Receiver<(S, SocketAddr)>,
     listening: Arc<Listening>,
     transport: Transport,
@@ -335,23 +336,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for StopReading<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for StopReading<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
+crate::stream::forward_write!(StopReading, inner);
 
 #[cfg(test)]
 mod tests {
@@ -451,7 +436,8 @@ mod tests {
         config.admin.listen = None;
         let bound: SocketAddr = "127.0.0.1:4433".parse().unwrap();
         let listening = Listening::reactor(Network::Quic, bound);
-        let (handed, handoff) = Handed::new::<End>(listening, Transport::Quic, 1);
+        let (handed, handoff) =
+            Handed::<crate::builtin::Builtin>::new::<End>(listening, Transport::Quic, 1);
         let server = start_with(config, vec![handed]).unwrap();
         assert!(server.wait_ready());
         assert!(

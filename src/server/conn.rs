@@ -22,9 +22,7 @@
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -37,6 +35,8 @@ use super::end::End;
 use crate::codec::{self, CodecError};
 use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
+use crate::service::Registry;
+use crate::stream::Half;
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
 /// shrinks back when that frame is done. 8 KiB holds a whole pipelined batch of small calls
@@ -53,8 +53,8 @@ const WRITE_NUDGE: usize = 64 << 10;
 /// Serves rpcx frames on `stream` until the peer closes it, it breaks, it idles past the idle
 /// timeout, or it sends bad input or a bad token. Bytes and refusals are counted under
 /// `transport`.
-pub(crate) async fn serve_on<S>(
-    core: &Rc<Core>,
+pub(crate) async fn serve_on<S, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     transport: Transport,
@@ -76,14 +76,14 @@ where
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(core, ReadHalf(&stream), &outbox, &idle, transport).await;
+        let end = read_loop(core, Half(&stream), &outbox, &idle, transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
         end.report(core, peer, transport);
         outbox.close();
         end
     };
-    let writer = write_loop(WriteHalf(&stream), &outbox, core, transport);
+    let writer = write_loop(Half(&stream), &outbox, core, transport);
     futures_lite::future::zip(reader, writer).await.0
 }
 
@@ -232,9 +232,9 @@ struct Scratch {
     deflated: Vec<u8>,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    core: &Rc<Core>,
-    mut rd: R,
+async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
+    core: &Rc<Core<R>>,
+    mut rd: Rd,
     outbox: &Rc<Outbox>,
     idle: &Idle,
     transport: Transport,
@@ -302,8 +302,8 @@ enum Taken {
 }
 
 /// Decodes and handles every whole frame in `rbuf` while the connection's limits allow.
-fn take_frames(
-    core: &Rc<Core>,
+fn take_frames<R: Registry>(
+    core: &Rc<Core<R>>,
     rbuf: &mut ReadBuf,
     outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
@@ -341,10 +341,10 @@ fn take_frames(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
     mut wr: W,
     outbox: &Outbox,
-    core: &Core,
+    core: &Core<R>,
     transport: Transport,
 ) {
     let mut batch = Vec::new();
@@ -372,8 +372,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply.
 /// `Err` means the input is refused and the connection closes.
-fn handle(
-    core: &Rc<Core>,
+fn handle<R: Registry>(
+    core: &Rc<Core<R>>,
     frame: &Frame<'_>,
     raw: &[u8],
     outbox: &Rc<Outbox>,
@@ -404,16 +404,14 @@ fn handle(
     } else {
         frame.payload
     };
-    let invoked = dispatch::invoke(
-        core,
-        frame.path,
-        frame.method,
-        frame.header.serialize,
-        frame.metadata,
+    let call = dispatch::Call {
+        path: frame.path,
+        method: frame.method,
+        serialize: frame.header.serialize,
+        metadata: frame.metadata,
         payload,
-        &mut scratch.meta,
-        &mut scratch.payload,
-    );
+    };
+    let invoked = dispatch::invoke(core, &call, &mut scratch.meta, &mut scratch.payload);
     let oneway = frame.header.is_oneway();
     match invoked {
         // rpcx: an error reply unless oneway, then the connection closes.
@@ -423,6 +421,8 @@ fn handle(
             }
             return Err(End::Unauthenticated);
         }
+        // Runs whether or not it is oneway (rpcx runs a oneway call's handler too).
+        Invoked::Pending(deferred) => reply_later(core, outbox, frame, raw, compressed, deferred),
         _ if oneway => {}
         Invoked::Ready => write_reply(
             &mut outbox.buf.borrow_mut(),
@@ -455,24 +455,95 @@ fn write_reply(
     compressed: bool,
     scratch: &mut Scratch,
 ) {
-    let mut header = frame.header.reply();
-    let mut payload: &[u8] = &scratch.payload;
-    if compressed && payload.len() > 1024 {
-        scratch.deflated.clear();
-        codec::gzip(payload, &mut scratch.deflated);
-        header.set_compress(COMPRESS_GZIP);
-        payload = &scratch.deflated;
-    }
-    protocol::encode_with_names(
+    encode_reply(
         out,
-        &header,
+        frame.header.reply(),
         protocol::names_wire(raw, frame),
         &scratch.meta,
-        payload,
+        &scratch.payload,
+        compressed,
+        &mut scratch.deflated,
     );
 }
 
-fn error_reply(core: &Core, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
+/// Encodes a successful reply; its payload is gzipped (into `deflated`) only when the request
+/// was and the payload is over 1024 bytes (rpcx's rule).
+fn encode_reply<'a>(
+    out: &mut Vec<u8>,
+    mut header: Header,
+    names: &[u8],
+    meta: &[u8],
+    mut payload: &'a [u8],
+    compressed: bool,
+    deflated: &'a mut Vec<u8>,
+) {
+    if compressed && payload.len() > 1024 {
+        deflated.clear();
+        codec::gzip(payload, deflated);
+        header.set_compress(COMPRESS_GZIP);
+        payload = deflated;
+    }
+    protocol::encode_with_names(out, &header, names, meta, payload);
+}
+
+/// Writes an async handler's reply when it is done, from a task of its own, so the connection
+/// reads and answers other calls meanwhile. The call counts against
+/// `limits.max_calls_in_flight` until then, and the connection does not close (even when
+/// drained) before it is written. What this costs per call: the reply's path and method copied
+/// out of the read buffer, the task, and the reply's encoding (besides the handler's own future).
+fn reply_later<R: Registry>(
+    core: &Rc<Core<R>>,
+    outbox: &Rc<Outbox>,
+    frame: &Frame<'_>,
+    raw: &[u8],
+    compressed: bool,
+    deferred: dispatch::Deferred,
+) {
+    let oneway = frame.header.is_oneway();
+    let header = frame.header.reply();
+    let names = if oneway {
+        Vec::new()
+    } else {
+        protocol::names_wire(raw, frame).to_vec()
+    };
+    outbox.delayed.set(outbox.delayed.get() + 1);
+    let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
+    glommio::spawn_local(async move {
+        let result = deferred.await;
+        outbox.delayed.set(outbox.delayed.get() - 1);
+        if !oneway {
+            let mut bytes = Vec::new();
+            match result {
+                Ok(payload) => {
+                    let mut deflated = Vec::new();
+                    encode_reply(
+                        &mut bytes,
+                        header,
+                        &names,
+                        &[],
+                        &payload,
+                        compressed,
+                        &mut deflated,
+                    );
+                }
+                Err(text) => {
+                    core.metrics.error_replies.inc();
+                    let mut header = header;
+                    header.set_status(STATUS_ERROR);
+                    let mut meta = Vec::with_capacity(META_ERROR.len() + text.len() + 8);
+                    protocol::push_meta(&mut meta, META_ERROR.as_bytes(), text.as_bytes());
+                    protocol::encode_with_names(&mut bytes, &header, &names, &meta, &[]);
+                }
+            }
+            outbox.push(&bytes);
+        }
+        // The writer may be waiting only for calls in flight to finish.
+        wake(&outbox.writer);
+    })
+    .detach();
+}
+
+fn error_reply<R: Registry>(core: &Core<R>, out: &mut Vec<u8>, frame: &Frame<'_>, text: &str) {
     core.metrics.error_replies.inc();
     let mut header: Header = frame.header.reply();
     header.set_status(STATUS_ERROR);
@@ -493,41 +564,6 @@ fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
         wake(&outbox.writer);
     })
     .detach();
-}
-
-/// The read side of a stream both halves of one task use in turn.
-struct ReadHalf<'a, S>(&'a RefCell<S>);
-/// The write side; see [`ReadHalf`].
-struct WriteHalf<'a, S>(&'a RefCell<S>);
-
-// The halves are polled by one task, one at a time (the reader and writer are joined, not
-// spawned), so the `RefCell` borrow in each poll can never overlap another.
-impl<S: AsyncRead + Unpin> AsyncRead for ReadHalf<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
 }
 
 /// The allocation audit: with the `alloc-audit` feature, a thread-local flag is set while a

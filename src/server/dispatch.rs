@@ -6,16 +6,20 @@
 //! transport-specific loop turns the [`Invoked`] into its own reply.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt;
 
 use super::Core;
 use crate::codec::SerializeType;
 use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata};
-use crate::service::{Method, Outcome, Reply, Request};
+use crate::service::{MethodId, Outcome, Pending, Registry, Reply, Request};
 
 /// What became of a call.
-#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Invoked {
     /// The reply's metadata block and payload are in the output buffers: send them now.
     Ready,
@@ -26,6 +30,10 @@ pub(crate) enum Invoked {
     Expired(Duration),
     /// Send an error reply with this text (rpcx's exact texts for lookup and codec errors).
     Failed(Cow<'static, str>),
+    /// An async handler is running: its reply (the encoded payload) or error text comes from
+    /// this future, which also counts the call when it ends, turns a panic into rpcx's
+    /// internal-error text and gives up at the caller's `__ServerTimeout`.
+    Pending(Deferred),
     /// The call's `__AUTH` token is missing or not accepted: send an error reply with
     /// [`UNAUTHENTICATED`] (none if oneway), then close the connection (rpcx's behaviour).
     /// The handler did not run.
@@ -39,26 +47,39 @@ pub(crate) const UNAUTHENTICATED: &str = "invalid token";
 /// `context.DeadlineExceeded`).
 pub(crate) const DEADLINE_EXCEEDED: &str = "context deadline exceeded";
 
-/// Runs `path.method` on an already decompressed payload. On `Ready`/`After` the reply's
-/// metadata block (wire form) is in `meta_out` and its payload in `payload_out`; both are
-/// cleared first.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn invoke(
-    core: &Core,
-    path: &str,
-    method: &str,
-    serialize: u8,
-    metadata: Metadata<'_>,
-    payload: &[u8],
+/// One call as dispatch sees it, whatever carried it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call<'a> {
+    /// The service (rpcx's service path).
+    pub(crate) path: &'a str,
+    pub(crate) method: &'a str,
+    /// The wire serialize type of the payload and of the reply.
+    pub(crate) serialize: u8,
+    pub(crate) metadata: Metadata<'a>,
+    /// The args, already decompressed.
+    pub(crate) payload: &'a [u8],
+}
+
+/// Runs a call. On `Ready`/`After` the reply's metadata block (wire form) is in `meta_out` and
+/// its payload in `payload_out`; both are cleared first.
+pub(crate) fn invoke<R: Registry>(
+    core: &Core<R>,
+    call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
+    let &Call {
+        path,
+        method,
+        metadata,
+        ..
+    } = call;
     if !core.auth.is_empty() && !authorized(&core.auth, metadata.get(META_AUTH)) {
         core.metrics.auth_failures.inc();
         return Invoked::Unauthenticated;
     }
     let metrics = &core.metrics;
-    let found = match Method::lookup(path, method) {
+    let found = match R::lookup(path, method) {
         Ok(method) => method,
         Err(e) => {
             let unknown = metrics.unknown_method();
@@ -68,22 +89,20 @@ pub(crate) fn invoke(
             return Invoked::Failed(Cow::Owned(e.text(path, method)));
         }
     };
-    let counts = metrics.method(found);
+    let counts = metrics.method(found.index as usize);
     // One call in TIME_ONE_CALL_IN per method and core is timed (the first one included):
     // two clock reads and a bucket search cost ~150 instructions, 8% of a pipelined
     // Arith.Mul call (benches/instructions.sh), for a histogram a sample describes as well.
     let timed = counts.started.get().is_multiple_of(TIME_ONE_CALL_IN);
     counts.started.inc();
     let started = timed.then(Instant::now);
-    let invoked = run(
-        core,
-        found,
-        serialize,
-        metadata,
-        payload,
-        meta_out,
-        payload_out,
-    );
+    let invoked = match run(core, found, call, meta_out, payload_out) {
+        Ran::Done(invoked) => invoked,
+        // Counted when it ends.
+        Ran::Pending(pending) => {
+            return Invoked::Pending(finish_later(core, found, call, started, pending));
+        }
+    };
     let invoked = match invoked {
         Invoked::After(delay) => match server_timeout(metadata) {
             Some(deadline) if deadline < delay => Invoked::Expired(deadline),
@@ -134,41 +153,94 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The call itself, once it is known to be allowed and registered.
-fn run(
-    core: &Core,
-    method: Method,
-    serialize: u8,
-    metadata: Metadata<'_>,
-    payload: &[u8],
+fn run<R: Registry>(
+    core: &Core<R>,
+    method: MethodId,
+    call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
-) -> Invoked {
-    let codec = match SerializeType::from_wire(serialize) {
+) -> Ran {
+    let codec = match SerializeType::from_wire(call.serialize) {
         Ok(codec) => codec,
-        Err(e) => return Invoked::Failed(Cow::Owned(e.to_string())),
+        Err(e) => return Ran::Done(Invoked::Failed(Cow::Owned(e.to_string()))),
     };
     let req = Request {
         codec,
-        metadata,
-        payload,
+        metadata: call.metadata,
+        payload: call.payload,
     };
     let mut reply = Reply::new(meta_out, payload_out);
     // A panicking handler answers rpcx's internal-error text instead of taking the core down.
-    match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        method.call(&core.services, &req, &mut reply)
-    })) {
-        Ok(Ok(Outcome::Ready)) => Invoked::Ready,
-        Ok(Ok(Outcome::After(delay))) => Invoked::After(delay),
-        Ok(Err(e)) => Invoked::Failed(e.0),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Invoked::Failed(Cow::Owned(format!("[service internal error]: {what}")))
+    Ran::Done(
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            core.services.call(method, &req, &mut reply)
+        })) {
+            Ok(Ok(Outcome::Ready)) => Invoked::Ready,
+            Ok(Ok(Outcome::After(delay))) => Invoked::After(delay),
+            Ok(Ok(Outcome::Pending(pending))) => return Ran::Pending(pending),
+            Ok(Err(e)) => Invoked::Failed(e.0),
+            Err(panic) => Invoked::Failed(Cow::Owned(panic_text(panic))),
+        },
+    )
+}
+
+/// What [`run`] got to: an outcome, or an async handler still running.
+enum Ran {
+    Done(Invoked),
+    Pending(Pending),
+}
+
+/// rpcx's text for a handler that panicked, with the panic's message.
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("[service internal error]: {what}")
+}
+
+/// An async call as the connection awaits it: the encoded reply payload, or the error text.
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Result<Vec<u8>, Cow<'static, str>>>>>;
+
+/// Wraps an async handler's call: a panic becomes rpcx's internal-error text, the caller's
+/// `__ServerTimeout` ends the wait with [`DEADLINE_EXCEEDED`], and the call is counted (and
+/// timed, if sampled) when it ends. The handler's future runs on this core, as a part of the
+/// task that awaits this one.
+fn finish_later<R: Registry>(
+    core: &Core<R>,
+    id: MethodId,
+    call: &Call<'_>,
+    started: Option<Instant>,
+    pending: Pending,
+) -> Deferred {
+    let metrics = Arc::clone(&core.metrics);
+    let deadline = server_timeout(call.metadata);
+    Box::pin(async move {
+        let run = async { Some(AssertUnwindSafe(pending).catch_unwind().await) };
+        let ended = match deadline {
+            None => run.await,
+            Some(deadline) => {
+                let expire = async {
+                    glommio::timer::sleep(deadline).await;
+                    None
+                };
+                futures_lite::future::or(run, expire).await
+            }
+        };
+        let result = match ended {
+            None => Err(Cow::Borrowed(DEADLINE_EXCEEDED)),
+            Some(Ok(Ok(payload))) => Ok(payload),
+            Some(Ok(Err(e))) => Err(e.0),
+            Some(Err(panic)) => Err(Cow::Owned(panic_text(panic))),
+        };
+        let counts = metrics.method(id.index as usize);
+        counts.handled(result.is_ok());
+        if let Some(started) = started {
+            counts.timed(started.elapsed());
         }
-    }
+        result
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 use super::Core;
 use super::http::Refusal;
 use crate::metrics::{BadFrame, Close, Transport};
+use crate::service::Registry;
 
 /// Why a connection ended.
 #[derive(Debug)]
@@ -49,7 +50,12 @@ impl End {
 
     /// Counts a refusal under its reason and logs the end: a warning for what the peer did
     /// wrong, debug for the ordinary ends.
-    pub(crate) fn report(&self, core: &Core, peer: SocketAddr, transport: Transport) {
+    pub(crate) fn report<R: Registry>(
+        &self,
+        core: &Core<R>,
+        peer: SocketAddr,
+        transport: Transport,
+    ) {
         let core_index = core.index;
         match self {
             End::BadFrame(reason, what) => {

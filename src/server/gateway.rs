@@ -19,18 +19,18 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use percent_encoding::percent_decode_str;
 
 use super::Core;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
-use super::http::{self, Head, HttpMethod, Refusal, Response, push_header, shrink};
+use super::http::{self, Head, HttpMethod, Refusal, Response, Wait, push_header, shrink};
 use super::jsonrpc;
 use crate::codec;
 use crate::metrics::Transport;
 use crate::protocol::{META_AUTH, Metadata, push_meta};
+use crate::service::Registry;
 
 // Header names as PROTOCOL.md §5 spells them (HTTP header names are case-insensitive).
 const X_VERSION: &str = "X-RPCX-Version";
@@ -43,8 +43,8 @@ const X_STATUS: &str = "X-RPCX-MessageStatusType";
 const X_ERROR: &str = "X-RPCX-ErrorMessage";
 
 /// Serves gateway and JSON-RPC requests on `stream` until the HTTP loop ends.
-pub(crate) async fn serve<S>(
-    core: &Rc<Core>,
+pub(crate) async fn serve<S, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     transport: Transport,
@@ -63,8 +63,8 @@ where
 }
 
 /// One HTTP connection's gateway state.
-struct Gateway {
-    core: Rc<Core>,
+struct Gateway<R> {
+    core: Rc<Core<R>>,
     /// The current request's rpcx headers.
     headers: RpcxHeaders,
     first_request: bool,
@@ -74,7 +74,7 @@ struct Gateway {
 }
 
 /// The headers of a request the gateway reads (PROTOCOL.md §5).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct RpcxHeaders {
     /// `X-JSONRPC-2.0: true`.
     jsonrpc: bool,
@@ -103,7 +103,7 @@ struct Scratch {
     json: Vec<u8>,
 }
 
-impl http::Handler for Gateway {
+impl<R: Registry> http::Handler for Gateway<R> {
     fn begin(&mut self) {
         let mut echo = std::mem::take(&mut self.headers.echo);
         echo.clear();
@@ -117,7 +117,7 @@ impl http::Handler for Gateway {
         self.headers.read(name, value)
     }
 
-    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Duration> {
+    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait> {
         self.serve_request(head, body, out)
     }
 }
@@ -172,13 +172,13 @@ impl RpcxHeaders {
     }
 }
 
-impl Gateway {
-    fn serve_request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Duration> {
+impl<R: Registry> Gateway<R> {
+    fn serve_request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait> {
         if self.first_request {
             self.jsonrpc_conn = self.headers.jsonrpc;
             self.first_request = false;
         }
-        let (core, h, scratch) = (&*self.core, &self.headers, &mut self.scratch);
+        let (core, h, scratch) = (&self.core, &self.headers, &mut self.scratch);
         if h.jsonrpc || self.jsonrpc_conn {
             request_metadata(h, &mut scratch.meta_in);
             let Scratch {
@@ -188,14 +188,21 @@ impl Gateway {
                 json,
                 ..
             } = scratch;
-            let delay = jsonrpc::serve(core, body, meta_in, meta_out, payload, json);
-            let mut resp = Response::start(out, 200, head);
-            if !json.is_empty() {
-                resp.header("Content-Type", b"application/json");
-            }
-            resp.finish(json);
+            let wait = match jsonrpc::serve(core, body, meta_in, meta_out, payload, json) {
+                None => None,
+                Some(jsonrpc::Wait::Delay(delay)) => Some(Wait::Delay(delay)),
+                Some(jsonrpc::Wait::Until(body)) => {
+                    let head = head.clone();
+                    return Some(Wait::Until(Box::pin(async move {
+                        let mut out = Vec::new();
+                        jsonrpc_reply(&head, &body.await[..], &mut out);
+                        out
+                    })));
+                }
+            };
+            jsonrpc_reply(head, json, out);
             shrink(json);
-            return delay;
+            return wait;
         }
         if head.method == HttpMethod::Other {
             core.metrics.gateway_errors.inc();
@@ -232,6 +239,15 @@ impl Gateway {
             out,
         )
     }
+}
+
+/// A JSON-RPC reply: 200 with the body (empty when every call was a notification).
+fn jsonrpc_reply(head: &Head, json: &[u8], out: &mut Vec<u8>) {
+    let mut resp = Response::start(out, 200, head);
+    if !json.is_empty() {
+        resp.header("Content-Type", b"application/json");
+    }
+    resp.finish(json);
 }
 
 /// Keeps the first value of a header, as Go's `Header.Get` does.
@@ -322,8 +338,8 @@ enum Outcome {
 }
 
 /// Step 2: the request metadata, the body (inflated), and the call.
-fn call(
-    core: &Core,
+fn call<R: Registry>(
+    core: &Core<R>,
     h: &RpcxHeaders,
     checked: &Checked<'_>,
     body: &[u8],
@@ -351,22 +367,25 @@ fn call(
         let text = format!("can not find codec for {}", checked.serialize);
         return Outcome::Invoked(Invoked::Failed(Cow::Owned(text)));
     };
-    Outcome::Invoked(dispatch::invoke(
-        core,
-        &checked.service_path,
-        checked.method,
+    let call = dispatch::Call {
+        path: &checked.service_path,
+        method: checked.method,
         serialize,
         metadata,
-        body,
+        payload: body,
+    };
+    Outcome::Invoked(dispatch::invoke(
+        core,
+        &call,
         &mut scratch.meta_out,
         &mut scratch.payload,
     ))
 }
 
-/// Step 3: the HTTP reply for the outcome; returns how long to wait before it is sent.
+/// Step 3: the HTTP reply for the outcome, or what it waits for.
 #[allow(clippy::too_many_arguments)] // the request, its outcome and where the reply goes
-fn reply(
-    core: &Core,
+fn reply<R: Registry>(
+    core: &Rc<Core<R>>,
     head: &Head,
     h: &RpcxHeaders,
     service_path: &str,
@@ -374,17 +393,10 @@ fn reply(
     scratch: &Scratch,
     body: &[u8],
     out: &mut Vec<u8>,
-) -> Option<Duration> {
-    let failed = |status: u16, text: &str, out: &mut Vec<u8>| {
-        core.metrics.gateway_errors.inc();
-        let mut resp = Response::start(out, status, head);
-        rpcx_headers(&mut resp, h, service_path);
-        error_headers(&mut resp, text);
-        resp.finish(b"");
-    };
+) -> Option<Wait> {
     let invoked = match outcome {
         Outcome::BadBody(text) => {
-            failed(500, &text, out);
+            failed(core, head, h, service_path, 500, &text, out);
             return None;
         }
         Outcome::Heartbeat => {
@@ -401,36 +413,90 @@ fn reply(
         Outcome::Invoked(invoked) => invoked,
     };
     if h.oneway {
+        if let Invoked::Pending(deferred) = invoked {
+            // rpcx runs a oneway call's handler too; nobody waits for it.
+            glommio::spawn_local(async move {
+                let _ = deferred.await;
+            })
+            .detach();
+        }
         // Nothing to wait for, not even an error; HTTP still needs an answer.
         success(out, head, h, service_path).finish(b"");
         return None;
     }
-    let delay = match invoked {
+    let wait = match invoked {
         Invoked::Ready => None,
-        Invoked::After(delay) => Some(delay),
+        Invoked::After(delay) => Some(Wait::Delay(delay)),
         Invoked::Expired(deadline) => {
-            failed(500, DEADLINE_EXCEEDED, out);
-            return Some(deadline);
+            failed(core, head, h, service_path, 500, DEADLINE_EXCEEDED, out);
+            return Some(Wait::Delay(deadline));
+        }
+        Invoked::Pending(deferred) => {
+            let (core, head, h) = (Rc::clone(core), head.clone(), h.clone());
+            let service_path = service_path.to_owned();
+            return Some(Wait::Until(Box::pin(async move {
+                let mut out = Vec::new();
+                match deferred.await {
+                    Ok(payload) => ok(&head, &h, &service_path, &[], &payload, &mut out),
+                    Err(text) => failed(&core, &head, &h, &service_path, 500, &text, &mut out),
+                }
+                out
+            })));
         }
         // Service, lookup and codec errors.
         Invoked::Failed(text) => {
-            failed(500, &text, out);
+            failed(core, head, h, service_path, 500, &text, out);
             return None;
         }
         // rpcx's gateway answers a failed auth check with 401 and the error headers.
         Invoked::Unauthenticated => {
-            failed(401, UNAUTHENTICATED, out);
+            failed(core, head, h, service_path, 401, UNAUTHENTICATED, out);
             return None;
         }
     };
+    ok(
+        head,
+        h,
+        service_path,
+        &scratch.meta_out,
+        &scratch.payload,
+        out,
+    );
+    wait
+}
+
+/// A successful call's reply: rpcx's headers, the reply metadata, the payload.
+fn ok(
+    head: &Head,
+    h: &RpcxHeaders,
+    service_path: &str,
+    meta: &[u8],
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
     let mut resp = success(out, head, h, service_path);
-    let meta = reply_meta(&scratch.meta_out);
-    resp.header(X_META, meta.as_bytes());
+    resp.header(X_META, reply_meta(meta).as_bytes());
     if h.serialize.as_deref() == Some("1") {
         resp.header("Content-Type", b"application/json");
     }
-    resp.finish(&scratch.payload);
-    delay
+    resp.finish(payload);
+}
+
+/// An error reply after the headers were accepted: `status` with rpcx's headers and the text.
+fn failed<R: Registry>(
+    core: &Core<R>,
+    head: &Head,
+    h: &RpcxHeaders,
+    service_path: &str,
+    status: u16,
+    text: &str,
+    out: &mut Vec<u8>,
+) {
+    core.metrics.gateway_errors.inc();
+    let mut resp = Response::start(out, status, head);
+    rpcx_headers(&mut resp, h, service_path);
+    error_headers(&mut resp, text);
+    resp.finish(b"");
 }
 
 /// A decimal u64 as Go's `strconv.ParseUint(s, 10, 64)` takes it (no sign).

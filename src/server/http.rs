@@ -15,8 +15,10 @@
 //! What a request means is the handler's business: it sees the headers this module does not
 //! interpret itself ([`Handler::header`]) and each whole request ([`Handler::request`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ use super::end::End;
 use crate::buf::{ReadBuf, SHRINK_ABOVE};
 use crate::config::Gateway;
 use crate::metrics::{BadHttp, Transport};
+use crate::service::Registry;
 
 /// First size of a connection's read buffer; it grows to hold a request head and shrinks back.
 pub(crate) const INITIAL_READ_BUFFER: usize = 8 << 10;
@@ -46,9 +49,17 @@ pub(crate) trait Handler {
     /// A header this module does not interpret itself (everything but `Content-Length`,
     /// `Transfer-Encoding`, `Connection` and `Expect`).
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), Refusal>;
-    /// A whole request: append its reply to `out`. Returns how long to wait before the reply
-    /// may be sent (replies before it are sent first).
-    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Duration>;
+    /// A whole request: append its reply to `out`, or say what it waits for.
+    fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait>;
+}
+
+/// A reply that cannot go out yet; the replies before it are sent first (HTTP/1.1 answers in
+/// order), and no later request is read until it is done.
+pub(crate) enum Wait {
+    /// The reply is in `out`: send it after this delay.
+    Delay(Duration),
+    /// The reply is what this future gives, once it is done (an async handler's call).
+    Until(Pin<Box<dyn Future<Output = Vec<u8>>>>),
 }
 
 /// Input refused with an HTTP error status; the connection closes after the reply.
@@ -97,7 +108,7 @@ enum Chunk {
 }
 
 /// What the HTTP layer takes from a request head; the handler gets the other headers.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Head {
     pub(crate) method: HttpMethod,
     /// The request target as sent (path and query).
@@ -121,8 +132,8 @@ pub(crate) enum HttpMethod {
 
 /// Serves HTTP requests on `stream` with `handler` until the peer closes it, asks to, idles
 /// out, or sends input that is refused.
-pub(crate) async fn serve<S, H>(
-    core: &Rc<Core>,
+pub(crate) async fn serve<S, H, R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: S,
     peer: SocketAddr,
     transport: Transport,
@@ -138,7 +149,12 @@ where
     end.close()
 }
 
-async fn run<S, H>(core: &Rc<Core>, stream: &mut S, transport: Transport, handler: &mut H) -> End
+async fn run<S, H, R: Registry>(
+    core: &Rc<Core<R>>,
+    stream: &mut S,
+    transport: Transport,
+    handler: &mut H,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -175,7 +191,7 @@ where
                 Step::Request => {
                     started = None;
                     let before = out.len();
-                    if let Some(delay) = handler.request(&head, &body, &mut out) {
+                    if let Some(wait) = handler.request(&head, &body, &mut out) {
                         // Replies go out in order: flush the ones before this, then wait.
                         let mut ready: Vec<u8> = out.drain(..before).collect();
                         if write_out(core, transport, stream, &mut ready)
@@ -184,7 +200,13 @@ where
                         {
                             return End::WriteFailed;
                         }
-                        glommio::timer::sleep(delay).await;
+                        match wait {
+                            Wait::Delay(delay) => glommio::timer::sleep(delay).await,
+                            Wait::Until(reply) => {
+                                let bytes = reply.await;
+                                out.extend_from_slice(&bytes);
+                            }
+                        }
                     }
                     shrink(&mut body);
                     if !head.keep_alive {
@@ -235,8 +257,8 @@ where
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(
-    core: &Core,
+async fn write_out<S: AsyncWrite + Unpin, R: Registry>(
+    core: &Core<R>,
     transport: Transport,
     stream: &mut S,
     out: &mut Vec<u8>,
@@ -603,7 +625,7 @@ mod tests {
                 .push(format!("{name}: {}", String::from_utf8_lossy(value)));
             Ok(())
         }
-        fn request(&mut self, _: &Head, _: &[u8], _: &mut Vec<u8>) -> Option<Duration> {
+        fn request(&mut self, _: &Head, _: &[u8], _: &mut Vec<u8>) -> Option<Wait> {
             None
         }
     }

@@ -17,13 +17,16 @@
 //! (rpcx crashes on a notification without params). A notification that is well formed but
 //! fails is not answered, as the spec requires.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::Core;
-use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
+use super::dispatch::{self, DEADLINE_EXCEEDED, Deferred, Invoked, UNAUTHENTICATED};
 use crate::protocol::Metadata;
+use crate::service::Registry;
 
 /// Invalid JSON.
 pub(crate) const PARSE_ERROR: i64 = -32700;
@@ -39,17 +42,25 @@ pub(crate) const INTERNAL_ERROR: i64 = -32603;
 /// The serialize type JSON-RPC params travel as.
 const JSON: u8 = 1;
 
+/// A reply body that cannot go out yet.
+pub(crate) enum Wait {
+    /// The body is in `reply`: send it after the longest delay a handler asked for.
+    Delay(Duration),
+    /// Async calls are running: the body is what this future gives once they are all done.
+    Until(Pin<Box<dyn Future<Output = Vec<u8>>>>),
+}
+
 /// Serves one JSON-RPC body. The reply body goes to `reply` (left empty when there is nothing
-/// to answer); `meta_in` is the request metadata block every call of the body gets. Returns the
-/// longest delay a handler asked for, to wait before the reply is sent.
-pub(crate) fn serve(
-    core: &Core,
+/// to answer), unless it has to wait; `meta_in` is the request metadata block every call of the
+/// body gets.
+pub(crate) fn serve<R: Registry>(
+    core: &Core<R>,
     body: &[u8],
     meta_in: &[u8],
     meta_out: &mut Vec<u8>,
     payload: &mut Vec<u8>,
     reply: &mut Vec<u8>,
-) -> Option<Duration> {
+) -> Option<Wait> {
     reply.clear();
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
@@ -71,6 +82,7 @@ pub(crate) fn serve(
         payload,
         params: Vec::new(),
         delay: None,
+        pending: Vec::new(),
     };
     match value {
         Value::Array(requests) if requests.is_empty() => {
@@ -84,16 +96,19 @@ pub(crate) fn serve(
         }
         Value::Array(requests) => {
             reply.push(b'[');
+            let mut answered = 0;
             for request in requests {
                 let at = reply.len();
-                if at > 1 {
+                if answered > 0 {
                     reply.push(b',');
                 }
-                if !call.one(request, reply) {
+                if call.one(request, reply) {
+                    answered += 1;
+                } else {
                     reply.truncate(at);
                 }
             }
-            if reply.len() > 1 {
+            if answered > 0 {
                 reply.push(b']');
             } else {
                 reply.clear();
@@ -103,21 +118,60 @@ pub(crate) fn serve(
             call.one(request, reply);
         }
     }
-    call.delay
+    if call.pending.is_empty() {
+        return call.delay.map(Wait::Delay);
+    }
+    // Every async call runs now, side by side, each as a task of this core; the body is put
+    // together when the last is done (and the longest delay has passed).
+    let tasks: Vec<_> = std::mem::take(&mut call.pending)
+        .into_iter()
+        .map(|(at, id, deferred)| (at, id, glommio::spawn_local(deferred)))
+        .collect();
+    let (delay, mut body) = (call.delay, std::mem::take(reply));
+    let metrics = std::sync::Arc::clone(&core.metrics);
+    Some(Wait::Until(Box::pin(async move {
+        let started = std::time::Instant::now();
+        let mut objects = Vec::with_capacity(tasks.len());
+        for (at, id, task) in tasks {
+            let mut object = Vec::new();
+            match task.await {
+                Ok(payload) => {
+                    if !write_result(&mut object, &id, &payload) {
+                        metrics.gateway_errors.inc();
+                    }
+                }
+                Err(text) => {
+                    metrics.gateway_errors.inc();
+                    write_error(&mut object, &id, INTERNAL_ERROR, &text);
+                }
+            }
+            objects.push((at, object));
+        }
+        if let Some(rest) = delay.and_then(|d| d.checked_sub(started.elapsed())) {
+            glommio::timer::sleep(rest).await;
+        }
+        // From the last place to the first, so each `at` still points where its object goes.
+        for (at, object) in objects.into_iter().rev() {
+            body.splice(at..at, object);
+        }
+        body
+    })))
 }
 
 /// What the calls of one body share.
-struct Call<'a> {
-    core: &'a Core,
+struct Call<'a, R> {
+    core: &'a Core<R>,
     meta_in: &'a [u8],
     meta_out: &'a mut Vec<u8>,
     payload: &'a mut Vec<u8>,
     /// The params of the call being run, as a JSON payload.
     params: Vec<u8>,
     delay: Option<Duration>,
+    /// Async calls still running: where in the reply body their object goes, and their id.
+    pending: Vec<(usize, Value, Deferred)>,
 }
 
-impl Call<'_> {
+impl<R: Registry> Call<'_, R> {
     /// Runs one request object and appends its reply object; false if it has none (a
     /// notification that ran).
     fn one(&mut self, request: Value, reply: &mut Vec<u8>) -> bool {
@@ -185,17 +239,22 @@ impl Call<'_> {
         // A serde_json Value always serializes.
         let _ = serde_json::to_writer(&mut self.params, params);
         let metadata = Metadata::parse(self.meta_in).unwrap_or_default();
-        let invoked = dispatch::invoke(
-            self.core,
-            &method[..dot],
-            &method[dot + 1..],
-            JSON,
+        let call = dispatch::Call {
+            path: &method[..dot],
+            method: &method[dot + 1..],
+            serialize: JSON,
             metadata,
-            &self.params,
-            self.meta_out,
-            self.payload,
-        );
+            payload: &self.params,
+        };
+        let invoked = dispatch::invoke(self.core, &call, self.meta_out, self.payload);
         if id.is_none() {
+            if let Invoked::Pending(deferred) = invoked {
+                // A notification's async handler runs too; nobody waits for it.
+                glommio::spawn_local(async move {
+                    let _ = deferred.await;
+                })
+                .detach();
+            }
             return false;
         }
         match invoked {
@@ -207,25 +266,37 @@ impl Call<'_> {
                 self.delay = Some(self.delay.map_or(deadline, |d| d.max(deadline)));
                 return fail(reply, &reply_id, INTERNAL_ERROR, DEADLINE_EXCEEDED);
             }
+            Invoked::Pending(deferred) => {
+                self.pending.push((reply.len(), reply_id, deferred));
+                return true;
+            }
             // rpcx answers every call failure (an auth failure too) with -32603 and its text.
             Invoked::Failed(text) => return fail(reply, &reply_id, INTERNAL_ERROR, &text),
             Invoked::Unauthenticated => {
                 return fail(reply, &reply_id, INTERNAL_ERROR, UNAUTHENTICATED);
             }
         }
-        if self.payload.is_empty() {
-            self.payload.extend_from_slice(b"null");
+        if !write_result(reply, &reply_id, self.payload) {
+            metrics.gateway_errors.inc();
         }
-        if serde_json::from_slice::<serde::de::IgnoredAny>(self.payload).is_err() {
-            return fail(reply, &reply_id, INTERNAL_ERROR, "the reply is not JSON");
-        }
-        reply.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"result\":");
-        reply.extend_from_slice(self.payload);
-        reply.extend_from_slice(b",\"id\":");
-        let _ = serde_json::to_writer(&mut *reply, &reply_id);
-        reply.push(b'}');
         true
     }
+}
+
+/// Appends `{"jsonrpc":"2.0","result":PAYLOAD,"id":ID}` (`null` for an empty payload), or the
+/// error object if the payload is not JSON; false then.
+fn write_result(reply: &mut Vec<u8>, id: &Value, payload: &[u8]) -> bool {
+    let payload = if payload.is_empty() { b"null" } else { payload };
+    if serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_err() {
+        write_error(reply, id, INTERNAL_ERROR, "the reply is not JSON");
+        return false;
+    }
+    reply.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"result\":");
+    reply.extend_from_slice(payload);
+    reply.extend_from_slice(b",\"id\":");
+    let _ = serde_json::to_writer(&mut *reply, id);
+    reply.push(b'}');
+    true
 }
 
 /// Appends `{"jsonrpc":"2.0","error":{"code":C,"message":M},"id":ID}`.

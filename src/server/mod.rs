@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::metrics::{Close, CoreMetrics, Transport};
-use crate::service;
+use crate::service::{CoreInfo, Registry};
 use crate::transport;
 use crate::transport::addr::{Addr, Network};
 pub use accept::Handoff;
@@ -63,6 +63,8 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Tls(#[from] transport::tls::TlsError),
+    #[error("{0}")]
+    Services(#[from] crate::service::SectionError),
     #[error("cannot read the CPUs this process may run on: {0}")]
     Affinity(std::io::Error),
     #[error("server.cores = {wanted}, but this process may run on only {allowed} CPUs ({cpus:?})")]
@@ -85,6 +87,8 @@ pub struct ServerHandle {
     stop: Arc<Stop>,
     threads: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
     metrics: Vec<Arc<CoreMetrics>>,
+    /// (service, method) of every registered method, indexed like the per-method counters.
+    method_names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
     /// The `kcp@` listeners' reactors, stopped by `join` once the cores are done.
     kcp: Vec<transport::kcp::KcpListener>,
@@ -96,6 +100,11 @@ impl ServerHandle {
     /// Each `kcp@` listener's counters (sessions, datagrams, drops by reason, FEC, resends).
     pub fn kcp_stats(&self) -> Vec<Arc<transport::kcp::KcpStats>> {
         self.kcp.iter().map(|l| Arc::clone(l.stats())).collect()
+    }
+
+    /// (service, method) of every registered method, in per-method counter order.
+    pub fn method_names(&self) -> Arc<[(&'static str, &'static str)]> {
+        Arc::clone(&self.method_names)
     }
 
     /// The bound socket address of each TCP-family listen address (`tcp`, `reuseport`, `http`),
@@ -263,9 +272,10 @@ impl Drop for StartReport {
     }
 }
 
-/// Binds the listeners and starts one executor per core, and a reactor thread per `kcp@`
+/// Binds the listeners and starts one executor per core, serving the services of `R` (each
+/// core builds its own state of them from `[services.NAME]`), and a reactor thread per `kcp@`
 /// listener.
-pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
+pub fn start<R: Registry>(config: Config) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let cores = choose_cpus(config.server.cores)?.len();
     let mut handed = Vec::new();
@@ -276,22 +286,22 @@ pub fn start(config: Config) -> Result<ServerHandle, ServerError> {
         .iter()
         .filter(|l| l.network == Network::Kcp)
     {
-        let (h, listener) = kcp_listener(listen, &config, cores)?;
+        let (h, listener) = kcp_listener::<R>(listen, &config, cores)?;
         handed.push(h);
         kcp.push(listener);
     }
-    let mut server = start_with(config, handed)?;
+    let mut server = start_with::<R>(config, handed)?;
     server.kcp = kcp;
     Ok(server)
 }
 
 /// Binds a `kcp@` listener and starts its reactor thread, which hands each new session to the
 /// cores, round robin.
-fn kcp_listener(
+fn kcp_listener<R: Registry>(
     listen: &Addr,
     config: &Config,
     cores: usize,
-) -> Result<(accept::Handed, transport::kcp::KcpListener), ServerError> {
+) -> Result<(accept::Handed<R>, transport::kcp::KcpListener), ServerError> {
     let invalid = |message: String| {
         ServerError::Config(crate::config::ConfigError::Invalid {
             key: "server.listen",
@@ -330,11 +340,12 @@ fn kcp_listener(
 /// `start`, plus listeners whose streams a reactor thread hands to the cores (QUIC, KCP: each
 /// such transport makes its [`accept::Handed`] with the listener's address and starts its
 /// thread with the [`Handoff`]).
-pub(crate) fn start_with(
+pub(crate) fn start_with<R: Registry>(
     config: Config,
-    handed: Vec<accept::Handed>,
+    handed: Vec<accept::Handed<R>>,
 ) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    R::check(&config.services)?;
     let cpus = choose_cpus(config.server.cores)?;
     let tls = transport::tls::server_config(&config.tls)?;
     let mut addrs = Vec::new();
@@ -358,7 +369,7 @@ pub(crate) fn start_with(
     }
 
     // receive loops[core]
-    let mut receivers: Vec<Vec<accept::ReceiveLoop>> =
+    let mut receivers: Vec<Vec<accept::ReceiveLoop<R>>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
     for h in handed {
         resolved.push(h.listening.addr.clone());
@@ -378,8 +389,10 @@ pub(crate) fn start_with(
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
+    let method_names: Arc<[(&'static str, &'static str)]> = R::method_names().into();
+    let cores = cpus.len();
     for (index, ((&cpu, fds), receive)) in cpus.iter().zip(sockets).zip(receivers).enumerate() {
-        let core_metrics = Arc::new(CoreMetrics::new(index));
+        let core_metrics = Arc::new(CoreMetrics::new(index, method_names.len()));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
         let auth = Arc::clone(&auth);
@@ -400,8 +413,9 @@ pub(crate) fn start_with(
         let thread = builder
             .spawn(move || {
                 let listeners = Listeners { fds, receive };
-                run_core(
-                    index,
+                let info = CoreInfo { index, cpu, cores };
+                run_core::<R>(
+                    info,
                     config,
                     tls,
                     auth,
@@ -426,6 +440,7 @@ pub(crate) fn start_with(
         stop,
         threads,
         metrics,
+        method_names,
         health,
         kcp: Vec::new(),
         kcp_grace: config.server.drain_timeout,
@@ -528,10 +543,11 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 }
 
 /// What one executor shares with its connections.
-pub(crate) struct Core {
+pub(crate) struct Core<R> {
     pub(crate) index: usize,
     pub(crate) config: Arc<Config>,
-    pub(crate) services: service::Context,
+    /// This core's state of every service.
+    pub(crate) services: R,
     pub(crate) metrics: Arc<CoreMetrics>,
     /// Set when `[tls]` is configured.
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
@@ -552,20 +568,20 @@ struct Conns {
 
 /// Removes a connection from its core's set when its task ends, however it ends, and counts
 /// the close with its reason ([`Close::DrainTimeout`] if the task was dropped unfinished).
-pub(crate) struct ConnGuard {
-    core: Rc<Core>,
+pub(crate) struct ConnGuard<R: Registry> {
+    core: Rc<Core<R>>,
     id: u64,
     transport: Transport,
     reason: Cell<Option<Close>>,
 }
 
-impl ConnGuard {
+impl<R: Registry> ConnGuard<R> {
     pub(crate) fn closed(&self, reason: Close) {
         self.reason.set(Some(reason));
     }
 }
 
-impl Drop for ConnGuard {
+impl<R: Registry> Drop for ConnGuard<R> {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
         conns.open.remove(&self.id);
@@ -579,14 +595,14 @@ impl Drop for ConnGuard {
     }
 }
 
-impl Core {
+impl<R: Registry> Core<R> {
     /// Tracks a new connection until its guard drops. Any transport whose connections the core
     /// serves registers them here, so limits, drain and metrics see them.
     pub(crate) fn register(
-        self: &Rc<Core>,
+        self: &Rc<Core<R>>,
         drain: accept::Drain,
         transport: Transport,
-    ) -> ConnGuard {
+    ) -> ConnGuard<R> {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
@@ -608,29 +624,36 @@ impl Core {
 }
 
 /// What one core takes connections from.
-struct Listeners {
+struct Listeners<R> {
     /// Its listening sockets (one per TCP-family address, the shared one per unix address).
     fds: Vec<(OwnedFd, Arc<Listening>)>,
     /// Its receive loops of streams handed over by reactor threads.
-    receive: Vec<accept::ReceiveLoop>,
+    receive: Vec<accept::ReceiveLoop<R>>,
 }
 
 #[allow(clippy::too_many_arguments)] // each is one thing the core owns; a struct would only rename them
-async fn run_core(
-    index: usize,
+async fn run_core<R: Registry>(
+    info: CoreInfo,
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
     auth: Arc<[Box<[u8]>]>,
     metrics: Arc<CoreMetrics>,
-    listeners: Listeners,
+    listeners: Listeners<R>,
     stop: Arc<Stop>,
     report: StartReport,
 ) {
+    let index = info.index;
+    // Checked by `start` already, so only a service's own `new` could fail here (it cannot).
+    let services = match R::build(&info, &config.services) {
+        Ok(services) => services,
+        Err(e) => {
+            tracing::error!(core = index, "cannot build the services: {e}");
+            return;
+        }
+    };
     let core = Rc::new(Core {
         index,
-        services: service::Context {
-            hello_delay: config.services.hello.delay,
-        },
+        services,
         config,
         metrics,
         tls: tls.map(futures_rustls::TlsAcceptor::from),
@@ -672,7 +695,7 @@ async fn run_core(
 
 /// Stops reading on every open connection (each reader then sees end of input, lets its calls
 /// in flight finish, flushes and closes) and waits for them, at most `server.drain_timeout`.
-async fn drain(core: &Rc<Core>) {
+async fn drain<R: Registry>(core: &Rc<Core<R>>) {
     core.draining.set(true);
     let open = core.conns.borrow().open.len();
     if open == 0 {

@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 use super::{Core, conn, gateway};
 use crate::metrics::BadFrame;
 use crate::metrics::{Close, Transport};
+use crate::service::Registry;
 use crate::transport::addr::Network;
 use crate::transport::http_connect;
 use crate::transport::prefixed::Prefixed;
@@ -77,8 +78,8 @@ impl Socket for glommio::net::UnixStream {
 }
 
 /// Serves an accepted connection by what its first bytes announce.
-pub(crate) async fn route<S: Socket>(
-    core: &Rc<Core>,
+pub(crate) async fn route<S: Socket, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     network: Network,
@@ -121,8 +122,8 @@ pub(crate) async fn route<S: Socket>(
 }
 
 /// Routes what is not plaintext rpcx, on a stream already past any TLS layer.
-async fn route_boxed(
-    core: &Rc<Core>,
+async fn route_boxed<R: Registry>(
+    core: &Rc<Core<R>>,
     kind: Kind,
     stream: Box<dyn Io>,
     peer: SocketAddr,
@@ -155,8 +156,8 @@ async fn route_boxed(
 }
 
 /// TLS handshake (bounded by the handshake deadline), then the same routing inside TLS.
-async fn serve_tls<S: Socket>(
-    core: &Rc<Core>,
+async fn serve_tls<S: Socket, R: Registry>(
+    core: &Rc<Core<R>>,
     stream: S,
     peer: SocketAddr,
     network: Network,
@@ -196,8 +197,8 @@ async fn serve_tls<S: Socket>(
 
 /// rpcx's HTTP CONNECT: `CONNECT /_rpcx_` is answered `200 Connected to rpcx` and the connection
 /// carries rpcx frames from then on; any other request gets `405 must CONNECT` and is closed.
-async fn serve_connect(
-    core: &Rc<Core>,
+async fn serve_connect<R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: Box<dyn Io>,
     peer: SocketAddr,
     transport: Transport,
@@ -244,8 +245,8 @@ async fn serve_connect(
 }
 
 /// Plain HTTP on an rpcx listener with `gateway.enabled = false`: a short 404 and close.
-pub(crate) async fn http_not_served(
-    core: &Rc<Core>,
+pub(crate) async fn http_not_served<R: Registry>(
+    core: &Rc<Core<R>>,
     mut stream: Box<dyn Io>,
     peer: SocketAddr,
     transport: Transport,
@@ -262,7 +263,7 @@ pub(crate) async fn http_not_served(
 /// The answer to plain HTTP on a port that serves only rpcx frames.
 const HTTP_NOT_SERVED: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 50\r\n\r\nthis port serves rpcx frames; HTTP is not enabled\n";
 
-fn handshake_timeout(core: &Core, peer: SocketAddr, what: &str) -> Close {
+fn handshake_timeout<R: Registry>(core: &Core<R>, peer: SocketAddr, what: &str) -> Close {
     debug!(core = core.index, %peer, "closing connection: {what} within the handshake timeout");
     Close::HandshakeTimeout
 }

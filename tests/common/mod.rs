@@ -25,7 +25,20 @@ pub fn start_with(cores: usize, tweak: impl FnOnce(&mut Config)) -> ServerHandle
     config.server.listen = vec!["tcp@127.0.0.1:0".parse().unwrap()];
     config.server.cores = cores;
     tweak(&mut config);
-    percore::server::start(config).expect("server starts")
+    percore::server::start::<percore::builtin::Builtin>(config).expect("server starts")
+}
+
+/// Sets the built-in Hello service's simulated work (`[services.Hello] delay`).
+#[allow(dead_code)] // not every test file uses it
+pub fn hello_delay(config: &mut percore::config::Config, delay: std::time::Duration) {
+    let mut section = toml::Table::new();
+    section.insert(
+        "delay".into(),
+        toml::Value::String(humantime::format_duration(delay).to_string()),
+    );
+    config
+        .services
+        .insert("Hello".into(), toml::Value::Table(section));
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -89,7 +102,7 @@ pub fn request(serialize: u8, seq: u64, path: &str, method: &str, payload: &[u8]
 pub fn msgpack_args(a: i64, b: i64) -> Vec<u8> {
     let mut out = Vec::new();
     percore::codec::encode_serde(
-        &percore::service::ArithArgs { a, b },
+        &percore::builtin::ArithArgs { a, b },
         percore::codec::SerializeType::MsgPack,
         &mut out,
         "args",
@@ -99,7 +112,7 @@ pub fn msgpack_args(a: i64, b: i64) -> Vec<u8> {
 }
 
 pub fn msgpack_reply(payload: &[u8]) -> i64 {
-    let r: percore::service::ArithReply =
+    let r: percore::builtin::ArithReply =
         percore::codec::decode_serde(percore::codec::SerializeType::MsgPack, payload, "reply")
             .unwrap();
     r.c

@@ -1,15 +1,4 @@
-//! The static service registry and the built-in services.
-//!
-//! Services are compiled in. The [`services!`] table below is the one place they are registered:
-//! it generates [`Method`], an enum with one variant per (service, method), a `lookup` that is a
-//! `match` on the two names (no reflection, no map, no allocation), and the dispatch `match`.
-//! Adding a service to a fork is: write the function, add one line to the table, rebuild.
-//!
-//! A handler is a plain function `fn(&Context, &Request, &mut Reply) -> Result<Outcome,
-//! ServiceError>`; [`typed`] adapts a function from decoded args to a reply value, decoding and
-//! encoding with the request's serialize type.
-//!
-//! Built-in services:
+//! The built-in services, and [`Builtin`], the registry of the default `percore` binary.
 //!
 //! | service.method | args → reply |
 //! |---|---|
@@ -24,161 +13,124 @@
 //! server; it never panics. Arith also mirrors each request metadata entry `k=v` back as
 //! `echo-k=v`, as the reference server that recorded `tests/data/rpcx-go-frames.json` does, so
 //! clients can check metadata round trips.
+//!
+//! They are written as `raw` handlers by hand (not with [`service!`](crate::service!)) to keep
+//! their codec fast paths (MsgPack Arith args without serde, protobuf `Hello.Say` rewritten in
+//! place); they compose into a user's registry like any other service.
 
-use std::borrow::Cow;
+use std::rc::Rc;
 use std::time::Duration;
 
+use super::{CoreInfo, Outcome, Reply, Request, Service, ServiceError};
 use crate::codec::{self, CodecError, Payload, SerializeType};
-use crate::protocol::{Metadata, push_meta};
 
-/// What a handler sees of a request.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    pub codec: SerializeType,
-    pub metadata: Metadata<'a>,
-    /// The payload, already decompressed.
-    pub payload: &'a [u8],
-}
-
-/// Where a handler writes its reply: metadata entries and payload bytes, into buffers the
-/// connection reuses from call to call.
-pub struct Reply<'s> {
-    meta: &'s mut Vec<u8>,
-    payload: &'s mut Vec<u8>,
-}
-
-impl<'s> Reply<'s> {
-    /// A reply writing into the given (cleared) buffers.
-    pub fn new(meta: &'s mut Vec<u8>, payload: &'s mut Vec<u8>) -> Reply<'s> {
-        meta.clear();
-        payload.clear();
-        Reply { meta, payload }
-    }
-
-    /// Adds a reply metadata entry.
-    pub fn meta(&mut self, key: &str, value: &str) {
-        push_meta(self.meta, key.as_bytes(), value.as_bytes());
-    }
-
-    /// The payload buffer, to append the encoded reply to.
-    pub fn payload(&mut self) -> &mut Vec<u8> {
-        self.payload
+crate::registry! {
+    /// The default binary's services: Arith, Echo and Hello.
+    pub struct Builtin {
+        arith: "Arith" => Arith,
+        echo: "Echo" => Echo,
+        hello: "Hello" => Hello,
     }
 }
 
-/// Settings the built-in services read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Context {
-    /// Simulated work added to each `Hello.Say` call (rpcx-benchmark's `delay`).
-    pub hello_delay: Duration,
-}
+/// `Arith`: `Mul`, `Add` and `Say`, as in rpcx's examples. No state, no config.
+#[derive(Debug, Default)]
+pub struct Arith;
 
-/// What the connection does with a successful reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Send it now.
-    Ready,
-    /// Send it after this much time (simulated work), without holding up other calls.
-    After(Duration),
-}
+impl Service for Arith {
+    type Config = NoConfig;
+    const METHODS: &'static [&'static str] = &["Mul", "Add", "Say"];
 
-/// An error a handler returns: its text goes to the client in `__rpcx_error__`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ServiceError(pub Cow<'static, str>);
-
-impl From<CodecError> for ServiceError {
-    fn from(e: CodecError) -> Self {
-        ServiceError(Cow::Owned(e.to_string()))
+    fn new(_: &CoreInfo, _: &NoConfig) -> Arith {
+        Arith
     }
-}
 
-/// A (service, method) that is not registered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LookupError {
-    NoService,
-    NoMethod,
-}
-
-impl LookupError {
-    /// rpcx's exact error text (clients match on it).
-    pub fn text(self, path: &str, method: &str) -> String {
-        match self {
-            LookupError::NoService => format!("rpcx: can't find service {path}"),
-            LookupError::NoMethod => format!("rpcx: can't find method {method}"),
+    fn lookup(method: &str) -> Option<usize> {
+        match method {
+            "Mul" => Some(0),
+            "Add" => Some(1),
+            "Say" => Some(2),
+            _ => None,
         }
     }
-}
 
-/// Handler signature every registry entry has.
-pub type Handler = fn(&Context, &Request<'_>, &mut Reply<'_>) -> Result<Outcome, ServiceError>;
-
-macro_rules! services {
-    ($( $service:literal { $( $method:literal => $variant:ident = $handler:expr ),* $(,)? } )*) => {
-        /// One variant per registered (service, method).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Method { $( $( $variant, )* )* }
-
-        impl Method {
-            /// Every registered method, in table order (its index is [`Method::index`]).
-            pub const ALL: &'static [Method] = &[ $( $( Method::$variant, )* )* ];
-
-            /// Finds a method by its wire names.
-            pub fn lookup(path: &str, method: &str) -> Result<Method, LookupError> {
-                match path {
-                    $( $service => match method {
-                        $( $method => Ok(Method::$variant), )*
-                        _ => Err(LookupError::NoMethod),
-                    }, )*
-                    _ => Err(LookupError::NoService),
-                }
-            }
-
-            /// (service, method) as on the wire.
-            pub fn names(self) -> (&'static str, &'static str) {
-                match self { $( $( Method::$variant => ($service, $method), )* )* }
-            }
-
-            /// Position in [`Method::ALL`], for per-method counters.
-            pub fn index(self) -> usize {
-                self as usize
-            }
-
-            fn handler(self) -> Handler {
-                match self { $( $( Method::$variant => $handler, )* )* }
-            }
-        }
-    };
-}
-
-services! {
-    "Arith" {
-        "Mul" => ArithMul = |_, req, reply| arith(req, reply, |a| a.a.wrapping_mul(a.b)),
-        "Add" => ArithAdd = |_, req, reply| arith(req, reply, |a| a.a.wrapping_add(a.b)),
-        "Say" => ArithSay = |_, req, reply| typed(req, reply, |s: Text| Ok(Text(format!("hello {}", s.0)))),
-    }
-    "Echo" {
-        "Echo" => EchoEcho = |_, req, reply| {
-            reply.payload().extend_from_slice(req.payload);
-            Ok(Outcome::Ready)
-        },
-    }
-    "Hello" {
-        "Say" => HelloSay = hello_say,
-    }
-}
-
-impl Method {
-    /// Runs the handler. The caller has checked that the serialize type has a codec.
-    pub fn call(
-        self,
-        ctx: &Context,
+    fn call(
+        self: &Rc<Self>,
+        method: usize,
         req: &Request<'_>,
         reply: &mut Reply<'_>,
     ) -> Result<Outcome, ServiceError> {
-        (self.handler())(ctx, req, reply)
+        match method {
+            0 => arith(req, reply, |a| a.a.wrapping_mul(a.b)),
+            1 => arith(req, reply, |a| a.a.wrapping_add(a.b)),
+            _ => typed(req, reply, |s: Text| Ok(Text(format!("hello {}", s.0)))),
+        }
     }
 }
+
+/// `Echo.Echo`: the payload back, whatever its codec.
+#[derive(Debug, Default)]
+pub struct Echo;
+
+impl Service for Echo {
+    type Config = NoConfig;
+    const METHODS: &'static [&'static str] = &["Echo"];
+
+    fn new(_: &CoreInfo, _: &NoConfig) -> Echo {
+        Echo
+    }
+
+    fn call(
+        self: &Rc<Self>,
+        _: usize,
+        req: &Request<'_>,
+        reply: &mut Reply<'_>,
+    ) -> Result<Outcome, ServiceError> {
+        reply.payload().extend_from_slice(req.payload);
+        Ok(Outcome::Ready)
+    }
+}
+
+/// `Hello.Say`, rpcx-benchmark's service; `[services.Hello] delay` adds simulated work.
+#[derive(Debug, Default)]
+pub struct Hello {
+    delay: Duration,
+}
+
+/// `[services.Hello]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HelloConfig {
+    /// Simulated work added to each `Hello.Say` call (rpcx-benchmark's `delay`), e.g. "10ms";
+    /// the reply is sent after it without holding up other calls.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl Service for Hello {
+    type Config = HelloConfig;
+    const METHODS: &'static [&'static str] = &["Say"];
+
+    fn new(_: &CoreInfo, config: &HelloConfig) -> Hello {
+        Hello {
+            delay: config.delay,
+        }
+    }
+
+    fn call(
+        self: &Rc<Self>,
+        _: usize,
+        req: &Request<'_>,
+        reply: &mut Reply<'_>,
+    ) -> Result<Outcome, ServiceError> {
+        hello_say(self.delay, req, reply)
+    }
+}
+
+/// The config of a service that has none: an empty section, or none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
 
 /// Decodes `A` with the request's codec, runs `f`, encodes its `R` with the same codec.
 pub fn typed<A: Payload, R: Payload>(
@@ -390,7 +342,7 @@ fn arith(
     // Every key is mirrored, reserved ones (`__ServerTimeout`, ...) too, so a client can see
     // exactly what it sent.
     for (k, v) in req.metadata.iter() {
-        push_meta_echo(reply.meta, k, v);
+        push_meta_echo(reply.meta_block(), k, v);
     }
     typed(req, reply, |args: ArithArgs| Ok(ArithReply { c: op(args) }))
 }
@@ -454,7 +406,7 @@ impl Payload for Text {
 /// `Hello.Say`: rewrites field 1 to "OK" and field 2 to 100 and keeps every other field as it
 /// came, without building the 39-field message (PROTOCOL.md §11).
 fn hello_say(
-    ctx: &Context,
+    delay: Duration,
     req: &Request<'_>,
     reply: &mut Reply<'_>,
 ) -> Result<Outcome, ServiceError> {
@@ -466,16 +418,18 @@ fn hello_say(
         .into());
     }
     crate::bench_message::rewrite_say(req.payload, reply.payload())?;
-    if ctx.hello_delay.is_zero() {
+    if delay.is_zero() {
         Ok(Outcome::Ready)
     } else {
-        Ok(Outcome::After(ctx.hello_delay))
+        Ok(Outcome::After(delay))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Metadata;
+    use crate::service::{LookupError, Registry};
     use proptest::prelude::*;
 
     /// One integer in a MsgPack form chosen by `form` (not always the smallest), as Go's and
@@ -544,51 +498,83 @@ mod tests {
     }
 
     fn call(
-        method: Method,
+        service: &str,
+        method: &str,
         codec: SerializeType,
         payload: &[u8],
     ) -> (Result<Outcome, ServiceError>, Vec<u8>, Vec<u8>) {
+        let core = CoreInfo {
+            index: 0,
+            cpu: 0,
+            cores: 1,
+        };
+        let registry = Builtin::build(&core, &toml::Table::new()).unwrap();
         let (mut meta, mut out) = (Vec::new(), Vec::new());
         let req = Request {
             codec,
             metadata: Metadata::default(),
             payload,
         };
-        let result = method.call(
-            &Context::default(),
-            &req,
-            &mut Reply::new(&mut meta, &mut out),
-        );
+        let id = Builtin::lookup(service, method).unwrap();
+        let result = registry.call(id, &req, &mut Reply::new(&mut meta, &mut out));
         (result, meta, out)
     }
 
     #[test]
     fn lookup_tells_service_from_method() {
-        assert_eq!(Method::lookup("Arith", "Mul"), Ok(Method::ArithMul));
-        assert_eq!(Method::lookup("Arith", "Div"), Err(LookupError::NoMethod));
-        assert_eq!(Method::lookup("Nope", "Mul"), Err(LookupError::NoService));
+        let mul = Builtin::lookup("Arith", "Mul").unwrap();
+        assert_eq!((mul.service, mul.method, mul.index), (0, 0, 0));
+        assert_eq!(Builtin::lookup("Arith", "Div"), Err(LookupError::NoMethod));
+        assert_eq!(Builtin::lookup("Nope", "Mul"), Err(LookupError::NoService));
         assert_eq!(
             LookupError::NoMethod.text("Arith", "Div"),
             "rpcx: can't find method Div"
         );
-        for (i, m) in Method::ALL.iter().enumerate() {
-            assert_eq!(m.index(), i);
-            let (s, n) = m.names();
-            assert_eq!(Method::lookup(s, n), Ok(*m));
+        for (i, (s, m)) in Builtin::method_names().into_iter().enumerate() {
+            assert_eq!(Builtin::lookup(s, m).unwrap().index as usize, i);
         }
+        assert_eq!(Builtin::method_names().len(), 5);
+    }
+
+    #[test]
+    fn sections_name_registered_services_and_their_keys() {
+        let mut sections = toml::Table::new();
+        sections.insert(
+            "Hello".into(),
+            toml::Value::Table(toml::from_str("delay = \"5ms\"").unwrap()),
+        );
+        assert!(Builtin::check(&sections).is_ok());
+        let mut typo = toml::Table::new();
+        typo.insert(
+            "Hello".into(),
+            toml::Value::Table(toml::from_str("dealy = \"5ms\"").unwrap()),
+        );
+        let err = Builtin::check(&typo).unwrap_err();
+        assert_eq!(err.key, "services.Hello");
+        assert!(err.message.contains("dealy"), "{err}");
+        let mut unknown = toml::Table::new();
+        unknown.insert("Cart".into(), toml::Value::Table(toml::Table::new()));
+        assert!(
+            Builtin::check(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("Cart")
+        );
     }
 
     #[test]
     fn arith_wraps_instead_of_panicking() {
         let (r, _, out) = call(
-            Method::ArithMul,
+            "Arith",
+            "Mul",
             SerializeType::Json,
             br#"{"A":9223372036854775807,"B":2}"#,
         );
-        assert_eq!(r, Ok(Outcome::Ready));
+        assert!(matches!(r, Ok(Outcome::Ready)));
         assert_eq!(out, br#"{"C":-2}"#);
         let (_, _, out) = call(
-            Method::ArithAdd,
+            "Arith",
+            "Add",
             SerializeType::Json,
             br#"{"A":9223372036854775807,"B":1}"#,
         );
@@ -597,17 +583,17 @@ mod tests {
 
     #[test]
     fn arith_say_and_echo() {
-        let (_, _, out) = call(Method::ArithSay, SerializeType::Json, br#""world""#);
+        let (_, _, out) = call("Arith", "Say", SerializeType::Json, br#""world""#);
         assert_eq!(out, br#""hello world""#);
-        let (_, _, out) = call(Method::EchoEcho, SerializeType::Raw, b"\x00\x01anything");
+        let (_, _, out) = call("Echo", "Echo", SerializeType::Raw, b"\x00\x01anything");
         assert_eq!(out, b"\x00\x01anything");
     }
 
     #[test]
     fn bad_args_are_an_error_not_a_panic() {
-        let (r, _, _) = call(Method::ArithMul, SerializeType::MsgPack, b"\xc1");
+        let (r, _, _) = call("Arith", "Mul", SerializeType::MsgPack, b"\xc1");
         assert!(r.unwrap_err().0.contains("msgpack"));
-        let (r, _, _) = call(Method::ArithMul, SerializeType::Raw, b"x");
+        let (r, _, _) = call("Arith", "Mul", SerializeType::Raw, b"x");
         assert_eq!(r.unwrap_err().0, "Arith args cannot be carried as raw");
     }
 }
