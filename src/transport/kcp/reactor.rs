@@ -344,6 +344,7 @@ impl Reactor {
         };
         e.stats.sessions.fetch_add(1, Ordering::Relaxed);
         bump(&e.stats.sessions_total);
+        tracing::debug!(%peer, conv, "kcp session started");
         if let Some(i) = self.free.pop() {
             self.sessions[i] = Some(s);
             i
@@ -358,6 +359,7 @@ impl Reactor {
         let Some(s) = self.sessions[sid].take() else {
             return;
         };
+        tracing::debug!(peer = %s.peer, conv = s.conv, ?why, "kcp session ended");
         self.free.push(sid);
         let (rw, ww) = {
             let mut b = s.shared.lock();
@@ -432,11 +434,11 @@ impl Reactor {
         bump(&stats.datagrams_in);
         let fec_header = e.setup.fec_header;
         if data.len() < crypt::HEADER + fec_header.min(super::fec::HEADER) {
-            bump(&stats.dropped_short);
+            dropped(&stats.dropped_short, "too_short", from);
             return;
         }
         if e.setup.crypt.open(data).is_err() {
-            bump(&stats.dropped_crc);
+            dropped(&stats.dropped_crc, "crc", from);
             return;
         }
         let body = &data[crypt::HEADER..];
@@ -477,7 +479,7 @@ impl Reactor {
                     (Some(_), Some(_)) => None,
                     (None, None) => {
                         if first_kcp.is_some() {
-                            bump(&stats.dropped_short);
+                            dropped(&stats.dropped_short, "too_short", from);
                             return;
                         }
                         None
@@ -488,7 +490,7 @@ impl Reactor {
                         } else if stats.sessions.load(Ordering::Relaxed) as usize
                             >= e.setup.cfg.max_sessions
                         {
-                            bump(&stats.dropped_session_cap);
+                            dropped(&stats.dropped_session_cap, "session_cap", from);
                             return;
                         } else {
                             Some(Route::New {
@@ -502,7 +504,7 @@ impl Reactor {
         };
         let sid = match route {
             None => {
-                bump(&stats.dropped_unknown);
+                dropped(&stats.dropped_unknown, "unknown", from);
                 return;
             }
             Some(Route::To(sid)) => sid,
@@ -512,7 +514,7 @@ impl Reactor {
                     // The sink only queues the stream for a core.
                     if !sink(KcpStream::new(shared.clone(), from, conv), from) {
                         ctl.accepting.store(false, Ordering::SeqCst);
-                        bump(&stats.dropped_unknown);
+                        dropped(&stats.dropped_unknown, "unknown", from);
                         return;
                     }
                 }
@@ -545,7 +547,7 @@ impl Reactor {
                     d.kcp
                 }
                 Err(_) => {
-                    bump(&stats.dropped_decode);
+                    dropped(&stats.dropped_decode, "decode", from);
                     recovered.clear();
                     self.recovered = recovered;
                     return;
@@ -673,6 +675,13 @@ impl Reactor {
         q.pool.truncate(64);
         q.packets = packets;
     }
+}
+
+/// Counts a dropped datagram; the debug log names the peer (off by default: a flood of garbage
+/// must not become a flood of log lines).
+fn dropped(counter: &std::sync::atomic::AtomicU64, reason: &'static str, from: SocketAddr) {
+    bump(counter);
+    tracing::debug!(%from, reason, "kcp datagram dropped");
 }
 
 fn wake(w: Option<Waker>) {
