@@ -487,3 +487,45 @@ fn a_reader_that_stops_reading_stops_the_sender_instead_of_growing_a_buffer() {
     });
     assert!(got);
 }
+
+/// Server datagrams sent per request/response turn over `turns` echoed 100-byte requests.
+fn datagrams_per_turn(cfg: &KcpConfig, turns: usize) -> f64 {
+    let server = echo_server(cfg);
+    let setup = cfg.prepare().unwrap();
+    let addr = server.local_addr();
+    with_timeout(move || {
+        let mut s = kcp::dial(addr, &setup).unwrap();
+        block_on(async {
+            for i in 0..turns {
+                let req = pattern(100, i as u8);
+                s.write_all(&req).await.unwrap();
+                let mut back = vec![0u8; 100];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, req);
+            }
+        })
+    });
+    server.stats().counts().datagrams_out as f64 / turns as f64
+}
+
+#[test]
+fn a_held_ack_rides_on_the_reply() {
+    // At once (kcp-go's ack_nodelay): an ACK datagram, then the reply, per turn (plus FEC
+    // parity, 3 per 10). Held for the reply: the reply carries the ACK.
+    let at_once = datagrams_per_turn(
+        &KcpConfig {
+            ack_delay: Duration::ZERO,
+            ..quick()
+        },
+        50,
+    );
+    let held = datagrams_per_turn(
+        &KcpConfig {
+            ack_delay: Duration::from_millis(20),
+            ..quick()
+        },
+        50,
+    );
+    assert!(at_once >= 2.0, "{at_once} datagrams per turn");
+    assert!(held < 1.6, "{held} datagrams per turn");
+}

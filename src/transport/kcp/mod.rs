@@ -86,6 +86,13 @@ pub struct KcpConfig {
     /// ACK every received segment as soon as the datagram is read (rpcx's examples turn this
     /// on) instead of on the next `interval` tick.
     pub ack_nodelay: bool,
+    /// With `ack_nodelay`: ACKs for stream bytes just handed to the core wait this long for
+    /// the core's reply, which then carries them in the same datagram (for rpcx's
+    /// request/response traffic, half the datagrams); without a reply they go alone after it.
+    /// The peer sees its round-trip time grow by at most this much. 0 = acknowledge at once,
+    /// exactly as kcp-go does; at most 50ms.
+    #[serde(with = "humantime_serde")]
+    pub ack_delay: Duration,
     /// Reed-Solomon data shards per FEC group (rpcx hard-codes 10). 0 turns FEC off, which
     /// only talks to a kcp-go peer that also has it off (rpcx never does).
     pub data_shards: usize,
@@ -137,6 +144,7 @@ impl Default for KcpConfig {
             resend: 0,
             no_congestion_window: false,
             ack_nodelay: true,
+            ack_delay: Duration::from_millis(1),
             data_shards: 10,
             parity_shards: 3,
             crypt: CryptKind::Aes,
@@ -207,6 +215,9 @@ impl KcpConfig {
         let ms = self.interval.as_millis();
         if !(10..=5000).contains(&ms) {
             return Err(bad("kcp.interval", "must be between 10ms and 5s"));
+        }
+        if self.ack_delay > Duration::from_millis(50) {
+            return Err(bad("kcp.ack_delay", "at most 50ms"));
         }
         if self.resend > i32::MAX as u32 {
             return Err(bad("kcp.resend", "too large"));

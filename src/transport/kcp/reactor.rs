@@ -118,6 +118,8 @@ struct Session {
     next_due: u32,
     /// Input arrived in this pass (ACKs to send when `ack_nodelay`).
     touched: bool,
+    /// When ACKs held for the core's reply go out alone (`ack_delay`).
+    ack_due: Option<u32>,
     /// The owner closed the stream: flush, then forget.
     closing: bool,
     /// One past the highest `sn` sent, to tell retransmissions from first sends.
@@ -264,7 +266,7 @@ impl Reactor {
                 .as_ref()
                 .map_or(u32::MAX, |ep| ep.setup.cfg.idle_timeout.as_millis() as u32);
             let idle_at = s.last_input.wrapping_add(idle);
-            for at in [s.next_due, idle_at] {
+            for at in [s.next_due, idle_at, s.ack_due.unwrap_or(s.next_due)] {
                 let wait = if reached(now, at) {
                     0
                 } else {
@@ -338,6 +340,7 @@ impl Reactor {
             last_input: now,
             next_due: now,
             touched: false,
+            ack_due: None,
             closing: false,
             sn_next: 0,
             tx_pos: 0,
@@ -583,7 +586,8 @@ impl Reactor {
             };
             let cfg = &ep.setup.cfg;
             let poked = s.shared.dirty.swap(false, Ordering::SeqCst);
-            if !(s.touched || poked || s.closing || reached(now, s.next_due)) {
+            let ack_due = s.ack_due.is_some_and(|at| reached(now, at));
+            if !(s.touched || poked || s.closing || ack_due || reached(now, s.next_due)) {
                 if reached(
                     now,
                     s.last_input
@@ -593,18 +597,29 @@ impl Reactor {
                 }
                 continue;
             }
-            let ack_now = s.touched && cfg.ack_nodelay;
-            s.touched = false;
+            let touched = std::mem::take(&mut s.touched);
             let idle = cfg.idle_timeout.as_millis() as u32;
             let snd_wnd = usize::from(cfg.snd_wnd);
             let stats = ep.stats.clone();
-            let (sent, [rw, ww], closed) = pump(s, snd_wnd);
+            let (sent, [rw, ww], closed, delivered) = pump(s, snd_wnd);
+            // ACKs for stream bytes just handed to the core wait up to `ack_delay` for the
+            // core's reply, which then carries them; anything else is acknowledged at once.
+            let delay = cfg.ack_delay.as_millis() as u32;
+            let hold = touched && cfg.ack_nodelay && delivered && !sent && delay > 0;
+            if hold && s.ack_due.is_none() {
+                s.ack_due = Some(now.wrapping_add(delay));
+            }
+            // A stream being closed gets no reply to wait for: its ACKs go now.
+            let ack_now = (touched && cfg.ack_nodelay && !hold) || ack_due || closed;
             let r = catch_unwind(AssertUnwindSafe(|| {
                 let _ = s.kcp.update(now);
                 if ack_now || sent {
                     let _ = s.kcp.flush();
                 }
             }));
+            if ack_now || sent {
+                s.ack_due = None;
+            }
             wake(rw);
             wake(ww);
             if r.is_err() {
@@ -709,9 +724,9 @@ fn kcp_input(s: &mut Session, bytes: &[u8], now: u32, stats: &KcpStats) -> bool 
 }
 
 /// Moves bytes between the stream's buffers and KCP. Returns whether new data went into KCP,
-/// the reader's and writer's wakers to wake (after the lock is released), and whether the
-/// owner closed the stream.
-fn pump(s: &mut Session, snd_wnd: usize) -> (bool, [Option<Waker>; 2], bool) {
+/// the reader's and writer's wakers to wake (after the lock is released), whether the owner
+/// closed the stream, and whether stream bytes were handed to the reader.
+fn pump(s: &mut Session, snd_wnd: usize) -> (bool, [Option<Waker>; 2], bool, bool) {
     let mut wakers = [None, None];
     let cap = s.shared.cap;
     let mut b = s.shared.lock();
@@ -770,7 +785,7 @@ fn pump(s: &mut Session, snd_wnd: usize) -> (bool, [Option<Waker>; 2], bool) {
     }
     // tx_pos counts bytes of b.tx already in KCP; the writer only appends, so it stays valid.
     let closed = b.closed;
-    (sent, wakers, closed)
+    (sent, wakers, closed, got)
 }
 
 fn send(ep: &Endpoint, peer: SocketAddr, dgram: &[u8]) {
