@@ -7,7 +7,8 @@
 //! earliest KCP timer (`kcp.check`) or idle deadline.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -19,6 +20,7 @@ use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use concurrent_queue::ConcurrentQueue;
 use kcp::Kcp;
 
 use super::crypt::{self, NonceGen};
@@ -33,10 +35,13 @@ const READS_PER_PASS: usize = 1024;
 const KCP_OVERHEAD: usize = kcp::KCP_OVERHEAD;
 const CMD_PUSH: u8 = 81;
 
-/// The reactor's doorbell: an eventfd, rung at most once per pass however many streams poke.
+/// The reactor's doorbell: an eventfd, rung at most once per pass however many streams poke,
+/// and the ready queue of the sessions whose streams have work, so that a pass visits only the
+/// sessions that need it.
 pub(crate) struct Notify {
     fd: OwnedFd,
     pending: AtomicBool,
+    ready: ConcurrentQueue<usize>,
 }
 
 impl Notify {
@@ -50,7 +55,15 @@ impl Notify {
             // SAFETY: fd was just created and is owned by nothing else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             pending: AtomicBool::new(false),
+            ready: ConcurrentQueue::unbounded(),
         }))
+    }
+
+    /// Queues session `slot` for the next pass and rings the doorbell.
+    pub fn ready(&self, slot: usize) {
+        // An unbounded queue refuses a push only once closed, which this one never is.
+        let _ = self.ready.push(slot);
+        self.wake();
     }
 
     pub fn wake(&self) {
@@ -114,12 +127,17 @@ struct Session {
     endpoint: usize,
     enc: Option<FecEncoder>,
     dec: Option<FecDecoder>,
-    last_input: u32,
-    next_due: u32,
+    last_input: u64,
+    /// When KCP next needs `update` (from `kcp.check`).
+    next_due: u64,
+    /// The time of this session's live entry in the timer heap.
+    wake_at: u64,
+    /// On this pass's work list already.
+    queued: bool,
     /// Input arrived in this pass (ACKs to send when `ack_nodelay`).
     touched: bool,
     /// When ACKs held for the core's reply go out alone (`ack_delay`).
-    ack_due: Option<u32>,
+    ack_due: Option<u64>,
     /// The owner closed the stream: flush, then forget.
     closing: bool,
     /// One past the highest `sn` sent, to tell retransmissions from first sends.
@@ -169,18 +187,20 @@ struct Reactor {
     out: Out,
     nonce: NonceGen,
     recovered: Vec<Vec<u8>>,
+    /// Sessions to visit this pass: input arrived, their stream poked, or a timer fired.
+    work: Vec<usize>,
+    /// (when, slot): each session's next timer; an entry whose time is not the session's
+    /// `wake_at` any more is stale and skipped.
+    timers: BinaryHeap<Reverse<(u64, usize)>>,
     /// Where parity datagrams are built, reused.
     parity_buf: Vec<u8>,
     dials: Option<Arc<Mutex<Vec<NewDial>>>>,
 }
 
-fn ms_since(start: Instant) -> u32 {
-    start.elapsed().as_millis() as u32
-}
-
-/// `a` is at or after `b` on the wrapping millisecond clock.
-fn reached(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) >= 0
+/// The reactor's clock: milliseconds since it started. KCP gets it truncated to u32, as ikcp's
+/// wrapping clock is.
+fn ms_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
 }
 
 impl Reactor {
@@ -195,13 +215,38 @@ impl Reactor {
             out: Out::default(),
             nonce,
             recovered: Vec::new(),
+            work: Vec::new(),
+            timers: BinaryHeap::new(),
             parity_buf: Vec::new(),
             dials: None,
         }
     }
 
-    fn now(&self) -> u32 {
+    fn now(&self) -> u64 {
         ms_since(self.start)
+    }
+
+    /// Puts session `sid` on this pass's work list (once).
+    fn queue(&mut self, sid: usize) {
+        if let Some(Some(s)) = self.sessions.get_mut(sid)
+            && !s.queued
+        {
+            s.queued = true;
+            self.work.push(sid);
+        }
+    }
+
+    /// Queues the sessions whose timer is due.
+    fn fire_timers(&mut self, now: u64) {
+        while let Some(&Reverse((at, sid))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.sessions[sid].as_ref().is_some_and(|s| s.wake_at == at) {
+                self.queue(sid);
+            }
+        }
     }
 
     fn run(&mut self, ctl: Option<&Control>) {
@@ -243,6 +288,9 @@ impl Reactor {
                 continue;
             }
             self.notify.clear();
+            while let Ok(sid) = self.notify.ready.pop() {
+                self.queue(sid);
+            }
             readable.clear();
             readable.extend(
                 fds[1..]
@@ -253,6 +301,7 @@ impl Reactor {
             );
             self.take_dials();
             self.read_all(&readable);
+            self.fire_timers(self.now());
             self.visit_sessions();
         }
     }
@@ -260,22 +309,10 @@ impl Reactor {
     /// Milliseconds to the earliest timer, or -1 (no session: wait for a datagram or a poke).
     fn timeout(&self) -> i32 {
         let now = self.now();
-        let mut best: Option<u32> = None;
-        for s in self.sessions.iter().flatten() {
-            let idle = self.endpoints[s.endpoint]
-                .as_ref()
-                .map_or(u32::MAX, |ep| ep.setup.cfg.idle_timeout.as_millis() as u32);
-            let idle_at = s.last_input.wrapping_add(idle);
-            for at in [s.next_due, idle_at, s.ack_due.unwrap_or(s.next_due)] {
-                let wait = if reached(now, at) {
-                    0
-                } else {
-                    at.wrapping_sub(now)
-                };
-                best = Some(best.map_or(wait, |b| b.min(wait)));
-            }
+        match self.timers.peek() {
+            None => -1,
+            Some(Reverse((at, _))) => at.saturating_sub(now).min(60_000) as i32,
         }
-        best.map_or(-1, |b| b.min(60_000) as i32)
     }
 
     fn take_dials(&mut self) {
@@ -328,7 +365,7 @@ impl Reactor {
             cfg.no_congestion_window,
         );
         k.set_wndsize(cfg.snd_wnd, cfg.rcv_wnd);
-        let _ = k.update(now);
+        let _ = k.update(now as u32);
         let s = Session {
             kcp: k,
             shared,
@@ -339,6 +376,8 @@ impl Reactor {
             dec: e.setup.rs.clone().map(FecDecoder::new),
             last_input: now,
             next_due: now,
+            wake_at: now,
+            queued: false,
             touched: false,
             ack_due: None,
             closing: false,
@@ -348,13 +387,23 @@ impl Reactor {
         e.stats.sessions.fetch_add(1, Ordering::Relaxed);
         bump(&e.stats.sessions_total);
         tracing::debug!(%peer, conv, "kcp session started");
-        if let Some(i) = self.free.pop() {
-            self.sessions[i] = Some(s);
-            i
-        } else {
+        let sid = self.next_slot();
+        s.shared.slot.store(sid, Ordering::SeqCst);
+        if sid == self.sessions.len() {
             self.sessions.push(Some(s));
-            self.sessions.len() - 1
+        } else {
+            self.free.pop();
+            self.sessions[sid] = Some(s);
         }
+        // A new session is visited in this pass: its first input, or what its stream wrote
+        // before it had a slot to name.
+        self.queue(sid);
+        sid
+    }
+
+    /// The slot the next session will take.
+    fn next_slot(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.sessions.len())
     }
 
     /// Forgets a session; `why` is what its stream reports (None: its owner closed it).
@@ -512,17 +561,23 @@ impl Reactor {
             }
             Some(Route::To(sid)) => sid,
             Some(Route::New { replace, conv }) => {
-                let shared = Shared::new(e.setup.cfg.max_buffered, self.notify.clone());
-                if let Kind::Listener { sink, ctl, .. } = &e.kind {
-                    // The sink only queues the stream for a core.
-                    if !sink(KcpStream::new(shared.clone(), from, conv), from) {
-                        ctl.accepting.store(false, Ordering::SeqCst);
-                        dropped(&stats.dropped_unknown, "unknown", from);
-                        return;
-                    }
-                }
+                let max_buffered = e.setup.cfg.max_buffered;
                 if let Some(old) = replace {
                     self.remove_session(old, Some(Ended::Replaced));
+                }
+                let shared = Shared::new(max_buffered, self.notify.clone());
+                // The stream may poke before the session is in the table: it names its slot.
+                shared.slot.store(self.next_slot(), Ordering::SeqCst);
+                if let Some(Endpoint {
+                    kind: Kind::Listener { sink, ctl, .. },
+                    ..
+                }) = self.endpoints[ep].as_ref()
+                    // The sink only queues the stream for a core.
+                    && !sink(KcpStream::new(shared.clone(), from, conv), from)
+                {
+                    ctl.accepting.store(false, Ordering::SeqCst);
+                    dropped(&stats.dropped_unknown, "unknown", from);
+                    return;
                 }
                 let sid = self.add_session(ep, from, conv, shared);
                 if let Some(Endpoint {
@@ -571,48 +626,43 @@ impl Reactor {
             self.remove_session(sid, Some(Ended::DeadLink));
         } else {
             self.emit(sid);
+            self.queue(sid);
         }
     }
 
-    /// Visits every session with work once: the flush half of a pass.
+    /// Visits each session on the work list once: the flush half of a pass.
     fn visit_sessions(&mut self) {
         let now = self.now();
-        for sid in 0..self.sessions.len() {
+        let mut work = std::mem::take(&mut self.work);
+        for &sid in &work {
             let Some(s) = self.sessions[sid].as_mut() else {
                 continue;
             };
+            s.queued = false;
             let Some(ep) = self.endpoints[s.endpoint].as_ref() else {
                 continue;
             };
             let cfg = &ep.setup.cfg;
-            let poked = s.shared.dirty.swap(false, Ordering::SeqCst);
-            let ack_due = s.ack_due.is_some_and(|at| reached(now, at));
-            if !(s.touched || poked || s.closing || ack_due || reached(now, s.next_due)) {
-                if reached(
-                    now,
-                    s.last_input
-                        .wrapping_add(cfg.idle_timeout.as_millis() as u32),
-                ) {
-                    self.remove_session(sid, Some(Ended::Idle));
-                }
-                continue;
-            }
+            // Cleared before the buffers are looked at: a poke after this queues the session
+            // again.
+            s.shared.dirty.store(false, Ordering::SeqCst);
+            let ack_due = s.ack_due.is_some_and(|at| now >= at);
             let touched = std::mem::take(&mut s.touched);
-            let idle = cfg.idle_timeout.as_millis() as u32;
+            let idle = cfg.idle_timeout.as_millis() as u64;
             let snd_wnd = usize::from(cfg.snd_wnd);
             let stats = ep.stats.clone();
             let (sent, [rw, ww], closed, delivered) = pump(s, snd_wnd);
             // ACKs for stream bytes just handed to the core wait up to `ack_delay` for the
             // core's reply, which then carries them; anything else is acknowledged at once.
-            let delay = cfg.ack_delay.as_millis() as u32;
+            let delay = cfg.ack_delay.as_millis() as u64;
             let hold = touched && cfg.ack_nodelay && delivered && !sent && delay > 0;
             if hold && s.ack_due.is_none() {
-                s.ack_due = Some(now.wrapping_add(delay));
+                s.ack_due = Some(now + delay);
             }
             // A stream being closed gets no reply to wait for: its ACKs go now.
             let ack_now = (touched && cfg.ack_nodelay && !hold) || ack_due || closed;
             let r = catch_unwind(AssertUnwindSafe(|| {
-                let _ = s.kcp.update(now);
+                let _ = s.kcp.update(now as u32);
                 if ack_now || sent {
                     let _ = s.kcp.flush();
                 }
@@ -635,17 +685,27 @@ impl Reactor {
                 b.tx.len() <= s.tx_pos
             };
             let dead = s.kcp.is_dead_link();
-            let timed_out = reached(now, s.last_input.wrapping_add(idle));
-            s.next_due = now.wrapping_add(s.kcp.check(now));
+            let idle_at = s.last_input + idle;
+            s.next_due = now + u64::from(s.kcp.check(now as u32));
+            // One live timer entry per session: the earliest of KCP's next update, held ACKs
+            // and the idle deadline (older entries are skipped as stale).
+            s.wake_at = s.next_due.min(s.ack_due.unwrap_or(u64::MAX)).min(idle_at);
+            let wake_at = s.wake_at;
             self.emit(sid);
             if dead {
                 self.remove_session(sid, Some(Ended::DeadLink));
-            } else if timed_out {
+            } else if now >= idle_at {
                 self.remove_session(sid, Some(Ended::Idle));
             } else if done {
                 self.remove_session(sid, None);
+            } else {
+                self.timers.push(Reverse((wake_at, sid)));
             }
         }
+        work.clear();
+        // Nothing queues during the visit; keep the allocation.
+        work.append(&mut self.work);
+        self.work = work;
     }
 
     /// Sends what KCP wrote for session `sid`: FEC-encode (parity after each full group),
@@ -707,10 +767,10 @@ fn wake(w: Option<Waker>) {
 
 /// Feeds KCP bytes to a session; true when the state machine panicked (the session is then
 /// unusable and is dropped). A parse error drops the rest of the datagram, as kcp-go does.
-fn kcp_input(s: &mut Session, bytes: &[u8], now: u32, stats: &KcpStats) -> bool {
+fn kcp_input(s: &mut Session, bytes: &[u8], now: u64, stats: &KcpStats) -> bool {
     let r = catch_unwind(AssertUnwindSafe(|| {
         // update first so that ACKs measure the round trip against the current clock.
-        let _ = s.kcp.update(now);
+        let _ = s.kcp.update(now as u32);
         s.kcp.input(bytes)
     }));
     match r {

@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -78,8 +78,11 @@ impl Buffers {
 
 pub(crate) struct Shared {
     pub buf: Mutex<Buffers>,
-    /// The stream has something for the reactor (bytes to send, room freed, closed).
+    /// The stream has something for the reactor (bytes to send, room freed, closed) and has
+    /// put its slot on the reactor's ready queue; cleared by the reactor before it looks.
     pub dirty: AtomicBool,
+    /// The session's slot in the reactor's table (`usize::MAX` until it has one).
+    pub slot: AtomicUsize,
     /// Per-direction cap on buffered bytes.
     pub cap: usize,
     pub notify: Arc<Notify>,
@@ -98,6 +101,7 @@ impl Shared {
                 closed: false,
             }),
             dirty: AtomicBool::new(false),
+            slot: AtomicUsize::new(usize::MAX),
             cap,
             notify,
         })
@@ -108,9 +112,12 @@ impl Shared {
         self.buf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells the reactor this session has work: its slot on the ready queue (once until the
+    /// reactor looks) and the doorbell.
     fn poke(&self) {
-        self.dirty.store(true, Ordering::SeqCst);
-        self.notify.wake();
+        if !self.dirty.swap(true, Ordering::SeqCst) {
+            self.notify.ready(self.slot.load(Ordering::SeqCst));
+        }
     }
 }
 
