@@ -18,11 +18,13 @@
 //! # Threads
 //!
 //! ```text
-//! percore-kcp (one per listener) ── poll(UDP socket, eventfd) ─► per wake: read every datagram,
-//!     open, FEC-decode, kcp.input ─► then for every session with work: KCP → rx buffer,
-//!     tx buffer → KCP, update/flush, FEC-encode, seal, send ─► next timer = min(kcp.check)
+//! percore-kcp (one per listener) ── epoll(UDP socket, eventfd), timer heap ─► per wake: read
+//!     every datagram, open, FEC-decode, kcp.input ─► then for each session with work (input, a
+//!     stream's poke on the ready queue, a due timer): KCP → rx buffer, tx buffer → KCP,
+//!     update/flush, FEC-encode, seal, send ─► its next timer = min(kcp.check, held ACKs, idle)
 //! new peer ─► sink(KcpStream, peer) ─► a core serves it like any other connection
-//! core ─► KcpStream::poll_write ─► tx buffer + eventfd (once per batch) ─► reactor
+//! core ─► KcpStream::poll_write ─► tx buffer, its slot on the ready queue + eventfd (once per
+//!     pass) ─► reactor
 //! ```
 //!
 //! Dialed sessions share one lazily started process-wide reactor (`percore-kcp-client`): a

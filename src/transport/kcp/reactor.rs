@@ -1,10 +1,12 @@
 //! The KCP reactor: one thread owning UDP sockets, their sessions, FEC, crypt and timers.
 //!
-//! A wake-up (a datagram, an eventfd poke from a stream, or a KCP timer) is one pass: read every
-//! datagram waiting on every socket and feed it to its session, then visit every session that
-//! has work (input, bytes to send, room freed, a timer due) once: move bytes between KCP and the
-//! stream's buffers, update/flush KCP, FEC-encode, seal and send. The poll timeout is the
-//! earliest KCP timer (`kcp.check`) or idle deadline.
+//! A wake-up (epoll: a datagram, or the eventfd a stream rings; or the earliest timer) is one
+//! pass: read every datagram waiting on every ready socket and feed it to its session, then visit
+//! once each session that has work, and only those: input arrived, its stream named it on the
+//! ready queue (bytes to send, room freed, closed), or its timer fired (KCP's next `update`, ACKs
+//! held for a reply, the idle deadline). A visit moves bytes between KCP and the stream's
+//! buffers, updates/flushes KCP, FEC-encodes, seals and sends. So a pass costs what happened,
+//! not how many sessions or sockets there are.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -82,6 +84,67 @@ impl Notify {
         // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         self.pending.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The reactor's epoll set: the eventfd and every UDP socket, each with its endpoint's index as
+/// the token. A socket leaves the set when it is closed. O(ready) per wake, however many
+/// sockets (the client reactor has one per dialed session).
+struct Epoll {
+    fd: OwnedFd,
+}
+
+/// The eventfd's token.
+const NOTIFY_TOKEN: u64 = u64::MAX;
+
+impl Epoll {
+    fn new() -> io::Result<Epoll> {
+        // SAFETY: no memory arguments; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Watches `fd` for input (level-triggered).
+    fn add(&self, fd: i32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: ev is a live epoll_event for the call; both fds are open.
+        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` ms (-1: no limit); the tokens of the ready fds go to `ready`.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout: i32, ready: &mut Vec<u64>) {
+        ready.clear();
+        // SAFETY: events is a live, writable array of its length for the whole call.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                timeout,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "kcp reactor epoll_wait failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
+        ready.extend(events[..n as usize].iter().map(|e| e.u64));
     }
 }
 
@@ -180,6 +243,8 @@ enum Route {
 
 struct Reactor {
     notify: Arc<Notify>,
+    epoll: Epoll,
+    free_endpoints: Vec<usize>,
     start: Instant,
     endpoints: Vec<Option<Endpoint>>,
     sessions: Vec<Option<Session>>,
@@ -205,9 +270,11 @@ fn ms_since(start: Instant) -> u64 {
 
 impl Reactor {
     /// Built on the reactor's own thread: KCP's outputs are `Rc`s and never leave it.
-    fn new(notify: Arc<Notify>, nonce: NonceGen) -> Reactor {
+    fn new(notify: Arc<Notify>, epoll: Epoll, nonce: NonceGen) -> Reactor {
         Reactor {
             notify,
+            epoll,
+            free_endpoints: Vec::new(),
             start: Instant::now(),
             endpoints: Vec::new(),
             sessions: Vec::new(),
@@ -250,9 +317,8 @@ impl Reactor {
     }
 
     fn run(&mut self, ctl: Option<&Control>) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        // The endpoint of each socket entry in `fds` (after the eventfd).
-        let mut polled: Vec<usize> = Vec::new();
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut tokens: Vec<u64> = Vec::new();
         let mut readable: Vec<usize> = Vec::new();
         loop {
             if ctl.is_some_and(|c| c.stop.load(Ordering::SeqCst)) {
@@ -260,44 +326,17 @@ impl Reactor {
                 return;
             }
             let timeout = self.timeout();
-            fds.clear();
-            fds.push(libc::pollfd {
-                fd: self.notify.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            polled.clear();
-            for (i, ep) in self.endpoints.iter().enumerate() {
-                if let Some(ep) = ep {
-                    polled.push(i);
-                    fds.push(libc::pollfd {
-                        fd: ep.socket.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
-                }
-            }
-            // SAFETY: fds is a live, correctly sized array of pollfd for the whole call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(error = %e, "kcp reactor poll failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
+            self.epoll.wait(&mut events, timeout, &mut tokens);
             self.notify.clear();
             while let Ok(sid) = self.notify.ready.pop() {
                 self.queue(sid);
             }
             readable.clear();
             readable.extend(
-                fds[1..]
+                tokens
                     .iter()
-                    .zip(&polled)
-                    .filter(|(fd, _)| fd.revents != 0)
-                    .map(|(_, &ep)| ep),
+                    .filter(|&&t| t != NOTIFY_TOKEN)
+                    .map(|&t| t as usize),
             );
             self.take_dials();
             self.read_all(&readable);
@@ -320,12 +359,21 @@ impl Reactor {
         let dials: Vec<NewDial> = std::mem::take(&mut *q.lock().unwrap_or_else(|e| e.into_inner()));
         for d in dials {
             let stats = client_stats().clone();
-            let ep = self.add_endpoint(Endpoint {
+            let Some(ep) = self.add_endpoint(Endpoint {
                 socket: d.socket,
                 setup: d.setup,
                 stats,
                 kind: Kind::Dialer { session: 0 },
-            });
+            }) else {
+                let (rw, ww) = {
+                    let mut b = d.shared.lock();
+                    b.ended = Some(Ended::Stopped);
+                    (b.read_waker.take(), b.write_waker.take())
+                };
+                wake(rw);
+                wake(ww);
+                continue;
+            };
             let sid = self.add_session(ep, d.peer, d.conv, d.shared);
             if let Some(Some(e)) = self.endpoints.get_mut(ep) {
                 e.kind = Kind::Dialer { session: sid };
@@ -333,13 +381,25 @@ impl Reactor {
         }
     }
 
-    fn add_endpoint(&mut self, ep: Endpoint) -> usize {
-        if let Some(i) = self.endpoints.iter().position(Option::is_none) {
-            self.endpoints[i] = Some(ep);
-            i
-        } else {
+    /// Adds an endpoint and watches its socket; None if epoll refuses it (out of memory or
+    /// descriptors), and then the endpoint is dropped.
+    fn add_endpoint(&mut self, ep: Endpoint) -> Option<usize> {
+        let i = self.free_endpoints.pop().unwrap_or(self.endpoints.len());
+        if let Err(e) = self.epoll.add(ep.socket.as_raw_fd(), i as u64) {
+            tracing::warn!(error = %e, "kcp reactor cannot watch a socket");
+            self.free_endpoints.push(i);
+            return None;
+        }
+        self.put_endpoint(i, ep);
+        Some(i)
+    }
+
+    /// Stores an endpoint whose socket is already watched with token `i`.
+    fn put_endpoint(&mut self, i: usize, ep: Endpoint) {
+        if i == self.endpoints.len() {
             self.endpoints.push(Some(ep));
-            self.endpoints.len() - 1
+        } else {
+            self.endpoints[i] = Some(ep);
         }
     }
 
@@ -438,7 +498,9 @@ impl Reactor {
             }
         }
         if drop_endpoint {
+            // Closing the socket takes it out of the epoll set.
             self.endpoints[s.endpoint] = None;
+            self.free_endpoints.push(s.endpoint);
         }
     }
 
@@ -448,7 +510,7 @@ impl Reactor {
         }
     }
 
-    /// Reads what waits on the sockets poll found readable (or in error).
+    /// Reads what waits on the sockets epoll found readable (or in error).
     fn read_all(&mut self, readable: &[usize]) {
         let mut buf = [0u8; MTU_LIMIT];
         for &ep in readable {
@@ -907,12 +969,15 @@ pub fn listen(addr: SocketAddr, setup: &Arc<KcpSetup>, sink: Sink) -> io::Result
         },
     };
     let nonce = NonceGen::new()?;
+    let epoll = Epoll::new()?;
+    epoll.add(notify.fd.as_raw_fd(), NOTIFY_TOKEN)?;
+    epoll.add(endpoint.socket.as_raw_fd(), 0)?;
     let (thread_ctl, thread_notify) = (ctl.clone(), notify.clone());
     let thread = std::thread::Builder::new()
         .name("percore-kcp".into())
         .spawn(move || {
-            let mut reactor = Reactor::new(thread_notify, nonce);
-            reactor.add_endpoint(endpoint);
+            let mut reactor = Reactor::new(thread_notify, epoll, nonce);
+            reactor.put_endpoint(0, endpoint);
             reactor.run(Some(&thread_ctl));
         })?;
     Ok(KcpListener {
@@ -987,11 +1052,13 @@ fn client() -> io::Result<&'static Client> {
             let notify = Notify::new()?;
             let dials = Arc::new(Mutex::new(Vec::new()));
             let nonce = NonceGen::new()?;
+            let epoll = Epoll::new()?;
+            epoll.add(notify.fd.as_raw_fd(), NOTIFY_TOKEN)?;
             let (thread_notify, thread_dials) = (notify.clone(), dials.clone());
             std::thread::Builder::new()
                 .name("percore-kcp-client".into())
                 .spawn(move || {
-                    let mut reactor = Reactor::new(thread_notify, nonce);
+                    let mut reactor = Reactor::new(thread_notify, epoll, nonce);
                     reactor.dials = Some(thread_dials);
                     reactor.run(None);
                 })?;
