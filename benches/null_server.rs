@@ -33,7 +33,7 @@ fn main() {
         cpus.truncate(cores);
     }
     let (bound, fds) =
-        percore::transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog)
+        percore::transport::tcp::listen_reuseport(addr, cpus.len(), config.server.backlog, false)
             .expect("listen");
     println!("null server on {bound}, cpus {cpus:?}");
     let threads: Vec<_> = cpus

@@ -25,6 +25,7 @@ use tracing::{debug, info};
 
 use crate::metrics::{self, CoreMetrics, Status};
 use crate::server::{Health, ServerHandle};
+use crate::transport::quic::QuicCounters;
 
 /// How long one admin client may take to send its request and read the whole answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +47,11 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         names: server.method_names(),
         health: server.health(),
         kcp: server.kcp_stats(),
+        quic: server
+            .quic_counters()
+            .into_iter()
+            .map(|(addr, counters)| (addr.to_string(), counters))
+            .collect(),
     };
     std::thread::Builder::new()
         .name("percore-admin".into())
@@ -61,6 +67,8 @@ struct State {
     health: Arc<Health>,
     /// The `kcp@` listeners' reactor counters.
     kcp: Vec<Arc<crate::transport::kcp::KcpStats>>,
+    /// Each `quic@` listener's own counters, by its address.
+    quic: Vec<(String, Arc<QuicCounters>)>,
 }
 
 /// One admin connection: reading its request, then writing its answer.
@@ -234,7 +242,8 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             &(metrics::prometheus(&state.cores, &state.names, status)
-                + &metrics::kcp_prometheus(&state.kcp)),
+                + &metrics::kcp_prometheus(&state.kcp)
+                + &metrics::prometheus_quic(&state.quic)),
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

@@ -25,11 +25,13 @@ impl ReadBuf {
         }
     }
 
+    #[inline]
     pub(crate) fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
     /// Room to read into; never empty.
+    #[inline]
     pub(crate) fn spare(&mut self) -> &mut [u8] {
         if self.end == self.buf.len() {
             if self.start > 0 {
@@ -42,10 +44,12 @@ impl ReadBuf {
         &mut self.buf[self.end..]
     }
 
+    #[inline]
     pub(crate) fn filled(&mut self, n: usize) {
         self.end += n;
     }
 
+    #[inline]
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
         if self.start == self.end {
@@ -59,6 +63,7 @@ impl ReadBuf {
 
     /// Makes room for a whole message of `total` bytes starting at the unread data (the caller
     /// has checked `total` against its limit).
+    #[inline]
     pub(crate) fn reserve_frame(&mut self, total: usize) {
         if self.buf.len() - self.start >= total {
             return;

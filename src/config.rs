@@ -38,6 +38,8 @@ pub struct Config {
     /// `[kcp]`: the settings of every `kcp@` listener (and, in `percore call`/`bench`, of
     /// dialed KCP sessions); see [`crate::transport::kcp::KcpConfig`].
     pub kcp: crate::transport::kcp::KcpConfig,
+    /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
+    pub quic: crate::transport::quic::QuicLimits,
 }
 
 /// `[server]`: what to listen on and with how many cores.
@@ -59,6 +61,11 @@ pub struct ServerConfig {
     /// they are closed anyway, e.g. "10s".
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Bind `tcp`/`reuseport`/`http` addresses even when another process already listens there
+    /// (SO_REUSEPORT: the kernel then splits new connections between the two). Off: such an
+    /// address is refused at start, naming the process. On only for a deliberate hand-over
+    /// restart (start the new server, then stop the old one).
+    pub share_port: bool,
 }
 
 /// `[limits]`: finite bounds on what one peer can make the server hold.
@@ -76,7 +83,7 @@ pub struct Limits {
     pub max_pending_write_bytes: usize,
     /// Calls of one connection that may be in flight at once: decoded, reply not yet queued.
     /// Synchronous handlers finish inside the read that brought them, so these are the calls
-    /// that wait (a `Hello.Say` with a configured delay). At the limit the connection stops
+    /// that wait (async handlers, a `Hello.Say` with a configured delay). At the limit the connection stops
     /// taking requests, including ones already read into its buffer, until a reply is queued;
     /// further requests wait in the socket, and TCP flow control slows the peer.
     pub max_calls_in_flight: usize,
@@ -87,10 +94,26 @@ pub struct Limits {
     /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A frame must arrive whole within this long of its first byte, or the connection is
+    /// closed (reason `timeout`), so a peer trickling bytes cannot hold a connection forever,
+    /// e.g. "30s"; "0s" turns it off. Partial bytes do not count as a request for
+    /// `idle_timeout`. HTTP requests have `gateway.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at
     /// once (counted as closed with reason `max_connections`), so the backlog does not fill with
-    /// peers that would wait forever. 0 means no limit.
+    /// peers that would wait forever. 0 means this core's share of the open-files limit
+    /// (RLIMIT_NOFILE less 256, divided by the cores), so a flood is refused before the process
+    /// runs out of descriptors.
     pub max_connections_per_core: usize,
+    /// Connections one peer address may keep open on one core; past it a new one from that
+    /// address is accepted and closed at once (reason `max_connections_per_ip`), so one peer
+    /// cannot take every slot. 0 means no limit (a load generator opens many from one address).
+    pub max_connections_per_ip: usize,
+    /// Metadata entries one rpcx frame may carry; a frame with more is refused and its
+    /// connection closed (reason `too_many_metadata`), so a frame of a million tiny entries
+    /// costs no more than this many. rpcx's clients send a handful.
+    pub max_metadata_entries: usize,
 }
 
 /// `[gateway]`: the HTTP gateway and JSON-RPC 2.0, served on the rpcx port to connections whose
@@ -112,6 +135,9 @@ pub struct Gateway {
     /// A keep-alive connection with no request in progress is closed after this long, e.g. "60s".
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Calls in one JSON-RPC batch; a larger batch is answered with one -32600 error and no call
+    /// runs, so one request cannot hold its core for long.
+    pub max_batch: usize,
     /// A request must arrive whole (head and body) within this long of its first byte, or the
     /// connection is closed (so a client trickling bytes cannot hold it forever), e.g. "30s".
     #[serde(with = "humantime_serde")]
@@ -224,6 +250,7 @@ impl Default for ServerConfig {
             cores: 0,
             backlog: 1024,
             drain_timeout: Duration::from_secs(10),
+            share_port: false,
         }
     }
 }
@@ -237,7 +264,10 @@ impl Default for Limits {
             max_calls_in_flight: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            frame_timeout: Duration::from_secs(30),
             max_connections_per_core: 0,
+            max_connections_per_ip: 0,
+            max_metadata_entries: 1024,
         }
     }
 }
@@ -251,6 +281,7 @@ impl Default for Gateway {
             max_body_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            max_batch: 256,
         }
     }
 }
@@ -279,10 +310,6 @@ impl Default for Log {
 /// and a network percore serves.
 pub fn check_listen(addr: &Addr) -> Result<(), String> {
     match addr.network {
-        Network::Quic => Err(format!(
-            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and kcp are)",
-            addr.network
-        )),
         Network::Unix => Ok(()),
         _ => addr.socket_addr().map(drop).map_err(|e| e.to_string()),
     }
@@ -311,10 +338,10 @@ pub enum ConfigError {
     /// A `[services.NAME]` section the server's registry cannot use.
     #[error("{0}")]
     Section(#[from] crate::service::SectionError),
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -393,9 +420,9 @@ pub fn load(
         .or_else(|| env(ENV_CONFIG).filter(|v| !v.is_empty()).map(PathBuf::from));
     let (mut config, file_keys) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
             let parse = |message| ConfigError::Parse {
                 path: path.to_owned(),
@@ -636,6 +663,25 @@ impl Config {
                 message,
             })?;
         }
+        if let Some(quic) = self
+            .server
+            .listen
+            .iter()
+            .find(|a| a.network == Network::Quic)
+            && !tls.enabled()
+        {
+            return Err(ConfigError::Invalid {
+                key: "tls.cert",
+                message: format!(
+                    "{quic}: QUIC always runs TLS 1.3: set tls.cert and tls.key in [tls] (the quic@ listener uses that certificate)"
+                ),
+            });
+        }
+        if let Err(crate::transport::quic::QuicError::Limits { key, message }) =
+            self.quic.validate()
+        {
+            return Err(ConfigError::Invalid { key, message });
+        }
         if self
             .auth
             .tokens
@@ -708,6 +754,7 @@ mod tests {
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
             include_str!("../configs/kcp.toml"),
+            include_str!("../configs/quic.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
         }
@@ -739,13 +786,45 @@ mod tests {
         assert!(parse_listen("unix@").is_err());
         let long = format!("unix@/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("107"));
+        assert_eq!(
+            parse_listen("kcp@127.0.0.1:1").unwrap().network,
+            Network::Kcp
+        );
         assert!(
-            parse_listen("quic@127.0.0.1:1")
+            parse_listen("kcp@localhost:1")
                 .unwrap_err()
-                .contains("not served yet")
+                .contains("IP address")
+        );
+        assert_eq!(parse_listen("quic@[::1]:0").unwrap().network, Network::Quic);
+        assert!(
+            parse_listen("quic@localhost:1")
+                .unwrap_err()
+                .contains("IP address")
         );
         let err = Config::from_toml("[server]\nlisten = [\"tcp@nohost:1\"]").unwrap_err();
         assert!(err.to_string().contains("nohost"), "{err}");
+    }
+
+    #[test]
+    fn a_quic_listener_needs_tls_and_sound_limits() {
+        let mut c = Config::default();
+        c.server.listen = vec![parse_listen("quic@127.0.0.1:0").unwrap()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("tls.cert: quic@127.0.0.1:0"), "{err}");
+        assert!(err.contains("[tls]"), "{err}");
+        c.tls.cert = Some("cert.pem".into());
+        c.tls.key = Some("key.pem".into());
+        c.validate().unwrap();
+        c.quic.idle_timeout = Duration::ZERO;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("quic.idle_timeout"), "{err}");
+        let err = Config::from_toml(
+            "[quic]
+max_streams = 2
+",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_streams"), "{err}");
     }
 
     #[test]

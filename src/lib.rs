@@ -56,6 +56,8 @@
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
 //! `percore-kcp` (one per `kcp@` listener) owns that listener's UDP socket and KCP sessions and
 //! hands each session's byte stream to a core, which runs the same frame loop on it.
+//! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
+//! `percore-quic-client` does the same for the client's `quic@` dials.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or

@@ -7,5 +7,5 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    percore::cli::main::<percore::builtin::Builtin>()
+    percore::cli::builtin()
 }

@@ -12,7 +12,7 @@
 //! label values, so every reason the code can count is exported.
 //!
 //! Handling time is sampled: one call in 16 per method and core (the first included) costs an `Instant::now()` pair and a bucket search;
-//! a delayed call (`Hello.Say` with `services.hello.delay`) is observed as its handler's time
+//! a delayed call (`Hello.Say` with `services.Hello.delay`) is observed as its handler's time
 //! plus the delay, when its outcome is decided.
 
 use std::fmt::Write as _;
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::protocol::DecodeError;
 use crate::transport::kcp::{KcpCounts, KcpStats};
+use crate::transport::quic::QuicCounters;
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -96,14 +97,22 @@ labels! {
         IdleTimeout = "idle_timeout",
         /// Nothing sent within `limits.handshake_timeout`.
         HandshakeTimeout = "handshake_timeout",
-        /// Over `limits.max_connections_per_core`: accepted and closed at once.
+        /// Over `limits.max_connections_per_core` (or the core's share of the open-files
+        /// limit), or out of descriptors: accepted and closed at once.
         MaxConnections = "max_connections",
+        /// Over `limits.max_connections_per_ip` for its peer: accepted and closed at once.
+        MaxConnectionsPerIp = "max_connections_per_ip",
         /// A call failed the auth check.
         Unauthenticated = "unauthenticated",
         /// Drained on shutdown, every reply sent.
         Shutdown = "shutdown",
         /// Still open when the drain timeout ran out.
         DrainTimeout = "drain_timeout",
+        /// A frame (rpcx) or request (HTTP) not complete in time after its first byte
+        /// (`limits.frame_timeout`, `gateway.request_timeout`).
+        Timeout = "timeout",
+        /// The TLS handshake failed (bad certificate, not TLS, ...).
+        TlsHandshake = "tls_handshake",
     }
 }
 
@@ -128,6 +137,8 @@ labels! {
         BadGzip = "bad_gzip",
         /// A gzip payload that inflates past `limits.max_decompressed_bytes`.
         DecompressedTooLarge = "decompressed_too_large",
+        /// More metadata entries than `limits.max_metadata_entries`.
+        TooManyMetadata = "too_many_metadata",
     }
 }
 
@@ -141,6 +152,7 @@ impl From<&DecodeError> for BadFrame {
             DecodeError::InvalidUtf8(_) => BadFrame::InvalidUtf8,
             DecodeError::BadMetadata => BadFrame::BadMetadata,
             DecodeError::UnknownCompress(_) => BadFrame::UnknownCompress,
+            DecodeError::TooManyMetadata(_) => BadFrame::TooManyMetadata,
         }
     }
 }
@@ -603,6 +615,93 @@ pub fn prometheus(cores: &[Arc<CoreMetrics>], names: &[(&str, &str)], status: St
     ] {
         header(&mut out, name, "gauge", help);
         let _ = writeln!(out, "{name} {value}");
+    }
+    out
+}
+
+/// The per-listener counters of `quic@` listeners: (name, type, help, the value).
+type PerQuicListener = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QuicCounters) -> u64,
+);
+
+const PER_QUIC_LISTENER: &[PerQuicListener] = &[
+    (
+        "rpcx_server_quic_connections_open",
+        "gauge",
+        "QUIC connections open now (handshake done).",
+        QuicCounters::connections_open,
+    ),
+    (
+        "rpcx_server_quic_connections_accepted_total",
+        "counter",
+        "QUIC handshakes completed.",
+        |q| q.connections_accepted.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_connections_closed_total",
+        "counter",
+        "QUIC connections ended (closed by either side, idle timeout, shutdown).",
+        |q| q.connections_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_connections_refused_total",
+        "counter",
+        "QUIC connection attempts refused at quic.max_connections.",
+        |q| q.connections_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_handshake_failures_total",
+        "counter",
+        "QUIC handshakes that failed (wrong ALPN, bad client certificate, timeout).",
+        |q| q.handshake_failures.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_accepted_total",
+        "counter",
+        "QUIC streams handed to the cores.",
+        |q| q.streams_accepted.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_closed_total",
+        "counter",
+        "QUIC streams closed and acknowledged by the client.",
+        |q| q.streams_closed.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_streams_refused_total",
+        "counter",
+        "QUIC streams opened during shutdown and reset unserved.",
+        |q| q.streams_refused.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_received_bytes_total",
+        "counter",
+        "UDP payload bytes received on QUIC connections that have ended.",
+        |q| q.bytes_in.load(Ordering::Relaxed),
+    ),
+    (
+        "rpcx_server_quic_sent_bytes_total",
+        "counter",
+        "UDP payload bytes sent on QUIC connections that have ended.",
+        |q| q.bytes_out.load(Ordering::Relaxed),
+    ),
+];
+
+/// Prometheus text of the `quic@` listeners' own counters, one series per listener (labelled
+/// with its address from the config); appended to [`prometheus`]'s. Empty without listeners.
+pub fn prometheus_quic(listeners: &[(String, Arc<QuicCounters>)]) -> String {
+    let mut out = String::new();
+    if listeners.is_empty() {
+        return out;
+    }
+    for &(name, kind, help, value) in PER_QUIC_LISTENER {
+        header(&mut out, name, kind, help);
+        for (listener, counters) in listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(counters));
+        }
     }
     out
 }

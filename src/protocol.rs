@@ -78,42 +78,51 @@ impl Header {
         }
     }
 
+    #[inline]
     pub fn is_response(&self) -> bool {
         self.flags & flags::RESPONSE != 0
     }
 
+    #[inline]
     pub fn is_heartbeat(&self) -> bool {
         self.flags & flags::HEARTBEAT != 0
     }
 
+    #[inline]
     pub fn is_oneway(&self) -> bool {
         self.flags & flags::ONEWAY != 0
     }
 
     /// Compress type: 0 none, 1 gzip.
+    #[inline]
     pub fn compress(&self) -> u8 {
         (self.flags & flags::COMPRESS_MASK) >> 2
     }
 
     /// Status: 0 normal, 1 error.
+    #[inline]
     pub fn status(&self) -> u8 {
         self.flags & flags::STATUS_MASK
     }
 
+    #[inline]
     pub fn is_error(&self) -> bool {
         self.status() == STATUS_ERROR
     }
 
+    #[inline]
     pub fn set_compress(&mut self, compress: u8) {
         self.flags = (self.flags & !flags::COMPRESS_MASK) | ((compress & 7) << 2);
     }
 
+    #[inline]
     pub fn set_status(&mut self, status: u8) {
         self.flags = (self.flags & !flags::STATUS_MASK) | (status & flags::STATUS_MASK);
     }
 
     /// The header of the reply to this request: response bit set, heartbeat and oneway bits
     /// kept, compress and status cleared (PROTOCOL.md §3).
+    #[inline]
     pub fn reply(&self) -> Header {
         Header {
             version: self.version,
@@ -169,6 +178,9 @@ pub enum DecodeError {
     /// Compress type other than none (0) and gzip (1).
     #[error("unknown compress type {0}")]
     UnknownCompress(u8),
+    /// More metadata entries than the receiver's limit (percore: `limits.max_metadata_entries`).
+    #[error("more than {0} metadata entries")]
+    TooManyMetadata(usize),
 }
 
 impl DecodeError {
@@ -182,6 +194,7 @@ impl DecodeError {
             DecodeError::InvalidUtf8(_) => "invalid_utf8",
             DecodeError::BadMetadata => "bad_metadata",
             DecodeError::UnknownCompress(_) => "unknown_compress",
+            DecodeError::TooManyMetadata(_) => "too_many_metadata",
         }
     }
 }
@@ -221,6 +234,17 @@ pub fn frame_len(buf: &[u8], max_body: u32) -> Result<Option<usize>, DecodeError
 /// `Ok(Some((frame, n)))`: the frame used the first `n` bytes. Never reads past `buf`, never
 /// panics, and rejects a body over `max_body` from the header alone.
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    decode_limited(buf, max_body, usize::MAX)
+}
+
+/// [`decode`], refusing a frame with more than `max_metadata` metadata entries (counted while
+/// the block is checked, so a frame of a million entries costs no more than `max_metadata`).
+#[inline]
+pub fn decode_limited(
+    buf: &[u8],
+    max_body: u32,
+    max_metadata: usize,
+) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     let Some(total) = frame_len(buf, max_body)? else {
         return Ok(None);
     };
@@ -252,7 +276,7 @@ pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, D
         header,
         path: utf8(path, Field::ServicePath)?,
         method: utf8(method, Field::ServiceMethod)?,
-        metadata: Metadata::parse(metadata)?,
+        metadata: Metadata::parse_limited(metadata, max_metadata)?,
         payload,
     };
     Ok(Some((frame, total)))
@@ -299,9 +323,21 @@ pub struct Metadata<'a> {
 
 impl<'a> Metadata<'a> {
     /// Validates a raw block.
+    #[inline]
     pub fn parse(raw: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
+        Metadata::parse_limited(raw, usize::MAX)
+    }
+
+    /// [`Metadata::parse`], refusing more than `max` entries.
+    #[inline]
+    pub fn parse_limited(raw: &'a [u8], max: usize) -> Result<Metadata<'a>, DecodeError> {
         let mut cursor = Cursor { buf: raw };
+        let mut entries = 0usize;
         while !cursor.buf.is_empty() {
+            if entries == max {
+                return Err(DecodeError::TooManyMetadata(max));
+            }
+            entries += 1;
             let key = cursor
                 .field(Field::Metadata)
                 .map_err(|_| DecodeError::BadMetadata)?;
@@ -331,6 +367,7 @@ impl<'a> Metadata<'a> {
     }
 
     /// The value of the first entry named `key`.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&'a str> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
@@ -366,11 +403,13 @@ impl<'a> Iterator for MetadataIter<'a> {
 }
 
 /// Appends one metadata entry in wire form to a metadata block being built.
+#[inline]
 pub fn push_meta(block: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     push_bytes(block, key);
     push_bytes(block, value);
 }
 
+#[inline]
 fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -400,6 +439,7 @@ pub fn encode(
 }
 
 /// A frame's first 16 bytes: the header and the length of the rest.
+#[inline]
 fn head(header: &Header, total: usize) -> [u8; HEADER_LEN] {
     let mut head = [0u8; HEADER_LEN];
     head[..4].copy_from_slice(&[MAGIC, header.version, header.flags, header.serialize << 4]);
@@ -410,6 +450,7 @@ fn head(header: &Header, total: usize) -> [u8; HEADER_LEN] {
 
 /// The wire form of `frame`'s path and method (`[u32 len][path][u32 len][method]`), cut from
 /// `raw`, the bytes `frame` was decoded from.
+#[inline]
 pub fn names_wire<'a>(raw: &'a [u8], frame: &Frame<'_>) -> &'a [u8] {
     &raw[HEADER_LEN..HEADER_LEN + 8 + frame.path.len() + frame.method.len()]
 }

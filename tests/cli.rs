@@ -475,17 +475,17 @@ fn call_bench_serve_and_the_client_read_addresses_alike() {
     );
     let serve = percore(&["serve", "--listen", "kcp@127.0.0.1:1", "--check-config"]);
     assert!(serve.status.success(), "{}", text(&serve.stderr));
-    // quic parses everywhere, and each command says it cannot use it yet.
+    // quic parses everywhere; without TLS each command says what it needs.
     let addr = "quic@127.0.0.1:1";
     let call = percore(&["call", addr, "Arith.Mul", "{}"]);
     let serve = percore(&["serve", "--listen", addr, "--check-config"]);
     assert!(
-        text(&call.stderr).contains("cannot be dialed yet"),
+        text(&call.stderr).contains("--tls-insecure"),
         "{}",
         text(&call.stderr)
     );
     assert!(
-        text(&serve.stderr).contains("not served yet"),
+        text(&serve.stderr).contains("[tls]"),
         "{}",
         text(&serve.stderr)
     );

@@ -489,3 +489,60 @@ fn slow_and_idle_admin_clients_do_not_hold_up_probes() {
     drop(slow);
     common::stop(server);
 }
+
+#[test]
+fn a_frame_trickled_byte_by_byte_is_cut_off_and_partial_bytes_are_not_requests() {
+    // frame_timeout: a frame must be whole within 600 ms of its first byte.
+    let server = common::start_with(1, |c| {
+        c.limits.frame_timeout = Duration::from_millis(600);
+    });
+    let addr = server.local_addrs()[0];
+    let frame = request(3, 1, "Arith", "Mul", &msgpack_args(2, 3)).to_bytes();
+    let mut slow = connect(addr);
+    let mut good = connect(addr);
+    let mut closed = false;
+    // One byte every 100 ms: 46 bytes would take 4.6 s; the server must close first.
+    for (i, byte) in frame.iter().enumerate() {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        // A well-behaved client on the same core is served meanwhile.
+        send(
+            &mut good,
+            &request(3, i as u64, "Arith", "Mul", &msgpack_args(2, 3)),
+        );
+        assert_eq!(msgpack_reply(&read_frame(&mut good).payload), 6);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut probe = [0u8; 1];
+        slow.set_nonblocking(true).unwrap();
+        let peeked = slow.peek(&mut probe);
+        slow.set_nonblocking(false).unwrap();
+        if matches!(peeked, Ok(0)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled frame kept its connection");
+    let m = &server.metrics()[0];
+    assert_eq!(m.closed(Close::Timeout), 1);
+    common::stop(server);
+
+    // idle_timeout: partial bytes do not count as a request.
+    let server = common::start_with(1, |c| {
+        c.limits.idle_timeout = Duration::from_millis(400);
+        c.limits.frame_timeout = Duration::ZERO;
+    });
+    let mut slow = connect(server.local_addrs()[0]);
+    let mut cut = false;
+    for byte in frame.iter().take(20) {
+        if slow.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cut || common::closed_without_reply(&mut slow));
+    assert_eq!(server.metrics()[0].closed(Close::IdleTimeout), 1);
+    common::stop(server);
+}

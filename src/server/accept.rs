@@ -26,8 +26,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
+use super::logs::limited_warn;
 use super::{Core, Listening, Stop, conn, sniff};
 use crate::metrics::{Close, Transport};
 use crate::service::Registry;
@@ -73,13 +74,14 @@ pub(crate) fn serve<S, F, Fut, R: Registry>(
     F: FnOnce(Rc<Core<R>>, S) -> Fut + 'static,
     Fut: Future<Output = Close> + 'static,
 {
-    let full = core.full();
-    let guard = core.register(drain, transport);
+    let ip = (peer != UNNAMED_PEER).then(|| peer.ip());
+    let refused = core.refuses(ip);
+    let guard = core.register(drain, transport, ip);
     let span = tracing::debug_span!("conn", listener = %listening.addr, %peer);
-    if full {
+    if let Some(reason) = refused {
         // Accepted and closed at once, so the peer hears no rather than waiting in the backlog.
-        guard.closed(Close::MaxConnections);
-        debug!(parent: &span, core = core.index, "closing connection: limits.max_connections_per_core reached");
+        guard.closed(reason);
+        debug!(parent: &span, core = core.index, reason = reason.name(), "closing connection: at the connection limit");
         return;
     }
     debug!(parent: &span, core = core.index, "connection accepted");
@@ -105,6 +107,9 @@ pub(crate) async fn accept_loop<R: Registry>(
     listening: Arc<Listening>,
     stop: Arc<Stop>,
 ) {
+    // A descriptor kept back for the moment the process runs out: closed, it lets one waiting
+    // peer be accepted and closed at once (it hears no instead of hanging in the backlog).
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             stop.wait().await;
@@ -115,8 +120,28 @@ pub(crate) async fn accept_loop<R: Registry>(
             None => return,
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
-                // Out of file descriptors or memory: back off instead of spinning on accept.
-                warn!(core = core.index, listener = %listening.addr, error = %e, "accept failed");
+                let e = io::Error::from(e);
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && reserve.take().is_some() {
+                    let waiting =
+                        futures_lite::future::or(async { listener.accept().await.ok() }, async {
+                            glommio::timer::sleep(Duration::from_millis(10)).await;
+                            None
+                        })
+                        .await;
+                    if let Some(stream) = waiting {
+                        drop(stream);
+                        let counts = core.metrics.transport(Transport::Tcp);
+                        counts.accepted.inc();
+                        counts.close(Close::MaxConnections);
+                    }
+                    reserve = std::fs::File::open("/dev/null").ok();
+                    limited_warn!(core.logs, "out_of_fds", core = core.index, listener = %listening.addr,
+                        "out of file descriptors: refusing connections (raise LimitNOFILE= or lower limits.max_connections_per_core)");
+                    continue;
+                }
+                // Out of memory, or no reserve: back off instead of spinning on accept.
+                limited_warn!(core.logs, "accept", core = core.index, listener = %listening.addr, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -139,7 +164,7 @@ pub(crate) async fn accept_loop<R: Registry>(
                     );
                 }
                 Err(e) => {
-                    warn!(core = core.index, listener = %listening.addr, error = %e, "cannot take an accepted unix connection")
+                    limited_warn!(core.logs, "accept", core = core.index, listener = %listening.addr, error = %e, "cannot take an accepted unix connection")
                 }
             }
             continue;

@@ -64,19 +64,35 @@ where
 {
     let stream = RefCell::new(stream);
     let outbox = Rc::new(Outbox::default());
-    let idle = Rc::new(Idle::new());
-    // The idle watchdog is a task of its own, so the timer is armed once per timeout rather than
-    // once per read; dropping the handle when the connection ends cancels it.
-    let timeout = core.config.limits.idle_timeout;
-    let _watchdog = (!timeout.is_zero())
-        .then(|| glommio::spawn_local(watch_idle(Rc::clone(&idle), Rc::clone(&outbox), timeout)));
+    let watch = Rc::new(Watch::new());
+    // The watchdog is a task of its own, so a timer is armed once per timeout rather than once
+    // per read; dropping the handle when the connection ends cancels it.
+    let limits = &core.config.limits;
+    let (idle_timeout, frame_timeout) = (limits.idle_timeout, limits.frame_timeout);
+    let watching = !idle_timeout.is_zero() || !frame_timeout.is_zero();
+    let _watchdog = watching.then(|| {
+        let task = watchdog(
+            Rc::clone(&watch),
+            Rc::clone(&outbox),
+            idle_timeout,
+            frame_timeout,
+        );
+        glommio::spawn_local(task)
+    });
     let reader = async {
         // A failed write needs no wake-up of the reader: a peer that makes writes fail (reset,
         // closed) makes the pending read end too, and the reader checks `failed` after each
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(core, Half(&stream), &outbox, &idle, transport).await;
+        let end = read_loop(
+            core,
+            Half(&stream),
+            &outbox,
+            watching.then_some(&*watch),
+            transport,
+        )
+        .await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
         end.report(core, peer, transport);
@@ -107,11 +123,13 @@ struct Outbox {
 }
 
 impl Outbox {
+    #[inline]
     fn pending(&self) -> usize {
         self.buf.borrow().len() + self.writing.get()
     }
 
     /// Appends a finished reply from outside the connection task.
+    #[inline]
     fn push(&self, bytes: &[u8]) {
         if self.failed.get() {
             return;
@@ -120,17 +138,20 @@ impl Outbox {
         wake(&self.writer);
     }
 
+    #[inline]
     fn close(&self) {
         self.closed.set(true);
         wake(&self.writer);
     }
 
+    #[inline]
     fn fail(&self) {
         self.failed.set(true);
         wake(&self.reader);
     }
 
     /// Ready(true) when there is something to write, Ready(false) when the connection is done.
+    #[inline]
     fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
         if !self.buf.borrow().is_empty() {
             return Poll::Ready(true);
@@ -143,6 +164,7 @@ impl Outbox {
     }
 
     /// Ready once the reader may read again.
+    #[inline]
     fn poll_room(&self, cx: &mut TaskContext<'_>, max_bytes: usize, max_calls: usize) -> Poll<()> {
         if self.failed.get() || (self.pending() < max_bytes && self.delayed.get() < max_calls) {
             return Poll::Ready(());
@@ -152,63 +174,108 @@ impl Outbox {
     }
 }
 
-/// The connection's idle state, shared by the reader and its watchdog task.
-struct Idle {
-    /// When the reader last got bytes (set only when an idle timeout is configured: one clock
-    /// read per read, not per request).
-    last_read: Cell<Instant>,
-    /// The watchdog found the connection idle: the reader stops.
-    expired: Cell<bool>,
+/// What the watchdog found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No request for `limits.idle_timeout`, and no reply owed.
+    Idle,
+    /// A frame not complete `limits.frame_timeout` after it started.
+    Frame,
+}
+
+/// The connection's clocks, shared by the reader and its watchdog task.
+struct Watch {
+    /// When the reader last took a request (a whole frame).
+    last_request: Cell<Instant>,
+    /// When the frame now partly in the read buffer started arriving (None: no partial frame).
+    frame_started: Cell<Option<Instant>>,
+    /// The watchdog's verdict: the reader stops.
+    expired: Cell<Option<Expiry>>,
     /// The reader, while a read is pending.
     reader: Cell<Option<Waker>>,
 }
 
-impl Idle {
-    fn new() -> Idle {
-        Idle {
-            last_read: Cell::new(Instant::now()),
-            expired: Cell::new(false),
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            last_request: Cell::new(Instant::now()),
+            frame_started: Cell::new(None),
+            expired: Cell::new(None),
             reader: Cell::new(None),
         }
     }
 
-    /// Ready once the watchdog has found the connection idle. Polled next to every pending read,
-    /// so it only stores the waker (a pointer compare when it is already there): no timer here.
-    fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.expired.get() {
-            return Poll::Ready(());
+    /// After a read batch was taken: one clock read per batch, not per request.
+    #[inline]
+    fn taken(&self, took_requests: bool, partial: bool) {
+        let now = Instant::now();
+        if took_requests {
+            self.last_request.set(now);
+        }
+        if !partial {
+            self.frame_started.set(None);
+        } else if took_requests || self.frame_started.get().is_none() {
+            // The partial frame's first bytes came in the read just taken.
+            self.frame_started.set(Some(now));
+        }
+    }
+
+    fn expire(&self, why: Expiry) {
+        self.expired.set(Some(why));
+        wake(&self.reader);
+    }
+
+    /// Ready once the watchdog has given its verdict. Polled next to every pending read, so it
+    /// only stores the waker (a pointer compare when it is already there): no timer here.
+    #[inline]
+    fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<Expiry> {
+        if let Some(why) = self.expired.get() {
+            return Poll::Ready(why);
         }
         park(&self.reader, cx);
         Poll::Pending
     }
 }
 
-/// Closes the connection (through the reader) once it has sent nothing for `timeout` and is
-/// owed nothing. Sleeps until the earliest moment that can be true, so a busy connection arms
-/// one timer per `timeout` instead of one per read (a timer registered in and removed from the
-/// reactor's timer map, and a `Timer` allocated, on every read: an allocation per request at
-/// one call in flight). Its instruction cost was within run-to-run variation in
-/// benches/instructions.sh (tasks' share 3,074 with it, 3,162 with the idle timeout off); what
-/// this removes is the allocation and the timer-map churn. The reader's side is one clock read
-/// per read.
-async fn watch_idle(idle: Rc<Idle>, outbox: Rc<Outbox>, timeout: Duration) {
-    let mut wait = timeout;
+/// Closes the connection (through the reader) once a frame has taken longer than
+/// `frame_timeout` from its first byte (a peer trickling bytes), or once it has sent no request
+/// for `idle_timeout` and is owed nothing (partial bytes are not a request). Sleeps until the
+/// earliest moment either can be true, so a busy connection arms one timer per timeout instead
+/// of one per read (a `Timer` allocated and a timer-map entry added and removed on every read
+/// otherwise). With no frame in progress and no idle timeout it looks again every half
+/// `frame_timeout`, so a frame is cut off within 1.5 times the timeout.
+async fn watchdog(
+    watch: Rc<Watch>,
+    outbox: Rc<Outbox>,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+) {
     loop {
-        glommio::timer::sleep(wait).await;
-        let quiet = idle.last_read.get().elapsed();
-        if quiet < timeout {
-            wait = timeout - quiet;
-        } else if outbox.delayed.get() > 0 || outbox.pending() > 0 {
+        let now = Instant::now();
+        let left = |timeout: Duration, since: Instant| {
+            timeout
+                .checked_sub(now.saturating_duration_since(since))
+                .filter(|d| !d.is_zero())
+        };
+        let wait = match watch.frame_started.get() {
+            Some(started) if !frame_timeout.is_zero() => match left(frame_timeout, started) {
+                Some(wait) => wait,
+                None => return watch.expire(Expiry::Frame),
+            },
+            _ if idle_timeout.is_zero() => frame_timeout / 2,
             // Owed a reply: not idle; look again a full timeout later.
-            wait = timeout;
-        } else {
-            idle.expired.set(true);
-            wake(&idle.reader);
-            return;
-        }
+            _ if outbox.delayed.get() > 0 || outbox.pending() > 0 => idle_timeout,
+            _ => match left(idle_timeout, watch.last_request.get()) {
+                Some(wait) if frame_timeout.is_zero() => wait,
+                Some(wait) => wait.min(frame_timeout / 2),
+                None => return watch.expire(Expiry::Idle),
+            },
+        };
+        glommio::timer::sleep(wait).await;
     }
 }
 
+#[inline]
 fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     let waker = match slot.take() {
         Some(w) if w.will_wake(cx.waker()) => w,
@@ -217,6 +284,7 @@ fn park(slot: &Cell<Option<Waker>>, cx: &TaskContext<'_>) {
     slot.set(Some(waker));
 }
 
+#[inline]
 fn wake(slot: &Cell<Option<Waker>>) {
     if let Some(w) = slot.take() {
         w.wake();
@@ -236,7 +304,7 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
     core: &Rc<Core<R>>,
     mut rd: Rd,
     outbox: &Rc<Outbox>,
-    idle: &Idle,
+    watch: Option<&Watch>,
     transport: Transport,
 ) -> End {
     let limits = &core.config.limits;
@@ -256,25 +324,31 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
             return End::WriteFailed;
         }
         // Frames already buffered are taken first, as far as the limits allow.
+        let buffered = rbuf.data().len();
         match take_frames(core, &mut rbuf, outbox, &mut scratch) {
             Ok(Taken::Paused) => continue,
             Ok(Taken::NeedMore) => {}
             Err(end) => return end,
         }
+        if let Some(watch) = watch {
+            watch.taken(rbuf.data().len() < buffered, !rbuf.data().is_empty());
+        }
         if outbox.buf.borrow().len() >= WRITE_NUDGE {
             futures_lite::future::yield_now().await;
         }
-        let read = if limits.idle_timeout.is_zero() {
-            rd.read(rbuf.spare()).await
-        } else {
-            let read = futures_lite::future::or(
-                async { Some(rd.read(rbuf.spare()).await) },
-                poll_fn(|cx| idle.poll_expired(cx).map(|()| None)),
-            )
-            .await;
-            match read {
-                Some(read) => read,
-                None => return End::IdleTimeout,
+        let read = match watch {
+            None => rd.read(rbuf.spare()).await,
+            Some(watch) => {
+                let read = futures_lite::future::or(
+                    async { Ok(rd.read(rbuf.spare()).await) },
+                    poll_fn(|cx| watch.poll_expired(cx).map(Err)),
+                )
+                .await;
+                match read {
+                    Ok(read) => read,
+                    Err(Expiry::Idle) => return End::IdleTimeout,
+                    Err(Expiry::Frame) => return End::FrameTimeout(limits.frame_timeout),
+                }
             }
         };
         let n = match read {
@@ -282,9 +356,6 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
             Ok(n) => n,
             Err(e) => return End::ReadError(e),
         };
-        if !limits.idle_timeout.is_zero() {
-            idle.last_read.set(Instant::now());
-        }
         if outbox.failed.get() {
             return End::WriteFailed;
         }
@@ -327,7 +398,7 @@ fn take_frames<R: Registry>(
         }
         let raw = &data[..total];
         let _audit = audit::RequestPath::enter();
-        match protocol::decode(raw, limits.max_frame_bytes) {
+        match protocol::decode_limited(raw, limits.max_frame_bytes, limits.max_metadata_entries) {
             Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
             Ok(None) => {
                 return Err(End::BadFrame(
@@ -448,6 +519,7 @@ fn handle<R: Registry>(
 
 /// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
 /// the request was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
 fn write_reply(
     out: &mut Vec<u8>,
     frame: &Frame<'_>,
@@ -468,6 +540,7 @@ fn write_reply(
 
 /// Encodes a successful reply; its payload is gzipped (into `deflated`) only when the request
 /// was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
 fn encode_reply<'a>(
     out: &mut Vec<u8>,
     mut header: Header,

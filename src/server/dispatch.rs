@@ -68,25 +68,19 @@ pub(crate) fn invoke<R: Registry>(
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
-    let &Call {
-        path,
-        method,
-        metadata,
-        ..
-    } = call;
-    if !core.auth.is_empty() && !authorized(&core.auth, metadata.get(META_AUTH)) {
+    if !core.auth.is_empty() && !authorized(&core.auth, call.metadata.get(META_AUTH)) {
         core.metrics.auth_failures.inc();
         return Invoked::Unauthenticated;
     }
     let metrics = &core.metrics;
-    let found = match R::lookup(path, method) {
+    let found = match R::lookup(call.path, call.method) {
         Ok(method) => method,
         Err(e) => {
             let unknown = metrics.unknown_method();
             unknown.started.inc();
             unknown.handled(false);
             unknown.timed(Duration::ZERO);
-            return Invoked::Failed(Cow::Owned(e.text(path, method)));
+            return Invoked::Failed(Cow::Owned(e.text(call.path, call.method)));
         }
     };
     let counts = metrics.method(found.index as usize);
@@ -96,33 +90,29 @@ pub(crate) fn invoke<R: Registry>(
     let timed = counts.started.get().is_multiple_of(TIME_ONE_CALL_IN);
     counts.started.inc();
     let started = timed.then(Instant::now);
-    let invoked = match run(core, found, call, meta_out, payload_out) {
-        Ran::Done(invoked) => invoked,
+    // One match on the outcome: each arm says what is sent, whether the call succeeded, and
+    // how long it took past its handler (a delay).
+    let (invoked, ok, delay) = match run(core, found, call, meta_out, payload_out) {
+        Ok(Outcome::Ready) => (Invoked::Ready, true, Duration::ZERO),
+        Ok(Outcome::After(delay)) => match server_timeout(call.metadata) {
+            Some(deadline) if deadline < delay => (Invoked::Expired(deadline), false, deadline),
+            _ => (Invoked::After(delay), true, delay),
+        },
         // Counted when it ends.
-        Ran::Pending(pending) => {
+        Ok(Outcome::Pending(pending)) => {
             return Invoked::Pending(finish_later(core, found, call, started, pending));
         }
+        Err(text) => (Invoked::Failed(text), false, Duration::ZERO),
     };
-    let invoked = match invoked {
-        Invoked::After(delay) => match server_timeout(metadata) {
-            Some(deadline) if deadline < delay => Invoked::Expired(deadline),
-            _ => Invoked::After(delay),
-        },
-        other => other,
-    };
-    let ok = matches!(invoked, Invoked::Ready | Invoked::After(_));
     counts.handled(ok);
     if let Some(started) = started {
-        let delay = match invoked {
-            Invoked::After(delay) | Invoked::Expired(delay) => delay,
-            _ => Duration::ZERO,
-        };
         counts.timed(started.elapsed() + delay);
     }
     invoked
 }
 
 /// The caller's deadline: `__ServerTimeout`, decimal milliseconds (PROTOCOL.md §2).
+#[inline]
 fn server_timeout(metadata: Metadata<'_>) -> Option<Duration> {
     metadata
         .get(META_SERVER_TIMEOUT)
@@ -136,6 +126,7 @@ pub const TIME_ONE_CALL_IN: u64 = 16;
 /// True if `token` is one of `accepted`, bare or as `Bearer <token>` (the gateway's
 /// `Authorization` header). Every accepted token is compared in full, without an early exit on
 /// the first differing byte.
+#[inline]
 fn authorized(accepted: &[Box<[u8]>], token: Option<&str>) -> bool {
     let Some(token) = token else { return false };
     let token = token.trim();
@@ -148,22 +139,22 @@ fn authorized(accepted: &[Box<[u8]>], token: Option<&str>) -> bool {
         .fold(false, |found, t| found | same_bytes(t, bare.as_bytes()))
 }
 
+#[inline]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The call itself, once it is known to be allowed and registered.
+/// The call itself, once it is known to be allowed and registered: its outcome, or the error
+/// text for the client (a codec that is not there, the handler's error, its panic).
+#[inline]
 fn run<R: Registry>(
     core: &Core<R>,
     method: MethodId,
     call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
-) -> Ran {
-    let codec = match SerializeType::from_wire(call.serialize) {
-        Ok(codec) => codec,
-        Err(e) => return Ran::Done(Invoked::Failed(Cow::Owned(e.to_string()))),
-    };
+) -> Result<Outcome, Cow<'static, str>> {
+    let codec = SerializeType::from_wire(call.serialize).map_err(|e| Cow::Owned(e.to_string()))?;
     let req = Request {
         codec,
         metadata: call.metadata,
@@ -171,23 +162,13 @@ fn run<R: Registry>(
     };
     let mut reply = Reply::new(meta_out, payload_out);
     // A panicking handler answers rpcx's internal-error text instead of taking the core down.
-    Ran::Done(
-        match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            core.services.call(method, &req, &mut reply)
-        })) {
-            Ok(Ok(Outcome::Ready)) => Invoked::Ready,
-            Ok(Ok(Outcome::After(delay))) => Invoked::After(delay),
-            Ok(Ok(Outcome::Pending(pending))) => return Ran::Pending(pending),
-            Ok(Err(e)) => Invoked::Failed(e.0),
-            Err(panic) => Invoked::Failed(Cow::Owned(panic_text(panic))),
-        },
-    )
-}
-
-/// What [`run`] got to: an outcome, or an async handler still running.
-enum Ran {
-    Done(Invoked),
-    Pending(Pending),
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        core.services.call(method, &req, &mut reply)
+    })) {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(e.0),
+        Err(panic) => Err(Cow::Owned(panic_text(panic))),
+    }
 }
 
 /// rpcx's text for a handler that panicked, with the panic's message.

@@ -5,10 +5,11 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Core;
 use super::http::Refusal;
+use super::logs::limited_warn;
 use crate::metrics::{BadFrame, Close, Transport};
 use crate::service::Registry;
 
@@ -25,6 +26,8 @@ pub(crate) enum End {
     WriteFailed,
     /// No request within the idle timeout (and, for rpcx, no reply owed).
     IdleTimeout,
+    /// A frame not complete this long after its first byte (`limits.frame_timeout`).
+    FrameTimeout(std::time::Duration),
     /// The peer sent something that is not an rpcx frame (reason, description).
     BadFrame(BadFrame, String),
     /// HTTP input refused with an error status (answered before closing).
@@ -42,8 +45,10 @@ impl End {
             End::Eof | End::Requested => Close::Eof,
             End::ReadError(_) => Close::ReadError,
             End::WriteFailed => Close::WriteError,
+            End::BadHttp(r) if r.reason == crate::metrics::BadHttp::Timeout => Close::Timeout,
             End::BadFrame(..) | End::BadHttp(_) => Close::BadFrame,
             End::IdleTimeout => Close::IdleTimeout,
+            End::FrameTimeout(_) => Close::Timeout,
             End::Unauthenticated => Close::Unauthenticated,
         }
     }
@@ -60,16 +65,19 @@ impl End {
         match self {
             End::BadFrame(reason, what) => {
                 core.metrics.transport(transport).bad_frame(*reason);
-                warn!(core = core_index, %peer, reason = reason.name(), "closing connection: {what}");
+                limited_warn!(core.logs, reason.name(), core = core_index, %peer, reason = reason.name(), "closing connection: {what}");
             }
             End::BadHttp(r) => {
                 core.metrics.bad_http(r.reason);
-                warn!(core = core_index, %peer, reason = r.reason.name(), status = r.status, "closing HTTP connection: {}", r.what);
+                limited_warn!(core.logs, r.reason.name(), core = core_index, %peer, reason = r.reason.name(), status = r.status, "closing HTTP connection: {}", r.what);
             }
             End::Unauthenticated => {
-                warn!(core = core_index, %peer, "closing connection: a call failed the auth check")
+                limited_warn!(core.logs, "unauthenticated", core = core_index, %peer, "closing connection: a call failed the auth check")
             }
             End::IdleTimeout => debug!(core = core_index, %peer, "closing connection: idle"),
+            End::FrameTimeout(after) => {
+                limited_warn!(core.logs, "timeout", core = core_index, %peer, "closing connection: a frame was not complete {after:?} after its first byte (limits.frame_timeout)")
+            }
             End::Requested => {
                 debug!(core = core_index, %peer, "closing connection as the request asked")
             }

@@ -85,6 +85,19 @@ pub(crate) fn serve<R: Registry>(
         pending: Vec::new(),
     };
     match value {
+        Value::Array(requests) if requests.len() > core.config.gateway.max_batch => {
+            core.metrics.gateway_errors.inc();
+            write_error(
+                reply,
+                &Value::Null,
+                INVALID_REQUEST,
+                &format!(
+                    "invalid request: a batch of {} calls is over gateway.max_batch ({})",
+                    requests.len(),
+                    core.config.gateway.max_batch
+                ),
+            );
+        }
         Value::Array(requests) if requests.is_empty() => {
             core.metrics.gateway_errors.inc();
             write_error(

@@ -23,6 +23,8 @@ mod end;
 mod gateway;
 mod http;
 mod jsonrpc;
+mod logs;
+mod quic;
 mod sniff;
 
 use std::cell::{Cell, RefCell};
@@ -51,15 +53,16 @@ pub use accept::Handoff;
 pub enum ServerError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
+    // The cause is in the text; not a `source` too, so a printed chain does not repeat it.
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: String,
-        source: std::io::Error,
+        error: transport::tcp::ListenError,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     ListenUnix {
         addr: String,
-        source: transport::unix::UnixListenError,
+        error: transport::unix::UnixListenError,
     },
     #[error("{0}")]
     Tls(#[from] transport::tls::TlsError),
@@ -77,9 +80,12 @@ pub enum ServerError {
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
     Panicked { cpu: usize },
+    #[error("{0}")]
+    Quic(#[from] transport::quic::QuicError),
 }
 
-/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+/// A running server. Dropping it does not stop the cores (call [`ServerHandle::shutdown`]), but
+/// it does close its `quic@` listeners at once.
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
     listen: Vec<Addr>,
@@ -92,8 +98,10 @@ pub struct ServerHandle {
     health: Arc<Health>,
     /// The `kcp@` listeners' reactors, stopped by `join` once the cores are done.
     kcp: Vec<transport::kcp::KcpListener>,
-    /// How long `join` lets the KCP reactors get the cores' last replies acknowledged.
-    kcp_grace: std::time::Duration,
+    /// The `quic@` listeners' threads, closed after the cores have drained.
+    quic: Vec<transport::quic::QuicListener>,
+    /// How long `join` lets the reactors (QUIC, KCP) deliver the cores' last replies.
+    drain_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
@@ -129,6 +137,17 @@ impl ServerHandle {
         &self.metrics
     }
 
+    /// Each `quic@` listener's own counters (handshakes, streams, refusals), in config order;
+    /// its calls and connections are in the cores' metrics under transport `quic`.
+    pub fn quic_counters(&self) -> Vec<(Addr, Arc<transport::quic::QuicCounters>)> {
+        self.listen
+            .iter()
+            .filter(|a| a.network == transport::addr::Network::Quic)
+            .cloned()
+            .zip(self.quic.iter().map(|q| Arc::clone(q.counters())))
+            .collect()
+    }
+
     /// Whether every core listens, and whether the server is draining; for `/readyz`.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
@@ -152,10 +171,13 @@ impl ServerHandle {
         Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
     }
 
-    /// Waits for every core to finish, then for the KCP reactors to deliver what the cores last
-    /// wrote (at most `server.drain_timeout` more), and stops them.
+    /// Waits for every core to finish, then for the `quic@` listeners to close their
+    /// connections (with an application close, once the streams the cores closed are
+    /// acknowledged, within `server.drain_timeout`) and for the KCP reactors to deliver what the
+    /// cores last wrote (within `server.drain_timeout` more), and stops them.
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
+        let (quic, drain_timeout) = (self.quic, self.drain_timeout);
         for (cpu, thread) in self.threads {
             let error = match thread.join() {
                 Ok(()) => continue,
@@ -171,8 +193,11 @@ impl ServerHandle {
                 result = Err(error);
             }
         }
+        for listener in quic {
+            listener.shutdown(drain_timeout);
+        }
         for kcp in self.kcp {
-            kcp.shutdown(self.kcp_grace);
+            kcp.shutdown(drain_timeout);
         }
         result
     }
@@ -326,11 +351,10 @@ fn kcp_listener<R: Registry>(
         // Given back when every core has stopped taking streams (shutdown): no more sessions.
         handoff.send(stream, peer).is_ok()
     });
-    let listener =
-        transport::kcp::listen(addr, &setup, sink).map_err(|source| ServerError::Listen {
-            addr: listen.to_string(),
-            source,
-        })?;
+    let listener = transport::kcp::listen(addr, &setup, sink).map_err(|e| ServerError::Listen {
+        addr: listen.to_string(),
+        error: transport::tcp::ListenError::Io(e),
+    })?;
     let listening = Listening::reactor(Network::Kcp, listener.local_addr());
     let (h, hoff) = accept::Handed::new(listening, Transport::Kcp, cores);
     let _ = handoff.set(hoff);
@@ -353,11 +377,29 @@ pub(crate) fn start_with<R: Registry>(
     // sockets[core][listener]
     let mut sockets: Vec<Vec<(OwnedFd, Arc<Listening>)>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
+    let stop = Arc::new(Stop::default());
+    let mut quic_handed = Vec::new();
+    let mut quic_listeners = Vec::new();
     for listen in &config.server.listen {
         if listen.network == Network::Kcp {
             continue; // bound by its reactor (`start`), served through `handed`
         }
-        let (fds, listening) = bind(listen, cpus.len(), config.server.backlog)?;
+        if listen.network == transport::addr::Network::Quic {
+            // Started here, in config order; its streams reach the cores like any handed-over
+            // listener's.
+            let (h, listener) = quic::start(&config, listen, cpus.len(), &stop)?;
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+            quic_listeners.push(listener);
+            quic_handed.push(h);
+            continue;
+        }
+        let (fds, listening) = bind(
+            listen,
+            cpus.len(),
+            config.server.backlog,
+            config.server.share_port,
+        )?;
         if let Some(addr) = listening.socket_addr {
             addrs.push(addr);
         }
@@ -371,9 +413,13 @@ pub(crate) fn start_with<R: Registry>(
     // receive loops[core]
     let mut receivers: Vec<Vec<accept::ReceiveLoop<R>>> =
         (0..cpus.len()).map(|_| Vec::new()).collect();
-    for h in handed {
-        resolved.push(h.listening.addr.clone());
-        addrs.extend(h.listening.socket_addr);
+    let quic_count = quic_handed.len();
+    for (i, h) in quic_handed.into_iter().chain(handed).enumerate() {
+        // The quic@ listeners are in `resolved` already, in config order.
+        if i >= quic_count {
+            resolved.push(h.listening.addr.clone());
+            addrs.extend(h.listening.socket_addr);
+        }
         for (core, receive) in h.per_core.into_iter().enumerate() {
             receivers[core].push(receive);
         }
@@ -384,8 +430,8 @@ pub(crate) fn start_with<R: Registry>(
         .into_iter()
         .map(|t| t.into_bytes().into_boxed_slice())
         .collect();
+    let drain_timeout = config.server.drain_timeout;
     let config = Arc::new(config);
-    let stop = Arc::new(Stop::default());
     let health = Arc::new(Health::new(cpus.len()));
     let mut threads = Vec::new();
     let mut metrics = Vec::new();
@@ -443,7 +489,8 @@ pub(crate) fn start_with<R: Registry>(
         method_names,
         health,
         kcp: Vec::new(),
-        kcp_grace: config.server.drain_timeout,
+        quic: quic_listeners,
+        drain_timeout,
     })
 }
 
@@ -473,12 +520,13 @@ fn bind(
     listen: &Addr,
     count: usize,
     backlog: u32,
+    share: bool,
 ) -> Result<(Vec<OwnedFd>, Listening), ServerError> {
     if let Some(path) = listen.unix_path() {
-        let (fds, file) = transport::unix::listen(path, count, backlog).map_err(|source| {
+        let (fds, file) = transport::unix::listen(path, count, backlog).map_err(|error| {
             ServerError::ListenUnix {
                 addr: listen.to_string(),
-                source,
+                error,
             }
         })?;
         let listening = Listening {
@@ -495,10 +543,10 @@ fn bind(
         })
     })?;
     let (bound, fds) =
-        transport::tcp::listen_reuseport(addr, count, backlog).map_err(|source| {
+        transport::tcp::listen_reuseport(addr, count, backlog, share).map_err(|error| {
             ServerError::Listen {
                 addr: listen.to_string(),
-                source,
+                error,
             }
         })?;
     let listening = Listening {
@@ -555,6 +603,11 @@ pub(crate) struct Core<R> {
     pub(crate) auth: Arc<[Box<[u8]>]>,
     /// Set when shutdown starts: a connection that then sees end of input was drained.
     pub(crate) draining: Cell<bool>,
+    /// Rate limits of this core's warnings about connections.
+    pub(crate) logs: logs::LogLimit,
+    /// Connections this core keeps open at once: `limits.max_connections_per_core`, or when
+    /// that is 0, this core's share of the open-files limit.
+    pub(crate) max_connections: usize,
     conns: RefCell<Conns>,
 }
 
@@ -563,6 +616,8 @@ pub(crate) struct Core<R> {
 struct Conns {
     next: u64,
     open: HashMap<u64, accept::Drain>,
+    /// Open connections per peer address (only with `limits.max_connections_per_ip`).
+    per_ip: HashMap<std::net::IpAddr, u32>,
     idle_waker: Option<Waker>,
 }
 
@@ -571,6 +626,8 @@ struct Conns {
 pub(crate) struct ConnGuard<R: Registry> {
     core: Rc<Core<R>>,
     id: u64,
+    /// Counted against `limits.max_connections_per_ip`.
+    ip: Option<std::net::IpAddr>,
     transport: Transport,
     reason: Cell<Option<Close>>,
 }
@@ -585,6 +642,14 @@ impl<R: Registry> Drop for ConnGuard<R> {
     fn drop(&mut self) {
         let mut conns = self.core.conns.borrow_mut();
         conns.open.remove(&self.id);
+        if let Some(ip) = self.ip
+            && let Some(n) = conns.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                conns.per_ip.remove(&ip);
+            }
+        }
         let reason = self.reason.get().unwrap_or(Close::DrainTimeout);
         self.core.metrics.transport(self.transport).close(reason);
         if conns.open.is_empty()
@@ -602,25 +667,66 @@ impl<R: Registry> Core<R> {
         self: &Rc<Core<R>>,
         drain: accept::Drain,
         transport: Transport,
+        ip: Option<std::net::IpAddr>,
     ) -> ConnGuard<R> {
         let mut conns = self.conns.borrow_mut();
         let id = conns.next;
         conns.next += 1;
         conns.open.insert(id, drain);
+        let ip = ip.filter(|_| self.config.limits.max_connections_per_ip != 0);
+        if let Some(ip) = ip {
+            *conns.per_ip.entry(ip).or_insert(0) += 1;
+        }
         self.metrics.transport(transport).accepted.inc();
         ConnGuard {
             core: Rc::clone(self),
             id,
+            ip,
             transport,
             reason: Cell::new(None),
         }
     }
 
-    /// True if `limits.max_connections_per_core` leaves no room for one more connection.
-    pub(crate) fn full(&self) -> bool {
-        let max = self.config.limits.max_connections_per_core;
-        max != 0 && self.conns.borrow().open.len() >= max
+    /// Why one more connection from `ip` may not be served, if it may not: the core is at its
+    /// connection cap (`limits.max_connections_per_core`, or what the open-files limit allows),
+    /// or the peer at `limits.max_connections_per_ip`.
+    pub(crate) fn refuses(&self, ip: Option<std::net::IpAddr>) -> Option<Close> {
+        let conns = self.conns.borrow();
+        if conns.open.len() >= self.max_connections {
+            return Some(Close::MaxConnections);
+        }
+        let per_ip = self.config.limits.max_connections_per_ip;
+        match ip {
+            Some(ip)
+                if per_ip != 0 && conns.per_ip.get(&ip).is_some_and(|&n| n as usize >= per_ip) =>
+            {
+                Some(Close::MaxConnectionsPerIp)
+            }
+            _ => None,
+        }
     }
+}
+
+/// Descriptors kept back from connections: listeners, the rings, logs, the admin endpoint,
+/// clients of async handlers.
+const RESERVED_FDS: u64 = 256;
+
+/// One core's share of the open-files limit (RLIMIT_NOFILE), less [`RESERVED_FDS`]: the
+/// connection cap when `limits.max_connections_per_core` is 0, so a flood of connections is
+/// refused at once instead of running the process out of descriptors.
+fn nofile_share(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `limit` is.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    };
+    let share = soft.saturating_sub(RESERVED_FDS) / cores.max(1) as u64;
+    usize::try_from(share).unwrap_or(usize::MAX).max(1)
 }
 
 /// What one core takes connections from.
@@ -643,6 +749,10 @@ async fn run_core<R: Registry>(
     report: StartReport,
 ) {
     let index = info.index;
+    let max_connections = match config.limits.max_connections_per_core {
+        0 => nofile_share(info.cores),
+        max => max,
+    };
     // Checked by `start` already, so only a service's own `new` could fail here (it cannot).
     let services = match R::build(&info, &config.services) {
         Ok(services) => services,
@@ -659,6 +769,8 @@ async fn run_core<R: Registry>(
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth,
         draining: Cell::new(false),
+        logs: logs::LogLimit::default(),
+        max_connections,
         conns: RefCell::new(Conns::default()),
     });
     let mut accepts: Vec<_> = listeners

@@ -25,8 +25,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::logs::limited_warn;
 use super::{Core, conn, gateway};
 use crate::metrics::BadFrame;
 use crate::metrics::{Close, Transport};
@@ -95,7 +96,7 @@ pub(crate) async fn route<S: Socket, R: Registry>(
     };
     if kind != Kind::Tls && core.tls.is_some() && !core.config.tls.allow_plaintext {
         core.metrics.plaintext_refused.inc();
-        warn!(core = core.index, %peer, "closing connection: plaintext on a TLS-only listener (tls.allow_plaintext = false)");
+        limited_warn!(core.logs, "plaintext", core = core.index, %peer, "closing connection: plaintext on a TLS-only listener (tls.allow_plaintext = false)");
         return Close::BadFrame;
     }
     match kind {
@@ -144,12 +145,12 @@ async fn route_boxed<R: Registry>(
         Kind::Http => http_not_served(core, stream, peer, transport).await,
         Kind::Tls => {
             counts.bad_frame(BadFrame::BadMagic);
-            warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
+            limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: a TLS record inside TLS");
             Close::BadFrame
         }
         Kind::Unknown(byte) => {
             counts.bad_frame(BadFrame::BadMagic);
-            warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
+            limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: wrong magic number: {byte}");
             Close::BadFrame
         }
     }
@@ -168,15 +169,15 @@ async fn serve_tls<S: Socket, R: Registry>(
         core.metrics
             .transport(transport)
             .bad_frame(BadFrame::BadMagic);
-        warn!(core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
+        limited_warn!(core.logs, "bad_magic", core = core.index, %peer, reason = "bad_magic", "closing connection: TLS ClientHello, but TLS is not configured");
         return Close::BadFrame;
     };
     let mut tls = match within(deadline, acceptor.accept(stream)).await {
         None => return handshake_timeout(core, peer, "TLS handshake not finished"),
         Some(Err(e)) => {
             core.metrics.tls_handshake_failures.inc();
-            warn!(core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
-            return Close::BadFrame;
+            limited_warn!(core.logs, "tls_handshake", core = core.index, %peer, error = %e, "closing connection: TLS handshake failed");
+            return Close::TlsHandshake;
         }
         Some(Ok(tls)) => tls,
     };
@@ -212,7 +213,7 @@ async fn serve_connect<R: Registry>(
         Some(Err(http_connect::HeadError::Io(_))) => return Close::ReadError,
         Some(Err(e)) => {
             core.metrics.http_connect_refused.inc();
-            warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
+            limited_warn!(core.logs, "http_connect", core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
             return Close::BadFrame;
         }
     };
@@ -220,13 +221,13 @@ async fn serve_connect<R: Registry>(
         Ok(line) => line,
         Err(e) => {
             core.metrics.http_connect_refused.inc();
-            warn!(core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
+            limited_warn!(core.logs, "http_connect", core = core.index, %peer, reason = e.reason(), "closing connection: {e}");
             return Close::BadFrame;
         }
     };
     if !line.is_rpcx_connect() {
         core.metrics.http_connect_refused.inc();
-        warn!(core = core.index, %peer, method = line.method, path = line.path, "answering 405 must CONNECT and closing");
+        limited_warn!(core.logs, "must_connect", core = core.index, %peer, method = line.method, path = line.path, "answering 405 must CONNECT and closing");
         let _ = stream
             .write_all(http_connect::must_connect(line.http10))
             .await;

@@ -45,6 +45,7 @@ impl Service for Arith {
         Arith
     }
 
+    #[inline]
     fn lookup(method: &str) -> Option<usize> {
         match method {
             "Mul" => Some(0),
@@ -54,6 +55,7 @@ impl Service for Arith {
         }
     }
 
+    #[inline]
     fn call(
         self: &Rc<Self>,
         method: usize,

@@ -102,6 +102,7 @@ pub struct Reply<'s> {
 
 impl<'s> Reply<'s> {
     /// A reply writing into the given (cleared) buffers.
+    #[inline]
     pub fn new(meta: &'s mut Vec<u8>, payload: &'s mut Vec<u8>) -> Reply<'s> {
         meta.clear();
         payload.clear();
@@ -420,6 +421,7 @@ macro_rules! service {
                 $ty::new(core, config)
             }
 
+            #[inline]
             fn lookup(method: &str) -> Option<usize> {
                 match method {
                     $( $name => Some(const {
@@ -429,6 +431,7 @@ macro_rules! service {
                 }
             }
 
+            #[inline]
             fn call(
                 self: &::std::rc::Rc<Self>,
                 method: usize,
@@ -485,6 +488,7 @@ macro_rules! registry {
                 $( ($name, <$ty as $crate::service::Service>::METHODS) ),*
             ];
 
+            #[inline]
             fn lookup(
                 path: &str,
                 method: &str,
@@ -524,6 +528,7 @@ macro_rules! registry {
                 })
             }
 
+            #[inline]
             fn call(
                 &self,
                 id: $crate::service::MethodId,

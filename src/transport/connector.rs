@@ -10,10 +10,12 @@
 //! | `tcp@host:port`, `reuseport@host:port` | TCP (rpcx dials `reuseport` servers as `tcp`), TCP_NODELAY |
 //! | `http@host:port` | TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` |
 //! | `unix@/path` | a Unix domain stream socket |
-//! | `kcp@host:port` | a KCP session over UDP in kcp-go's format ([`DialOptions::kcp`]), driven by the process's KCP client reactor thread |
+//! | `quic@host:port` | QUIC (TLS 1.3, ALPN `rpcx`) on the process's QUIC client thread, one connection and one stream ([`super::quic`]) |
+//! | `kcp@host:port` | a KCP session over UDP in kcp-go's format ([`DialOptions::kcp`]), driven by the process's KCP client reactor thread ([`super::kcp`]) |
 //!
 //! Each but `kcp` can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
-//! `http`) CONNECT inside it. A host name is resolved with the system resolver and every
+//! `http`) CONNECT inside it. QUIC always runs TLS: its [`DialOptions::tls`] must say how to
+//! check the server (a CA or insecure skip-verify). A host name is resolved with the system resolver and every
 //! address it resolves to is tried in turn until one connects. The whole dial (every connect
 //! attempt, the TLS handshake, CONNECT) is bounded by [`DialOptions::timeout`].
 //!
@@ -37,6 +39,7 @@ use super::addr::{Addr, AddrError, Network};
 use super::http_connect;
 use super::kcp::{self, KcpConfig, KcpConfigError, KcpSetup, KcpStream};
 use super::prefixed::Prefixed;
+use super::quic::{self, DialConfig, QuicError, QuicStream};
 use super::tls::{self, ClientTls, TlsError};
 
 /// How to dial.
@@ -79,12 +82,15 @@ pub enum DialError {
     /// The server did not accept rpcx's HTTP CONNECT.
     #[error("HTTP CONNECT to {target} failed: {source}")]
     HttpConnect { target: String, source: io::Error },
-    /// The KCP settings cannot be used.
-    #[error("{0}")]
-    Kcp(#[from] KcpConfigError),
     /// The whole dial took longer than [`DialOptions::timeout`].
     #[error("dialing {target} timed out after {after:?}")]
     Timeout { target: String, after: Duration },
+    /// The KCP settings cannot be used.
+    #[error("{0}")]
+    Kcp(#[from] KcpConfigError),
+    /// A QUIC dial failed (the message names the target: refused, wrong ALPN, handshake...).
+    #[error("{0}")]
+    Quic(#[from] QuicError),
 }
 
 impl DialError {
@@ -92,7 +98,9 @@ impl DialError {
     pub fn into_io(self) -> io::Error {
         let kind = match &self {
             DialError::Connect { source, .. } => source.kind(),
-            DialError::Timeout { .. } => io::ErrorKind::TimedOut,
+            DialError::Timeout { .. } | DialError::Quic(QuicError::Timeout { .. }) => {
+                io::ErrorKind::TimedOut
+            }
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self.to_string())
@@ -105,6 +113,8 @@ pub struct Connector {
     addr: Addr,
     timeout: Duration,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// For `quic`: its TLS settings and the server name to check.
+    quic: Option<(DialConfig, String)>,
     /// For `kcp@`: the checked settings with their key, derived once here.
     kcp: Option<Arc<KcpSetup>>,
 }
@@ -127,28 +137,46 @@ impl Connector {
 
     /// A connector for an address already parsed.
     pub fn to(addr: Addr, options: &DialOptions) -> Result<Connector, DialError> {
+        if addr.network == Network::Kcp {
+            if options.tls.is_some() {
+                // rpcx has no TLS over KCP; its crypt layer is kcp-go's block cipher.
+                return Err(AddrError::new(
+                    &addr,
+                    "TLS is not an option of kcp (its encryption is [kcp] crypt and key)"
+                        .to_string(),
+                )
+                .into());
+            }
+            return Ok(Connector {
+                kcp: Some(options.kcp.prepare()?),
+                addr,
+                timeout: options.timeout,
+                tls: None,
+                quic: None,
+            });
+        }
         if addr.network == Network::Quic {
-            return Err(AddrError::new(
-                &addr,
-                format!(
-                    "network {} cannot be dialed yet (tcp, reuseport, http, unix and kcp can)",
-                    addr.network
-                ),
-            )
-            .into());
+            let Some(opts) = &options.tls else {
+                return Err(TlsError {
+                    key: "tls-ca",
+                    path: None,
+                    message: format!(
+                        "{addr} always runs TLS 1.3: give the CA that signed the server's certificate (--tls-ca) or skip the check (--tls-insecure)"
+                    ),
+                }
+                .into());
+            };
+            let config = DialConfig::new(tls::quic_client_config(opts)?)?;
+            let name = opts.server_name.as_deref().unwrap_or(addr.host());
+            tls::server_name(name)?;
+            return Ok(Connector {
+                quic: Some((config, name.to_owned())),
+                addr,
+                timeout: options.timeout,
+                tls: None,
+                kcp: None,
+            });
         }
-        if addr.network == Network::Kcp && options.tls.is_some() {
-            // rpcx has no TLS over KCP; its crypt layer is kcp-go's block cipher.
-            return Err(AddrError::new(
-                &addr,
-                "TLS is not an option of kcp (its encryption is [kcp] crypt and key)".to_string(),
-            )
-            .into());
-        }
-        let kcp = match addr.network {
-            Network::Kcp => Some(options.kcp.prepare()?),
-            _ => None,
-        };
         let tls = match &options.tls {
             None => None,
             Some(opts) => {
@@ -161,7 +189,8 @@ impl Connector {
             addr,
             timeout: options.timeout,
             tls,
-            kcp,
+            quic: None,
+            kcp: None,
         })
     }
 
@@ -191,29 +220,30 @@ impl Connector {
             target: target(),
             source,
         };
-        let plain = match self.addr.network {
-            Network::Kcp => {
-                // UDP has no connect to fail, so the first address is the one: KCP has no
-                // handshake, and a peer that is not there shows on the stream's first read.
-                let addr = self
-                    .addr
-                    .address
-                    .to_socket_addrs()
-                    .map_err(connect_failed)?
-                    .next()
-                    .ok_or_else(|| {
-                        connect_failed(io::Error::new(
-                            io::ErrorKind::NotFound,
-                            "the name resolves to no address",
-                        ))
-                    })?;
-                let setup = self.kcp.as_ref().ok_or_else(|| {
-                    connect_failed(io::Error::other("no KCP settings for a kcp address"))
+        if let Some((config, name)) = &self.quic {
+            let stream = quic::dial(&self.addr.address, name, config, self.timeout).await?;
+            return Ok(Stream::Quic(Box::new(stream)));
+        }
+        if let Some(setup) = &self.kcp {
+            // UDP has no connect to fail, so the first address is the one: KCP has no
+            // handshake, and a peer that is not there shows on the stream's first read.
+            let addr = self
+                .addr
+                .address
+                .to_socket_addrs()
+                .map_err(connect_failed)?
+                .next()
+                .ok_or_else(|| {
+                    connect_failed(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the name resolves to no address",
+                    ))
                 })?;
-                return kcp::dial(addr, setup)
-                    .map(Stream::Kcp)
-                    .map_err(connect_failed);
-            }
+            return kcp::dial(addr, setup)
+                .map(Stream::Kcp)
+                .map_err(connect_failed);
+        }
+        let plain = match self.addr.network {
             Network::Unix => UnixStream::connect(&self.addr.address)
                 .await
                 .map(Stream::Unix)
@@ -289,6 +319,8 @@ pub enum Stream {
     Tls(Box<futures_rustls::client::TlsStream<Stream>>),
     /// Bytes already read (after an HTTP CONNECT answer), then the stream.
     Replay(Box<Prefixed<Stream>>),
+    /// A QUIC stream (its connection is driven by the QUIC client thread).
+    Quic(Box<QuicStream>),
     /// A KCP session (its UDP socket and protocol live on the KCP client reactor thread).
     Kcp(KcpStream),
 }
@@ -300,16 +332,17 @@ impl fmt::Debug for Stream {
             Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
             Stream::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
             Stream::Replay(s) => f.debug_tuple("Replay").field(s.inner()).finish(),
+            Stream::Quic(s) => f.debug_tuple("Quic").field(s).finish(),
             Stream::Kcp(s) => f.debug_tuple("Kcp").field(s).finish(),
         }
     }
 }
 
 impl Stream {
-    /// Whether the connection runs over TLS.
+    /// Whether the connection runs over TLS (QUIC always does).
     pub fn is_tls(&self) -> bool {
         match self {
-            Stream::Tls(_) => true,
+            Stream::Tls(_) | Stream::Quic(_) => true,
             Stream::Replay(s) => s.inner().is_tls(),
             Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => false,
         }
@@ -320,6 +353,7 @@ impl Stream {
         match self {
             Stream::Tls(s) => s.get_ref().1.protocol_version(),
             Stream::Replay(s) => s.inner().tls_version(),
+            Stream::Quic(_) => Some(rustls::ProtocolVersion::TLSv1_3),
             Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => None,
         }
     }
@@ -337,6 +371,10 @@ macro_rules! each {
                 $e
             }
             Stream::Replay(s) => {
+                let $s = &mut **s;
+                $e
+            }
+            Stream::Quic(s) => {
                 let $s = &mut **s;
                 $e
             }
@@ -377,13 +415,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quic_is_refused_by_name_until_it_dials() {
-        let addr = "quic@127.0.0.1:1";
-        let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
-        assert!(err.to_string().contains(addr), "{err}");
-    }
-
-    #[test]
     fn kcp_dials_with_its_settings_and_refuses_tls() {
         assert!(Connector::new("kcp@127.0.0.1:1", &DialOptions::default()).is_ok());
         let mut bad = DialOptions::default();
@@ -399,6 +430,27 @@ mod tests {
         };
         let err = Connector::new("kcp@127.0.0.1:1", &tls).unwrap_err();
         assert!(err.to_string().contains("TLS"), "{err}");
+    }
+
+    #[test]
+    fn quic_needs_tls_options() {
+        let addr = "quic@127.0.0.1:1";
+        let err = Connector::new(addr, &DialOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("tls-ca: "), "{err}");
+        assert!(
+            err.contains(addr) && err.contains("--tls-insecure"),
+            "{err}"
+        );
+        let insecure = DialOptions {
+            tls: Some(ClientTls {
+                insecure_skip_verify: true,
+                ..ClientTls::default()
+            }),
+            ..DialOptions::default()
+        };
+        assert!(Connector::new(addr, &insecure).is_ok());
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::config::TlsConfig;
 static VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// QUIC carries TLS 1.3 only (RFC 9001).
+static QUIC_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
 /// A TLS setting that cannot be used: which key, which file, what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {}{message}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
@@ -102,6 +105,23 @@ impl From<TlsError> for crate::config::ConfigError {
 
 /// The server's rustls config for `[tls]`, or `None` when TLS is off.
 pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    Ok(build_server_config(tls, VERSIONS)?.map(Arc::new))
+}
+
+/// The server's rustls config for QUIC listeners from the same `[tls]` section: TLS 1.3 only
+/// and ALPN `rpcx` (a client offering another protocol fails with `no_application_protocol`,
+/// as quic-go's rpcx server answers). `None` when `[tls]` has no certificate.
+pub fn quic_server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    Ok(build_server_config(tls, QUIC_VERSIONS)?.map(|mut config| {
+        config.alpn_protocols = vec![crate::transport::quic::ALPN.to_vec()];
+        Arc::new(config)
+    }))
+}
+
+fn build_server_config(
+    tls: &TlsConfig,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Option<ServerConfig>, TlsError> {
     let (Some(cert_path), Some(key_path)) = (&tls.cert, &tls.key) else {
         return Ok(None);
     };
@@ -109,7 +129,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsEr
     let key = load_key("tls.key", key_path)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(VERSIONS)
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::new("tls", None, e.to_string()))?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
@@ -128,7 +148,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<ServerConfig>>, TlsEr
             format!("does not go with tls.cert {}: {e}", cert_path.display()),
         )
     })?;
-    Ok(Some(Arc::new(config)))
+    Ok(Some(config))
 }
 
 /// How a client checks the server (and, for mutual TLS, proves who it is).
@@ -150,9 +170,23 @@ pub struct ClientTls {
 
 /// The client's rustls config.
 pub fn client_config(opts: &ClientTls) -> Result<Arc<ClientConfig>, TlsError> {
+    build_client_config(opts, VERSIONS).map(Arc::new)
+}
+
+/// The client's rustls config for `quic@`: TLS 1.3 only, ALPN `rpcx`.
+pub fn quic_client_config(opts: &ClientTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = build_client_config(opts, QUIC_VERSIONS)?;
+    config.alpn_protocols = vec![crate::transport::quic::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn build_client_config(
+    opts: &ClientTls,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(VERSIONS)
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::new("tls", None, e.to_string()))?;
     let builder = if opts.insecure_skip_verify {
         builder
@@ -180,7 +214,7 @@ pub fn client_config(opts: &ClientTls) -> Result<Arc<ClientConfig>, TlsError> {
         (Some(_), None) => return Err(TlsError::new("tls-key", None, "tls-cert needs tls-key")),
         (None, Some(_)) => return Err(TlsError::new("tls-cert", None, "tls-key needs tls-cert")),
     };
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// The server name to check for `host` (an IP address or a DNS name).

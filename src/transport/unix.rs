@@ -33,8 +33,8 @@ pub enum UnixListenError {
     #[error("{0} exists and is not a unix socket; not removing it")]
     NotASocket(PathBuf),
     /// A system call failed.
-    #[error("unix socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("unix socket {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
 }
 
 /// The socket file of a listener; removed when this is dropped, if it is still ours.
@@ -72,9 +72,9 @@ pub fn listen(
     count: usize,
     backlog: u32,
 ) -> Result<(Vec<OwnedFd>, SocketFile), UnixListenError> {
-    let io_err = |source| UnixListenError::Io {
+    let io_err = |error| UnixListenError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     remove_stale(path)?;
     let socket =
@@ -111,10 +111,10 @@ fn remove_stale(path: &Path) -> Result<(), UnixListenError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
+        Err(error) => {
             return Err(UnixListenError::Io {
                 path: path.to_owned(),
-                source,
+                error,
             });
         }
     };
@@ -128,16 +128,16 @@ fn remove_stale(path: &Path) -> Result<(), UnixListenError> {
             match std::fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(UnixListenError::Io {
+                Err(error) => Err(UnixListenError::Io {
                     path: path.to_owned(),
-                    source,
+                    error,
                 }),
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(UnixListenError::Io {
+        Err(error) => Err(UnixListenError::Io {
             path: path.to_owned(),
-            source,
+            error,
         }),
     }
 }

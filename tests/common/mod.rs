@@ -149,6 +149,11 @@ impl ServeProcess {
     /// Starts the binary with `config_toml` (the listen address is set here: port 0) and waits,
     /// at most 30 s, for its "listening" log line to learn the port.
     pub fn start(config_toml: &str) -> ServeProcess {
+        ServeProcess::start_binary(env!("CARGO_BIN_EXE_percore").as_ref(), config_toml)
+    }
+
+    /// As [`ServeProcess::start`], with another binary built on `percore::cli` (an example).
+    pub fn start_binary(binary: &std::path::Path, config_toml: &str) -> ServeProcess {
         let dir = std::env::temp_dir().join(format!("percore-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("serve-{}.toml", unique()));
@@ -156,7 +161,7 @@ impl ServeProcess {
             "[server]\nlisten = [\"tcp@127.0.0.1:0\"]\ncores = 1\ndrain_timeout = \"100ms\"\n{config_toml}"
         );
         std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_percore"))
+        let mut child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -205,6 +210,25 @@ impl Drop for ServeProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The binary of example `name`, which `cargo test` builds beside the test binaries.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built (cargo test builds examples)",
+        path.display()
+    );
+    path
 }
 
 fn unique() -> u64 {
