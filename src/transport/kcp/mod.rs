@@ -155,7 +155,7 @@ impl Default for KcpConfig {
             salt: None,
             idle_timeout: Duration::from_secs(300),
             max_sessions: 10_000,
-            max_buffered: 1 << 20,
+            max_buffered: 256 << 10,
         }
     }
 }

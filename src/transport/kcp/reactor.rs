@@ -895,6 +895,7 @@ fn pump(s: &mut Session, snd_wnd: usize) -> (bool, [Option<Waker>; 2], bool, boo
     if sent {
         if s.tx_pos == b.tx.len() {
             b.tx.clear();
+            b.tx.shrink_to(super::stream::KEEP);
             s.tx_pos = 0;
         } else if s.tx_pos > cap / 2 {
             let pos = s.tx_pos;

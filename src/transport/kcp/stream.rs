@@ -54,6 +54,9 @@ impl Ended {
     }
 }
 
+/// Capacity a drained buffer keeps (more is given back).
+pub(crate) const KEEP: usize = 64 << 10;
+
 /// The state both sides touch.
 pub(crate) struct Buffers {
     /// Received stream bytes not yet read; `rx_pos` is where reading resumes.
@@ -169,6 +172,8 @@ impl AsyncRead for KcpStream {
             if b.rx_pos == b.rx.len() {
                 b.rx.clear();
                 b.rx_pos = 0;
+                // A burst's buffer is not kept by an idle session.
+                b.rx.shrink_to(KEEP);
             }
             drop(b);
             if was_full {
