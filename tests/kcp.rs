@@ -105,8 +105,8 @@ fn streams_carry_bytes_both_ways_through_a_lossy_relay() {
     let relay = Relay::start(
         server.local_addr(),
         Loss {
-            drop: 15,
-            dup: 10,
+            drop: 10,
+            dup: 5,
             reorder: 10,
         },
         0x9e3779b97f4a7c15,
@@ -155,7 +155,7 @@ fn rpcx_example_settings_work_through_loss() {
     let setup = cfg.prepare().unwrap();
     let target = relay.addr;
     let ok = with_timeout(move || {
-        let data = pattern(5_000, 3);
+        let data = pattern(3_000, 3);
         let s = kcp::dial(target, &setup).unwrap();
         block_on(async {
             let mut s = s;

