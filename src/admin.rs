@@ -47,6 +47,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         names: server.method_names(),
         health: server.health(),
         kcp: server.kcp_stats(),
+        registry: server.registration().map(|r| r.metrics()),
         quic: server
             .quic_counters()
             .into_iter()
@@ -67,6 +68,8 @@ struct State {
     health: Arc<Health>,
     /// The `kcp@` listeners' reactor counters.
     kcp: Vec<Arc<crate::transport::kcp::KcpStats>>,
+    /// `[registry.etcd]`'s counters, when it is configured.
+    registry: Option<Arc<crate::etcd::EtcdMetrics>>,
     /// Each `quic@` listener's own counters, by its address.
     quic: Vec<(String, Arc<QuicCounters>)>,
 }
@@ -241,9 +244,15 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
         "/metrics" => respond(
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &(metrics::prometheus(&state.cores, &state.names, status)
-                + &metrics::kcp_prometheus(&state.kcp)
-                + &metrics::prometheus_quic(&state.quic)),
+            &{
+                let mut text = metrics::prometheus(&state.cores, &state.names, status)
+                    + &metrics::kcp_prometheus(&state.kcp)
+                    + &metrics::prometheus_quic(&state.quic);
+                if let Some(registry) = &state.registry {
+                    registry.prometheus(&mut text);
+                }
+                text
+            },
             with_body,
         ),
         "/healthz" => respond("200 OK", "text/plain", "ok\n", with_body),

@@ -16,6 +16,7 @@
 //! `serve` hosts the registry's services; `--check-config` also checks every
 //! `[services.NAME]` section against them (exit 78 naming the bad key).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,7 +25,9 @@ use crate::bench::{BenchConfig, CallKind, OutputOptions};
 use crate::client::{CallCommand, CallError, Error as ClientError};
 use crate::codec::SerializeType;
 use crate::config::{self, Config, ConfigError, EXIT_CONFIG, LogFormat, Origin, Overrides};
+use crate::host::{self, EXIT_HOST, HostError, Needs};
 use crate::notify;
+use crate::server::ServerError;
 use crate::service::Registry;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -49,6 +52,30 @@ enum Command {
     Call(CallArgs),
     /// Load an rpcx server (percore or another) and report throughput and latency.
     Bench(BenchArgs),
+    /// Check that this host can run `percore serve` with this configuration.
+    ///
+    /// Checks io_uring, memlock, open files, listen addresses and CPUs, each OK, WARN or FAIL
+    /// with the fix, and shows the facts that shape performance (kernel, seccomp, isolated
+    /// CPUs, NUMA, somaxconn, socket buffers). Exits 0 when no check fails, 71 when one does,
+    /// 78 for a bad config.
+    CheckHost(CheckHostArgs),
+}
+
+/// The config flags of `check-host`: the same sources as `serve`.
+#[derive(clap::Args)]
+struct CheckHostArgs {
+    /// TOML config file (default: $PERCORE_CONFIG, else the embedded defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address `network@address`; repeat for several. Replaces server.listen.
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
+    listen: Vec<crate::transport::addr::Addr>,
+    /// Executors to run, one per allowed CPU (0 = all). Sets server.cores.
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Set any config key, as `serve --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 /// Client TLS flags, shared by `call` and `bench`. TLS is used when any of them is given.
@@ -114,7 +141,8 @@ fn parse_kcp(s: &str) -> Result<(String, String), String> {
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
     /// (rpcx's HTTP CONNECT), unix@/path, quic@host:port or kcp@host:port (with --kcp
-    /// settings); add --tls-ca or --tls-insecure for TLS (quic@ always needs one of them).
+    /// settings); add --tls-ca or --tls-insecure for TLS (quic@ always needs one of them). Or
+    /// `etcd://HOST:PORT/BASE`: a server of the service registered in etcd under BASE.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
     service_method: String,
@@ -145,7 +173,9 @@ struct CallArgs {
 struct BenchArgs {
     /// Servers, `network@address` (tcp, reuseport, http, unix, quic or kcp), comma-separated;
     /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
-    /// needs one of them); --kcp for kcp@ settings.
+    /// needs one of them); --kcp for kcp@ settings. Or one
+    /// `etcd://HOST:PORT/BASE`: the active servers of the --call's service registered in etcd
+    /// under BASE, listed once at the start.
     #[arg(
         short = 's',
         long = "server",
@@ -247,7 +277,9 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 Environment: PERCORE_CONFIG (the file), PERCORE_LISTEN (comma-separated), PERCORE_CORES,\n\
 PERCORE_DRAIN_TIMEOUT, PERCORE_LOG, PERCORE_LOG_FORMAT, PERCORE_ADMIN_LISTEN,\n\
 PERCORE_AUTH_TOKEN_FILE.\n\
-Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once); SIGHUP reloads the log level."
+Signals: SIGTERM/SIGINT drain and exit 0 (a second one exits at once); SIGHUP reloads the log level.\n\
+Exit: 71 when the host cannot run it (io_uring, memlock, open files, a port in use: see\n\
+`percore check-host`), 78 for a bad configuration, 1 for a failure after start."
 )]
 struct ServeArgs {
     /// TOML config file; keys it does not set keep their defaults (see configs/server.toml).
@@ -295,6 +327,49 @@ pub fn main<R: Registry>() -> ExitCode {
         Command::Serve(args) => serve::<R>(args),
         Command::Call(args) => call(args),
         Command::Bench(args) => bench(args),
+        Command::CheckHost(args) => check_host::<R>(args),
+    }
+}
+
+/// Prints a host problem found before any executor started, and the exit status for it.
+fn host_failure(e: &HostError) -> ExitCode {
+    eprintln!("percore: {e}");
+    ExitCode::from(EXIT_HOST)
+}
+
+fn check_host<R: Registry>(args: CheckHostArgs) -> ExitCode {
+    let flags = config_overrides(
+        args.config.clone(),
+        &args.listen,
+        args.cores,
+        None,
+        None,
+        &args.set,
+    );
+    let config = match flags.and_then(|flags| load::<R>(&flags)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("percore: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    // As `serve` does first; where raising is not allowed the open-files line judges the
+    // soft limit.
+    let _ = host::raise_nofile();
+    let cpus = host::server_cpus(&config);
+    let lines = host::report(&config, cpus);
+    let failed = lines.iter().any(|l| l.status == host::Status::Fail);
+    // writeln!, not println!: a closed pipe (`| head`) ends the output instead of panicking.
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_HOST)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -306,6 +381,10 @@ fn call(args: CallArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What is short but not fatal (the client's io buffers unregistered) is left unsaid.
+    if let Err(e) = host::preflight(&Needs::client(1, 1)) {
+        return host_failure(&e);
+    }
     let cmd = CallCommand {
         address: args.address,
         service_method: args.service_method,
@@ -348,8 +427,26 @@ fn bench(args: BenchArgs) -> ExitCode {
         }
     };
     let connections = args.connections.unwrap_or(args.concurrency);
+    let mut servers = args.servers;
+    if let [address] = servers.as_slice() {
+        match crate::client::etcd_servers(address, args.call.names().0) {
+            Ok(None) => {}
+            Ok(Some(listed)) if listed.is_empty() => {
+                eprintln!(
+                    "percore: no active server of {} is registered at {address}",
+                    args.call.names().0
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(Some(listed)) => servers = listed,
+            Err(e) => {
+                eprintln!("percore: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = BenchConfig {
-        servers: args.servers,
+        servers,
         concurrency: args.concurrency,
         connections,
         requests: args.requests,
@@ -375,6 +472,10 @@ fn bench(args: BenchArgs) -> ExitCode {
         json: args.output,
         plot: args.plot,
     };
+    let executors = config.cores.len().max(1).min(config.connections.max(1));
+    if let Err(e) = host::preflight(&Needs::client(executors, config.connections)) {
+        return host_failure(&e);
+    }
     match crate::bench::run(&config) {
         Ok(report) => {
             if let Err(e) = report.emit(&output) {
@@ -412,15 +513,52 @@ fn serve<R: Registry>(args: ServeArgs) -> ExitCode {
         print!("{}", config.redacted().to_toml());
         return ExitCode::SUCCESS;
     }
-    let log = init_logging(&config);
-    match run::<R>(config, flags, log) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line on stderr (not a log line too: the journal would show it twice).
-            eprintln!("percore: {e:#}");
-            ExitCode::FAILURE
+    // Before any executor: a host that cannot run glommio fails here with one line, not with
+    // a panic in a core thread. (Too many cores for the CPUs is left to start(), which names
+    // the key.)
+    let mut short = Vec::new();
+    if let Ok(cpus) = host::server_cpus(&config) {
+        match host::preflight_server(&config, cpus.len()) {
+            Ok(found) => short = found,
+            Err(e) => return host_failure(&e),
         }
     }
+    let memlock_short = short
+        .iter()
+        .any(|s| matches!(s, host::Shortfall::Memlock(_)));
+    let log = init_logging(&config, memlock_short);
+    for short in short {
+        tracing::warn!("{short}");
+    }
+    match run::<R>(config, flags, log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ServerError>() {
+            // The server's own error already carries its cause: printed once, on one line.
+            Some(start) => {
+                eprintln!("percore: {start}");
+                ExitCode::from(host::server_exit_code(start))
+            }
+            None => match e.downcast_ref::<AdminListenError>() {
+                Some(admin) => {
+                    eprintln!("percore: {admin}");
+                    ExitCode::from(EXIT_HOST)
+                }
+                None => {
+                    // One line on stderr (not a log line too: the journal would show it twice).
+                    eprintln!("percore: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
+    }
+}
+
+/// The admin endpoint could not listen (its port taken, say): a host problem, exit 71.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (admin.listen): {source}")]
+struct AdminListenError {
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
 }
 
 /// The effective configuration: defaults < file < environment < flags.
@@ -428,6 +566,10 @@ fn load<R: Registry>(flags: &Overrides) -> Result<Config, ConfigError> {
     let config = config::load(flags, |name| std::env::var(name).ok())?;
     // Every [services.NAME] section names a hosted service and fits its config type.
     R::check(&config.services)?;
+    if let Some(etcd) = &config.registry.etcd {
+        let services: Vec<&str> = R::SERVICES.iter().map(|(name, _)| *name).collect();
+        etcd.check_services(&services)?;
+    }
     // The certificates are read here too, so --check-config catches a bad TLS file.
     crate::transport::tls::server_config(&config.tls)?;
     Ok(config)
@@ -435,32 +577,51 @@ fn load<R: Registry>(flags: &Overrides) -> Result<Config, ConfigError> {
 
 /// The flags as config keys, in precedence order (later wins).
 fn overrides(args: &ServeArgs) -> Result<Overrides, ConfigError> {
+    config_overrides(
+        args.config.clone(),
+        &args.listen,
+        args.cores,
+        args.admin_listen.as_deref(),
+        args.log_level.as_deref(),
+        &args.set,
+    )
+}
+
+/// The config flags shared by `serve` and `check-host`, as config keys.
+fn config_overrides(
+    config: Option<PathBuf>,
+    listen: &[crate::transport::addr::Addr],
+    cores: Option<usize>,
+    admin_listen: Option<&str>,
+    log_level: Option<&str>,
+    sets: &[String],
+) -> Result<Overrides, ConfigError> {
     let mut flags = Overrides {
-        config: args.config.clone(),
+        config,
         sets: Vec::new(),
     };
     let mut set = |key: &str, value: toml::Value, flag: &str| {
         flags.sets.push((key.to_owned(), value, flag.to_owned()))
     };
     let text = |s: &str| toml::Value::String(s.to_owned());
-    if !args.listen.is_empty() {
-        let list = args.listen.iter().map(|a| text(&a.to_string())).collect();
+    if !listen.is_empty() {
+        let list = listen.iter().map(|a| text(&a.to_string())).collect();
         set("server.listen", toml::Value::Array(list), "--listen");
     }
-    if let Some(cores) = args.cores {
+    if let Some(cores) = cores {
         set(
             "server.cores",
             toml::Value::Integer(cores as i64),
             "--cores",
         );
     }
-    if let Some(addr) = &args.admin_listen {
+    if let Some(addr) = admin_listen {
         set("admin.listen", text(addr), "--admin-listen");
     }
-    if let Some(level) = &args.log_level {
+    if let Some(level) = log_level {
         set("log.level", text(level), "--log-level");
     }
-    for kv in &args.set {
+    for kv in sets {
         let Some((key, value)) = kv.split_once('=') else {
             return Err(ConfigError::Override {
                 key: kv.clone(),
@@ -488,8 +649,7 @@ fn run<R: Registry>(config: Config, flags: Overrides, log: LogReload) -> anyhow:
     .context("installing signal handlers")?;
     let server = crate::server::start::<R>(config.clone()).context("starting the server")?;
     if let Some(addr) = config.admin.listen {
-        crate::admin::start(addr, &server)
-            .with_context(|| format!("starting the admin endpoint on {addr} (admin.listen)"))?;
+        crate::admin::start(addr, &server).map_err(|source| AdminListenError { addr, source })?;
     }
     let stopper = server.stopper();
     std::thread::Builder::new()
@@ -508,7 +668,15 @@ fn run<R: Registry>(config: Config, flags: Overrides, log: LogReload) -> anyhow:
                         "shutting down: draining connections (signal again to exit at once)"
                     );
                     notify::notify("STOPPING=1\nSTATUS=draining connections");
-                    stopper.shutdown();
+                    // On a thread of its own: with [registry.etcd] the shutdown first waits
+                    // (bounded) for the keys' delete, and a second signal must still be heard.
+                    let background = stopper.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("percore-stop".into())
+                        .spawn(move || background.shutdown());
+                    if spawned.is_err() {
+                        stopper.shutdown();
+                    }
                 } else {
                     tracing::warn!(signal, "second signal: exiting at once");
                     std::process::exit(1);
@@ -548,9 +716,15 @@ fn log_filter(config: &Config) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level))
 }
 
-fn init_logging(config: &Config) -> LogReload {
+/// `memlock_short`: the preflight has said in one line that the io buffers will not be
+/// registered; glommio's own multi-line report of each skipped registration is then left out.
+fn init_logging(config: &Config, memlock_short: bool) -> LogReload {
     use tracing_subscriber::prelude::*;
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(config));
+    let mut filter = log_filter(config);
+    if memlock_short && let Ok(quiet) = "glommio::sys::uring=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     // Under journald (which stamps every line itself) timestamps are left out.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     // Colour only on a terminal (and not with NO_COLOR): escape codes in a file or the journal

@@ -38,6 +38,7 @@ pub struct Config {
     /// `[kcp]`: the settings of every `kcp@` listener (and, in `percore call`/`bench`, of
     /// dialed KCP sessions); see [`crate::transport::kcp::KcpConfig`].
     pub kcp: crate::transport::kcp::KcpConfig,
+    pub registry: RegistryConfig,
     /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
     pub quic: crate::transport::quic::QuicLimits,
 }
@@ -149,7 +150,8 @@ pub struct Gateway {
 #[serde(deny_unknown_fields, default)]
 pub struct Runtime {
     /// Bytes of registered io_uring buffer memory per executor. Network I/O does not use it, so
-    /// it is small: every executor's share must fit the memlock limit (8 MiB by default).
+    /// it is small. Each executor registers it with its three rings, charged to the memlock
+    /// limit (in whole huge pages where THP is on); `percore check-host` shows the total.
     pub io_memory_bytes: usize,
     /// io_uring submission queue depth per executor. 256: network reads and writes go through
     /// readiness polls and direct syscalls (a reactor loop submits a few entries, ~0.05 loops
@@ -233,6 +235,200 @@ pub struct Auth {
     /// e.g. a systemd credential: "/run/credentials/percore.service/tokens".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+}
+
+/// `[registry]`: where the server announces itself to clients on other hosts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// `[registry.etcd]`: register in etcd as rpcx-etcd does (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdRegistry>,
+}
+
+/// `[registry.etcd]`: one key `base_path/Service/network@host:port` per registered service and
+/// advertised address, the service's metadata as its value, under a lease of `ttl` kept alive
+/// (see [`crate::etcd`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdRegistry {
+    /// etcd endpoints, `host:port` or `http(s)://host:port`.
+    pub endpoints: Vec<String>,
+    /// The rpcx base path every key starts with (rpcx examples use "/rpcx_test").
+    #[serde(default = "default_base_path")]
+    pub base_path: String,
+    /// Lease time to live: a server that stops renewing (killed, cut off) leaves etcd this long
+    /// after its last renewal. Whole seconds, at least 1 (etcd may round it up to its minimum).
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The addresses to register, `network@host:port`, as clients on other hosts dial them.
+    /// Empty: every `server.listen` address as bound (`reuseport` registered as `tcp`, `unix`
+    /// left out); a listener on 0.0.0.0 or [::] then is an error, as no client can dial it.
+    #[serde(default, deserialize_with = "advertise_addrs")]
+    pub advertise: Vec<Addr>,
+    /// Metadata of services `metadata` does not name, a URL query such as "weight=2&group=g".
+    #[serde(default)]
+    pub default_metadata: String,
+    /// Metadata per service name, e.g. { Arith = "weight=7&group=g" }; `state=inactive` hides
+    /// the server from rpcx clients.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// etcd user (etcd auth); needs `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password of `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// PEM CA certificates to verify etcd's certificate: TLS to etcd when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Bound on connecting to etcd and on each request, and on the delete at shutdown.
+    #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At shutdown, how long the server keeps serving after its keys are deleted, so clients
+    /// watching etcd drop it before it stops taking calls.
+    #[serde(default = "default_deregister_grace", with = "humantime_serde")]
+    pub deregister_grace: Duration,
+}
+
+fn default_base_path() -> String {
+    "/rpcx_test".into()
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_etcd_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_deregister_grace() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn advertise_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<Addr>()
+                .map_err(|e| serde::de::Error::custom(e.to_string()))
+        })
+        .collect()
+}
+
+impl EtcdRegistry {
+    /// How to reach etcd.
+    pub fn connect(&self) -> crate::etcd::EtcdConnect {
+        crate::etcd::EtcdConnect {
+            endpoints: self.endpoints.clone(),
+            user: self.user.clone().zip(self.password.clone()),
+            ca: self.ca.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The addresses to register, given the listeners as bound; an unspecified IP without
+    /// `advertise` is an error naming the listener.
+    pub fn addresses(&self, listening: &[Addr]) -> Result<Vec<String>, ConfigError> {
+        if !self.advertise.is_empty() {
+            return Ok(self.advertise.iter().map(ToString::to_string).collect());
+        }
+        let mut out = Vec::new();
+        for addr in listening {
+            let network = match addr.network {
+                Network::Unix => continue,
+                Network::Reuseport => Network::Tcp,
+                n => n,
+            };
+            if let Ok(ip) = addr.socket_addr()
+                && ip.ip().is_unspecified()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "registry.etcd.advertise",
+                    message: format!(
+                        "listener {addr} is on all interfaces; set the address clients dial \
+                         (e.g. advertise = [\"{network}@10.0.0.5:{}\"])",
+                        ip.port()
+                    ),
+                });
+            }
+            out.push(Addr::new(network, addr.address.clone()).to_string());
+        }
+        if out.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "registry.etcd.advertise",
+                message: "no listener clients on other hosts can dial; set advertise".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every `metadata` key names one of `services` (the server's registry).
+    pub fn check_services(&self, services: &[&str]) -> Result<(), ConfigError> {
+        match self
+            .metadata
+            .keys()
+            .find(|k| !services.contains(&k.as_str()))
+        {
+            Some(unknown) => Err(ConfigError::Invalid {
+                key: "registry.etcd.metadata",
+                message: format!(
+                    "{unknown:?} is not a registered service (these are: {services:?})"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn validate(&self, listen: &[Addr]) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return bad(
+                "registry.etcd.endpoints",
+                "needs at least one etcd endpoint",
+            );
+        }
+        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
+            return bad("registry.etcd.ttl", "must be whole seconds, at least 1s");
+        }
+        if self.timeout.is_zero() {
+            return bad("registry.etcd.timeout", "must be more than 0s");
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return bad(
+                "registry.etcd.user",
+                "registry.etcd.user and password must be set together",
+            );
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return bad(
+                "registry.etcd.cert",
+                "registry.etcd.cert and key must be set together",
+            );
+        }
+        let base = self.base_path.trim_end_matches('/');
+        if base.is_empty() {
+            return bad("registry.etcd.base_path", "must not be empty or \"/\"");
+        }
+        if self.advertise.is_empty() {
+            // Port 0 is resolved at bind time; the rest is known now.
+            self.addresses(listen)?;
+        }
+        Ok(())
+    }
 }
 
 /// Log line format.
@@ -697,6 +893,9 @@ impl Config {
             key: e.key,
             message: e.why,
         })?;
+        if let Some(etcd) = &self.registry.etcd {
+            etcd.validate(&self.server.listen)?;
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 key: "log.level",
@@ -714,6 +913,11 @@ impl Config {
         }
         for secret in [&mut c.kcp.key, &mut c.kcp.password].into_iter().flatten() {
             *secret = "<redacted>".into();
+        }
+        if let Some(etcd) = &mut c.registry.etcd
+            && etcd.password.is_some()
+        {
+            etcd.password = Some("<redacted>".into());
         }
         c
     }
@@ -754,6 +958,7 @@ mod tests {
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
             include_str!("../configs/kcp.toml"),
+            include_str!("../configs/etcd.toml"),
             include_str!("../configs/quic.toml"),
         ] {
             Config::from_toml(text).unwrap().validate().unwrap();
@@ -956,6 +1161,47 @@ max_streams = 2
         assert!(
             err.contains("auth.token_file") && err.contains("no token"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn etcd_registry_is_checked() {
+        let etcd = "[registry.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n";
+        let c =
+            Config::from_toml(&format!("[server]\nlisten = [\"tcp@0.0.0.0:1\"]\n{etcd}")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("registry.etcd.advertise") && err.contains("tcp@0.0.0.0:1"),
+            "{err}"
+        );
+        let c = Config::from_toml(&format!(
+            "[server]\nlisten = [\"reuseport@127.0.0.1:7\", \"unix@/tmp/x.sock\"]\n{etcd}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let e = c.registry.etcd.as_ref().unwrap();
+        assert_eq!(e.base_path, "/rpcx_test");
+        assert_eq!(
+            e.addresses(&c.server.listen).unwrap(),
+            ["tcp@127.0.0.1:7"],
+            "reuseport is dialed as tcp, unix is left out"
+        );
+        for (bad, key) in [
+            ("ttl = \"1500ms\"", "registry.etcd.ttl"),
+            ("user = \"u\"", "registry.etcd.user"),
+            ("base_path = \"/\"", "registry.etcd.base_path"),
+        ] {
+            let c = Config::from_toml(&format!("{etcd}{bad}\n")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{bad}: {err}");
+        }
+        let err = Config::from_toml(&format!("{etcd}endpoint = 1\n")).unwrap_err();
+        assert!(err.contains("endpoint"), "{err}");
+        let mut c = Config::from_toml(&format!("{etcd}user = \"u\"\npassword = \"p\"\n")).unwrap();
+        c = c.redacted();
+        assert_eq!(
+            c.registry.etcd.unwrap().password.as_deref(),
+            Some("<redacted>")
         );
     }
 

@@ -16,9 +16,11 @@
 //! | [`client`] | the rpcx client: multiplexed connection, `XClient` (fail and select modes), discovery |
 //! | [`bench`] | the load generator behind `percore bench`, built on the public client only |
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
+//! | [`etcd`] | many hosts: registration in etcd (rpcx-etcd's key layout) on a thread of its own; the client's etcd discovery is [`client::EtcdDiscovery`] |
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
 //! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
 //! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
+//! | [`host`] | what the host must give percore (io_uring, memlock, open files), checked before any executor starts; `percore check-host` |
 //!
 //! `main.rs` only parses the command line and calls into these.
 //!
@@ -57,7 +59,9 @@
 //! `percore-kcp` (one per `kcp@` listener) owns that listener's UDP socket and KCP sessions and
 //! hands each session's byte stream to a core, which runs the same frame loop on it.
 //! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
-//! `percore-quic-client` does the same for the client's `quic@` dials.
+//! `percore-quic-client` does the same for the client's `quic@` dials. `percore-etcd` (with
+//! `[registry.etcd]`) keeps this server's keys in etcd on a tokio runtime of its own, and a
+//! drain deletes them before the cores stop.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or
@@ -71,6 +75,8 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod etcd;
+pub mod host;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

@@ -274,3 +274,99 @@ fn a_second_server_on_the_same_port_is_refused_naming_the_first() {
     assert!(exited.is_none(), "share_port = true starts: {stderr}");
     drop(first);
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    percore::codec::gzip(bytes, &mut out);
+    out
+}
+
+#[test]
+fn big_legal_calls_leave_idle_connections_small() {
+    let server = common::ServeProcess::start("");
+    let addr: SocketAddr = server.addr.trim_start_matches("tcp@").parse().unwrap();
+    let mut good = connect(addr);
+    send(
+        &mut good,
+        &request(3, 0, "Arith", "Mul", &msgpack_args(2, 2)),
+    );
+    assert_eq!(msgpack_reply(&read_frame(&mut good).payload), 4);
+    let before = server.rss_kib();
+    // 20 connections, each one Echo of a gzip payload that inflates to 8 MiB; then they idle.
+    let body = gzip(&vec![7u8; 8 << 20]);
+    let mut idle = Vec::new();
+    for i in 0..20u64 {
+        let mut s = connect(addr);
+        let mut call = request(0, i, "Echo", "Echo", &body);
+        call.header.set_compress(percore::protocol::COMPRESS_GZIP);
+        send(&mut s, &call);
+        let reply = read_frame(&mut s);
+        assert!(!reply.header.is_error());
+        idle.push(s);
+        // A well-behaved client on the same core is served meanwhile.
+        send(
+            &mut good,
+            &request(3, i + 1, "Arith", "Mul", &msgpack_args(3, 3)),
+        );
+        assert_eq!(msgpack_reply(&read_frame(&mut good).payload), 9);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = server.rss_kib();
+    // Each call held ~16 MiB while it ran; kept, 20 idle connections would hold ~320 MiB.
+    assert!(
+        after < before + 48 * 1024,
+        "RSS grew from {before} KiB to {after} KiB with 20 idle connections"
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_gateway_body_over_the_inflate_limit_is_refused_and_its_connection_closed() {
+    let server = common::ServeProcess::start("[limits]\nmax_decompressed_bytes = 1048576\n");
+    let addr: SocketAddr = server.addr.trim_start_matches("tcp@").parse().unwrap();
+    let body = gzip(&vec![0u8; 4 << 20]);
+    let mut s = connect(addr);
+    write!(
+        s,
+        "POST /Echo HTTP/1.1\r\nX-RPCX-ServiceMethod: Echo\r\nX-RPCX-SerializeType: 0\r\n\
+         X-RPCX-CompressType: 1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let mut text = Vec::new();
+    // The connection closes after the reply (read_to_end returns).
+    s.read_to_end(&mut text).unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
+    assert!(text.contains("X-RPCX-ErrorMessage"), "{text}");
+}
+
+#[test]
+fn quiet_connections_give_back_what_mid_size_calls_grew() {
+    let server = common::ServeProcess::start("");
+    let addr: SocketAddr = server.addr.trim_start_matches("tcp@").parse().unwrap();
+    let before = server.rss_kib();
+    // 100 connections, each one Echo of 200 KiB (under every per-call release threshold), then
+    // quiet: each would keep ~400 KiB of read and write buffer.
+    let payload = vec![5u8; 200 << 10];
+    let mut idle = Vec::new();
+    for i in 0..100u64 {
+        let mut s = connect(addr);
+        send(&mut s, &request(0, i, "Echo", "Echo", &payload));
+        assert_eq!(read_frame(&mut s).payload.len(), payload.len());
+        idle.push(s);
+    }
+    let busy = server.rss_kib();
+    // Quiet for over a second: the watchdog trims every connection's buffers.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = server.rss_kib();
+    eprintln!("RSS KiB: before {before}, after the calls {busy}, after 2.5 s quiet {after}");
+    assert!(
+        after < before + 16 * 1024,
+        "100 quiet connections hold {} KiB more than before",
+        after.saturating_sub(before)
+    );
+    drop(idle);
+}

@@ -249,3 +249,91 @@ fn sighup_applies_the_log_level_from_the_config_file() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `percore serve` on `port`, one core, waited for until it answers.
+fn serve_on(port: u16) -> Server {
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_percore"))
+            .args(["serve", "--cores", "1", "--admin-listen", ""])
+            .args(["--listen", &format!("tcp@127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+#[test]
+fn kill_9_under_load_fails_calls_promptly_and_the_client_reconnects_when_it_is_back() {
+    use percore::builtin::{ArithArgs, ArithReply};
+    use percore::client::{Client, Options};
+    let port = free_port();
+    let mut server = Some(serve_on(port));
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let load = std::thread::spawn(move || {
+        percore::client::block_on(move || async move {
+            let options = Options {
+                timeout: Some(Duration::from_secs(5)),
+                ..Options::default()
+            };
+            let client = Client::new(&format!("tcp@127.0.0.1:{port}"), options).unwrap();
+            let call = |n: i64| {
+                let client = client.clone();
+                async move {
+                    let started = Instant::now();
+                    let reply: Result<ArithReply, _> =
+                        client.call("Arith", "Mul", &ArithArgs { a: n, b: 2 }).await;
+                    (reply.map(|r| r.c), started.elapsed())
+                }
+            };
+            // Under load: calls succeed until the kill.
+            for n in 0..200 {
+                assert_eq!(call(n).await.0.unwrap(), n * 2);
+            }
+            killed_rx.recv().unwrap();
+            // Every call now fails, and promptly (not after its 5 s timeout).
+            for n in 0..20 {
+                let (reply, took) = call(n).await;
+                assert!(reply.is_err(), "a call succeeded with the server dead");
+                assert!(took < Duration::from_secs(2), "a failure took {took:?}");
+            }
+            back_rx.recv().unwrap();
+            // The same client re-dials and is served again.
+            let mut ok = 0;
+            for n in 0..200 {
+                if let (Ok(c), _) = call(n).await {
+                    assert_eq!(c, n * 2);
+                    ok += 1;
+                }
+            }
+            ok
+        })
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(mut s) = server.take() {
+        s.0.kill().unwrap(); // SIGKILL
+        s.0.wait().unwrap();
+    }
+    killed_tx.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _back = serve_on(port);
+    back_tx.send(()).unwrap();
+    let ok = load.join().unwrap();
+    assert!(
+        ok >= 199,
+        "only {ok} of 200 calls succeeded after the restart"
+    );
+}

@@ -10,7 +10,8 @@ use crate::codec::SerializeType;
 /// What `percore call` was asked to do.
 #[derive(Clone, Debug)]
 pub struct CallCommand {
-    /// `network@host:port`.
+    /// `network@host:port`, or `etcd://HOST:PORT/BASE`: the first active server of the
+    /// service registered there.
     pub address: String,
     /// `Service.Method` (split at the last dot).
     pub service_method: String,
@@ -46,6 +47,23 @@ pub enum CallError {
     Runtime(#[from] std::io::Error),
 }
 
+/// For `etcd://HOST:PORT[,HOST:PORT]/BASE`: the addresses of `service`'s active servers
+/// registered there (`state=inactive` left out), listed once. None for any other address.
+pub fn etcd_servers(address: &str, service: &str) -> Result<Option<Vec<String>>, String> {
+    let Some(url) = crate::etcd::parse_url(address) else {
+        return Ok(None);
+    };
+    let (endpoints, base) = url?;
+    let connect = crate::etcd::EtcdConnect::new(endpoints);
+    let servers = super::etcd::list_once(&connect, &base, service).map_err(|e| e.to_string())?;
+    Ok(Some(
+        super::discovery::filter(servers, None)
+            .into_iter()
+            .map(|s| s.address)
+            .collect(),
+    ))
+}
+
 /// Runs the call on a fresh executor and returns `{"reply": ..., "metadata": {...}}`.
 pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
     let (service, method) = cmd
@@ -75,6 +93,15 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
     // Checked here (files read) so bad TLS options fail before an executor starts.
     if let Some(tls) = &cmd.tls {
         crate::transport::tls::client_config(tls).map_err(|e| CallError::Usage(e.to_string()))?;
+    }
+    let mut cmd = cmd;
+    if let Some(servers) = etcd_servers(&cmd.address, &service).map_err(CallError::Usage)? {
+        cmd.address = servers.into_iter().next().ok_or_else(|| {
+            CallError::Usage(format!(
+                "no active server of {service} is registered at {}",
+                cmd.address
+            ))
+        })?;
     }
     // Parsed here so a bad address fails before an executor starts.
     cmd.address

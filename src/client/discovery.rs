@@ -1,4 +1,5 @@
-//! Where a service's servers are: peer-to-peer (one address) or a static list with metadata.
+//! Where a service's servers are: peer-to-peer (one address), a static list with metadata, or
+//! etcd (a list kept up to date by a watch, [`EtcdDiscovery`]).
 //!
 //! Metadata is rpcx's URL query string (`weight=5&group=blue&state=inactive`), as a registry
 //! would store it. `state=inactive` hides a server; `group=` is matched against
@@ -6,6 +7,7 @@
 
 use std::str::FromStr;
 
+use super::etcd::EtcdDiscovery;
 use crate::transport::addr::{Addr, AddrError};
 
 /// One server and its metadata.
@@ -82,6 +84,9 @@ pub enum Discovery {
     PeerToPeer(String),
     /// A fixed list of servers with metadata (rpcx's `NewMultipleServersDiscovery`).
     MultipleServers(Vec<ServerEntry>),
+    /// The servers registered in etcd under `BASE/ServiceName/`, watched (rpcx-etcd's
+    /// `NewEtcdV3Discovery`); an XClient takes each change before its next selection.
+    Etcd(EtcdDiscovery),
 }
 
 impl Discovery {
@@ -90,18 +95,24 @@ impl Discovery {
         match self {
             Discovery::PeerToPeer(address) => vec![ServerEntry::new(address.clone(), "")],
             Discovery::MultipleServers(entries) => entries.clone(),
+            Discovery::Etcd(etcd) => etcd.servers(),
         }
     }
 
     /// The servers a client may call: `state=inactive` removed and, when `group` is given, only
     /// servers of that group (rpcx's `filterByStateAndGroup`).
     pub fn servers(&self, group: Option<&str>) -> Vec<ServerEntry> {
-        self.entries()
-            .into_iter()
-            .filter(|e| !e.is_inactive())
-            .filter(|e| group.is_none_or(|g| e.in_group(g)))
-            .collect()
+        filter(self.entries(), group)
     }
+}
+
+/// `state=inactive` removed and, when `group` is given, only servers of that group.
+pub(crate) fn filter(entries: Vec<ServerEntry>, group: Option<&str>) -> Vec<ServerEntry> {
+    entries
+        .into_iter()
+        .filter(|e| !e.is_inactive())
+        .filter(|e| group.is_none_or(|g| e.in_group(g)))
+        .collect()
 }
 
 /// `k=v&k2=v2` pairs, percent-decoded (`+` is a space), like Go's `url.ParseQuery`.

@@ -143,6 +143,17 @@ impl SelectState {
         }
     }
 
+    /// The state for a new server list: round robin and random go on from where they are, a
+    /// user's selector is kept, weights and hash buckets are rebuilt.
+    pub(crate) fn update(&mut self, mode: SelectMode, servers: &[ServerEntry]) {
+        match self {
+            SelectState::Random(_) | SelectState::RoundRobin(_) | SelectState::User(_) => {}
+            SelectState::Weighted { .. } | SelectState::Hash { .. } => {
+                *self = SelectState::new(mode, servers);
+            }
+        }
+    }
+
     /// Picks a server index; `args_v` gives Go's `%v` of the args (only ConsistentHash asks).
     pub(crate) fn select(
         &mut self,

@@ -12,7 +12,7 @@
 //! copy finishes first even if it failed; here a failed copy waits for the other one, so a
 //! dead first server does not fail a call a live second server could answer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,7 +20,8 @@ use std::task::Poll;
 
 use serde::Serialize;
 
-use super::discovery::{Discovery, ServerEntry};
+use super::discovery::{self, Discovery, ServerEntry};
+use super::etcd::EtcdDiscovery;
 use super::selector::{SelectCall, SelectMode, SelectState, Selector};
 use super::{Client, Error, Options, ReplyView, Request, gofmt};
 use crate::codec::{Payload, SerializeType};
@@ -47,10 +48,18 @@ pub struct XClient {
     service: String,
     fail_mode: FailMode,
     select_mode: SelectMode,
-    servers: Vec<ServerEntry>,
-    clients: Vec<Client>,
+    pool: RefCell<Pool>,
     select: RefCell<SelectState>,
     options: Rc<Options>,
+    /// With etcd discovery: the watched list and the version of it last taken.
+    watch: Option<(EtcdDiscovery, Cell<u64>)>,
+}
+
+/// The servers calls may go to, and a client of each (same order).
+#[derive(Default)]
+struct Pool {
+    servers: Vec<ServerEntry>,
+    clients: Vec<Client>,
 }
 
 impl XClient {
@@ -65,20 +74,51 @@ impl XClient {
         options: Options,
     ) -> Result<XClient, Error> {
         let options = Rc::new(options);
+        let watch = match discovery {
+            // The version is read before the list, so a change in between is taken later.
+            Discovery::Etcd(etcd) => Some((etcd.clone(), Cell::new(etcd.version()))),
+            _ => None,
+        };
         let servers = discovery.servers(options.group.as_deref());
-        let clients = servers
-            .iter()
-            .map(|s| Ok(Client::with_addr(s.dial_addr()?, Rc::clone(&options))))
-            .collect::<Result<Vec<_>, Error>>()?;
+        let pool = if watch.is_some() {
+            // A registry may hold what percore cannot dial: left out, not an error.
+            Pool::default().update(servers, &options)
+        } else {
+            let clients = servers
+                .iter()
+                .map(|s| Ok(Client::with_addr(s.dial_addr()?, Rc::clone(&options))))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Pool { servers, clients }
+        };
         Ok(XClient {
             service: service.to_owned(),
             fail_mode,
             select_mode,
-            select: RefCell::new(SelectState::new(select_mode, &servers)),
-            servers,
-            clients,
+            select: RefCell::new(SelectState::new(select_mode, &pool.servers)),
+            pool: RefCell::new(pool),
             options,
+            watch,
         })
+    }
+
+    /// Takes the watched list if it changed since the last look (one atomic load when not).
+    /// Clients of servers still listed are kept, with their connections.
+    fn refresh(&self) {
+        let Some((etcd, seen)) = &self.watch else {
+            return;
+        };
+        let version = etcd.version();
+        if version == seen.get() {
+            return;
+        }
+        seen.set(version);
+        let servers = discovery::filter(etcd.servers(), self.options.group.as_deref());
+        let mut pool = self.pool.borrow_mut();
+        let next = pool.update(servers, &self.options);
+        self.select
+            .borrow_mut()
+            .update(self.select_mode, &next.servers);
+        *pool = next;
     }
 
     /// The selector used in [`SelectMode::SelectByUser`] mode (rpcx's `SetSelector`).
@@ -86,14 +126,15 @@ impl XClient {
         *self.select.borrow_mut() = SelectState::User(Some(Box::new(selector)));
     }
 
-    /// The servers calls may go to, in discovery order.
-    pub fn servers(&self) -> &[ServerEntry] {
-        &self.servers
+    /// The servers calls may go to now, in discovery order.
+    pub fn servers(&self) -> Vec<ServerEntry> {
+        self.refresh();
+        self.pool.borrow().servers.clone()
     }
 
     /// The client of server `index` (same order as [`XClient::servers`]).
-    pub fn client(&self, index: usize) -> Option<&Client> {
-        self.clients.get(index)
+    pub fn client(&self, index: usize) -> Option<Client> {
+        self.pool.borrow().clients.get(index).cloned()
     }
 
     /// The fail mode.
@@ -126,8 +167,9 @@ impl XClient {
         let payload = encode(args, codec)?;
         let req = self.request(method, codec, metadata, &payload);
         let args_v = || gofmt::to_string(args);
+        let req = &req;
         self.run(method, &payload, &args_v, |client| {
-            Box::pin(client.call_with(&req, |r| r.decode::<R>()))
+            Box::pin(async move { client.call_with(req, |r| r.decode::<R>()).await })
         })
         .await
     }
@@ -144,10 +186,15 @@ impl XClient {
         let req = self.request(method, codec, metadata, payload);
         let args_v = || gofmt::to_string(&ByteSlice(payload));
         let service = self.service.as_str();
+        let req = &req;
         self.run(method, payload, &args_v, |client| {
-            Box::pin(client.call_with(&req, move |r: &ReplyView<'_>| {
-                Ok(r.to_message(service, method))
-            }))
+            Box::pin(async move {
+                client
+                    .call_with(req, move |r: &ReplyView<'_>| {
+                        Ok(r.to_message(service, method))
+                    })
+                    .await
+            })
         })
         .await
     }
@@ -163,8 +210,9 @@ impl XClient {
         let payload = encode(args, codec)?;
         let req = self.request(method, codec, &[], &payload);
         let args_v = || gofmt::to_string(args);
+        let req = &req;
         self.run(method, &payload, &args_v, |client| {
-            Box::pin(client.oneway(&req))
+            Box::pin(async move { client.oneway(req).await })
         })
         .await
     }
@@ -191,7 +239,7 @@ impl XClient {
 
     /// Closes every connection.
     pub fn close(&self) {
-        self.clients.iter().for_each(Client::close);
+        self.pool.borrow().clients.iter().for_each(Client::close);
     }
 
     fn request<'a>(
@@ -216,17 +264,21 @@ impl XClient {
         method: &str,
         payload: &[u8],
         args_v: &dyn Fn() -> String,
-    ) -> Result<usize, Error> {
+    ) -> Result<Client, Error> {
+        self.refresh();
+        let pool = self.pool.borrow();
         let call = SelectCall {
-            servers: &self.servers,
+            servers: &pool.servers,
             service: &self.service,
             method,
             payload,
         };
-        self.select
+        let index = self
+            .select
             .borrow_mut()
             .select(&call, args_v)
-            .ok_or_else(|| Error::NoServer(self.service.clone()))
+            .ok_or_else(|| Error::NoServer(self.service.clone()))?;
+        Ok(pool.clients[index].clone())
     }
 
     /// One call under the fail mode; `attempt` makes one try on one server's client.
@@ -235,15 +287,15 @@ impl XClient {
         method: &str,
         payload: &[u8],
         args_v: &dyn Fn() -> String,
-        attempt: impl Fn(&'a Client) -> Attempt<'a, T>,
+        attempt: impl Fn(Client) -> Attempt<'a, T>,
     ) -> Result<T, Error> {
         let mut server = self.select(method, payload, args_v)?;
         match self.fail_mode {
-            FailMode::Failfast => attempt(&self.clients[server]).await,
+            FailMode::Failfast => attempt(server).await,
             FailMode::Failover | FailMode::Failtry => {
                 let mut tries = 0;
                 loop {
-                    let error = match attempt(&self.clients[server]).await {
+                    let error = match attempt(server.clone()).await {
                         Ok(value) => return Ok(value),
                         Err(e) => e,
                     };
@@ -257,7 +309,7 @@ impl XClient {
                 }
             }
             FailMode::Failbackup => {
-                let mut first = attempt(&self.clients[server]);
+                let mut first = attempt(server);
                 let backup = self.options.backup_latency;
                 let early = futures_lite::future::or(async { Some(first.as_mut().await) }, async {
                     glommio::timer::Timer::new(backup).await;
@@ -271,7 +323,7 @@ impl XClient {
                     Ok(s) => s,
                     Err(_) => return first.await,
                 };
-                let second = attempt(&self.clients[server]);
+                let second = attempt(server);
                 first_success(first, second).await
             }
         }
@@ -283,14 +335,15 @@ impl XClient {
         args: &A,
         every: bool,
     ) -> Result<R, Error> {
-        if self.clients.is_empty() {
+        self.refresh();
+        let clients = self.pool.borrow().clients.clone();
+        if clients.is_empty() {
             return Err(Error::NoServer(self.service.clone()));
         }
         let codec = self.options.serialize;
         let payload = encode(args, codec)?;
         let req = self.request(method, codec, &[], &payload);
-        let mut calls: Vec<Option<Attempt<'_, R>>> = self
-            .clients
+        let mut calls: Vec<Option<Attempt<'_, R>>> = clients
             .iter()
             .map(|c| Some(Box::pin(c.call_with(&req, |r| r.decode::<R>())) as Attempt<'_, R>))
             .collect();
@@ -324,6 +377,34 @@ impl XClient {
             })
         })
         .await
+    }
+}
+
+impl Pool {
+    /// The pool for `servers`, reusing this one's client of each server still listed; a server
+    /// whose address percore cannot dial is left out with a warning.
+    fn update(&self, servers: Vec<ServerEntry>, options: &Rc<Options>) -> Pool {
+        let mut next = Pool::default();
+        for server in servers {
+            let kept = self
+                .servers
+                .iter()
+                .position(|s| s.address == server.address)
+                .map(|i| self.clients[i].clone());
+            let client = match kept {
+                Some(c) => c,
+                None => match server.dial_addr() {
+                    Ok(addr) => Client::with_addr(addr, Rc::clone(options)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "discovery: a server percore cannot dial is left out");
+                        continue;
+                    }
+                },
+            };
+            next.servers.push(server);
+            next.clients.push(client);
+        }
+        next
     }
 }
 

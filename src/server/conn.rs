@@ -19,7 +19,7 @@
 //! connection after the replies to the frames before it (and the auth error reply) are
 //! flushed, with one log line and a metric.
 
-use crate::buf::{ReadBuf, SHRINK_ABOVE};
+use crate::buf::{ReadBuf, SCRATCH_KEEP, SHRINK_ABOVE, release};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -120,6 +120,10 @@ struct Outbox {
     writer: Cell<Option<Waker>>,
     /// The reader, only while it waits for room (`poll_room`): the writer wakes it after a write.
     reader: Cell<Option<Waker>>,
+    /// The watchdog found the connection quiet: the writer gives its buffers back.
+    trim: Cell<bool>,
+    /// The writer's buffers are over [`IDLE_KEEP`] (set after each write).
+    bloated: Cell<bool>,
 }
 
 impl Outbox {
@@ -150,14 +154,17 @@ impl Outbox {
         wake(&self.reader);
     }
 
-    /// Ready(true) when there is something to write, Ready(false) when the connection is done.
+    /// What the writer does next: write, give its buffers back, or close.
     #[inline]
-    fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
+    fn poll_work(&self, cx: &mut TaskContext<'_>) -> Poll<Work> {
         if !self.buf.borrow().is_empty() {
-            return Poll::Ready(true);
+            return Poll::Ready(Work::Write);
         }
         if self.closed.get() && self.delayed.get() == 0 {
-            return Poll::Ready(false);
+            return Poll::Ready(Work::Close);
+        }
+        if self.trim.take() {
+            return Poll::Ready(Work::Trim);
         }
         park(&self.writer, cx);
         Poll::Pending
@@ -174,6 +181,21 @@ impl Outbox {
     }
 }
 
+/// What the writer does next.
+enum Work {
+    Write,
+    /// The connection is quiet: give the buffers back.
+    Trim,
+    Close,
+}
+
+/// A connection quiet this long gives back what its buffers grew to past [`IDLE_KEEP`], so an
+/// idle connection holds its 8 KiB read buffer and little else, whatever it did before.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// What a connection's buffers may keep once it is quiet (each).
+const IDLE_KEEP: usize = 4 << 10;
+
 /// What the watchdog found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expiry {
@@ -181,6 +203,8 @@ enum Expiry {
     Idle,
     /// A frame not complete `limits.frame_timeout` after it started.
     Frame,
+    /// Quiet for [`TRIM_AFTER`] with buffers over [`IDLE_KEEP`]: give them back, read on.
+    Trim,
 }
 
 /// The connection's clocks, shared by the reader and its watchdog task.
@@ -189,8 +213,15 @@ struct Watch {
     last_request: Cell<Instant>,
     /// When the frame now partly in the read buffer started arriving (None: no partial frame).
     frame_started: Cell<Option<Instant>>,
-    /// The watchdog's verdict: the reader stops.
+    /// The watchdog's verdict: the reader stops (or trims).
     expired: Cell<Option<Expiry>>,
+    /// The reader's buffers are over [`IDLE_KEEP`] (set after each batch).
+    bloated: Cell<bool>,
+    /// Set (and the watchdog woken) when the buffers have just grown: the watchdog may be
+    /// sleeping far longer than [`TRIM_AFTER`].
+    nudged: Cell<bool>,
+    /// The watchdog, while it sleeps.
+    watchdog: Cell<Option<Waker>>,
     /// The reader, while a read is pending.
     reader: Cell<Option<Waker>>,
 }
@@ -201,6 +232,9 @@ impl Watch {
             last_request: Cell::new(Instant::now()),
             frame_started: Cell::new(None),
             expired: Cell::new(None),
+            bloated: Cell::new(false),
+            nudged: Cell::new(false),
+            watchdog: Cell::new(None),
             reader: Cell::new(None),
         }
     }
@@ -257,6 +291,15 @@ async fn watchdog(
                 .checked_sub(now.saturating_duration_since(since))
                 .filter(|d| !d.is_zero())
         };
+        let quiet = now.saturating_duration_since(watch.last_request.get());
+        let bloated = watch.bloated.get() || outbox.bloated.get();
+        if bloated && quiet >= TRIM_AFTER && watch.frame_started.get().is_none() {
+            watch.bloated.set(false);
+            outbox.bloated.set(false);
+            outbox.trim.set(true);
+            wake(&outbox.writer);
+            watch.expire(Expiry::Trim);
+        }
         let wait = match watch.frame_started.get() {
             Some(started) if !frame_timeout.is_zero() => match left(frame_timeout, started) {
                 Some(wait) => wait,
@@ -271,7 +314,19 @@ async fn watchdog(
                 None => return watch.expire(Expiry::Idle),
             },
         };
-        glommio::timer::sleep(wait).await;
+        // With buffers to give back, look again when the connection has been quiet long enough.
+        let wait = match TRIM_AFTER.checked_sub(quiet) {
+            Some(until_quiet) if bloated && !until_quiet.is_zero() => wait.min(until_quiet),
+            _ => wait,
+        };
+        let nudge = poll_fn(|cx| {
+            if watch.nudged.take() {
+                return Poll::Ready(());
+            }
+            park(&watch.watchdog, cx);
+            Poll::Pending
+        });
+        futures_lite::future::or(glommio::timer::sleep(wait), nudge).await;
     }
 }
 
@@ -298,6 +353,33 @@ struct Scratch {
     payload: Vec<u8>,
     inflated: Vec<u8>,
     deflated: Vec<u8>,
+}
+
+impl Scratch {
+    /// Whether any buffer is over `keep` bytes.
+    #[inline]
+    fn over(&self, keep: usize) -> bool {
+        [&self.meta, &self.payload, &self.inflated, &self.deflated]
+            .iter()
+            .any(|b| b.capacity() > keep)
+    }
+
+    /// The connection is quiet: keep no more than [`IDLE_KEEP`] each.
+    fn trim(&mut self) {
+        release(&mut self.meta, IDLE_KEEP);
+        release(&mut self.payload, IDLE_KEEP);
+        release(&mut self.inflated, IDLE_KEEP);
+        release(&mut self.deflated, IDLE_KEEP);
+    }
+
+    /// After a batch of requests: what a big call grew is given back (four capacity checks).
+    #[inline]
+    fn release(&mut self) {
+        release(&mut self.meta, SCRATCH_KEEP);
+        release(&mut self.payload, SCRATCH_KEEP);
+        release(&mut self.inflated, SCRATCH_KEEP);
+        release(&mut self.deflated, SCRATCH_KEEP);
+    }
 }
 
 async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
@@ -332,6 +414,16 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         }
         if let Some(watch) = watch {
             watch.taken(rbuf.data().len() < buffered, !rbuf.data().is_empty());
+            let bloated = rbuf.capacity() > INITIAL_READ_BUFFER
+                || scratch.over(IDLE_KEEP)
+                || outbox.bloated.get();
+            if bloated && !watch.bloated.replace(true) {
+                watch.nudged.set(true);
+                wake(&watch.watchdog);
+            }
+        }
+        if rbuf.data().len() < buffered {
+            scratch.release();
         }
         if outbox.buf.borrow().len() >= WRITE_NUDGE {
             futures_lite::future::yield_now().await;
@@ -348,6 +440,15 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
                     Ok(read) => read,
                     Err(Expiry::Idle) => return End::IdleTimeout,
                     Err(Expiry::Frame) => return End::FrameTimeout(limits.frame_timeout),
+                    Err(Expiry::Trim) => {
+                        watch.expired.set(None);
+                        rbuf.trim();
+                        scratch.trim();
+                        // What the connection gave back goes to the OS now, not when this
+                        // core next allocates (once per quiet spell).
+                        crate::buf::return_to_os();
+                        continue;
+                    }
                 }
             }
         };
@@ -419,7 +520,16 @@ async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
     transport: Transport,
 ) {
     let mut batch = Vec::new();
-    while poll_fn(|cx| outbox.poll_work(cx)).await {
+    loop {
+        match poll_fn(|cx| outbox.poll_work(cx)).await {
+            Work::Write => {}
+            Work::Trim => {
+                release(&mut batch, IDLE_KEEP);
+                release(&mut outbox.buf.borrow_mut(), IDLE_KEEP);
+                continue;
+            }
+            Work::Close => break,
+        }
         std::mem::swap(&mut batch, &mut *outbox.buf.borrow_mut());
         outbox.writing.set(batch.len());
         let result = wr.write_all(&batch).await;
@@ -434,9 +544,10 @@ async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
             .bytes_out
             .add(batch.len() as u64);
         batch.clear();
-        if batch.capacity() > SHRINK_ABOVE {
-            batch = Vec::new();
-        }
+        release(&mut batch, SHRINK_ABOVE);
+        outbox
+            .bloated
+            .set(batch.capacity() > IDLE_KEEP || outbox.buf.borrow().capacity() > IDLE_KEEP);
     }
     let _ = wr.close().await;
 }

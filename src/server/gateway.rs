@@ -27,7 +27,9 @@ use super::Core;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
 use super::http::{self, Head, HttpMethod, Refusal, Response, Wait, push_header, shrink};
 use super::jsonrpc;
+use crate::buf::{SCRATCH_KEEP, release};
 use crate::codec;
+use crate::metrics::BadHttp;
 use crate::metrics::Transport;
 use crate::protocol::{META_AUTH, Metadata, push_meta};
 use crate::service::Registry;
@@ -58,6 +60,7 @@ where
         first_request: true,
         jsonrpc_conn: false,
         scratch: Scratch::default(),
+        refused: None,
     };
     http::serve(core, stream, peer, transport, &mut gateway).await
 }
@@ -71,6 +74,8 @@ struct Gateway<R> {
     /// rpcx routes a whole connection to JSON-RPC by its first request's header.
     jsonrpc_conn: bool,
     scratch: Scratch,
+    /// The last request was refused over a limit: the connection closes after its reply.
+    refused: Option<Refusal>,
 }
 
 /// The headers of a request the gateway reads (PROTOCOL.md §5).
@@ -118,7 +123,23 @@ impl<R: Registry> http::Handler for Gateway<R> {
     }
 
     fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait> {
-        self.serve_request(head, body, out)
+        let wait = self.serve_request(head, body, out);
+        // What a big request grew is given back between requests.
+        let s = &mut self.scratch;
+        for buf in [
+            &mut s.inflated,
+            &mut s.meta_in,
+            &mut s.meta_out,
+            &mut s.payload,
+            &mut s.json,
+        ] {
+            release(buf, SCRATCH_KEEP);
+        }
+        wait
+    }
+
+    fn take_refusal(&mut self) -> Option<Refusal> {
+        self.refused.take()
     }
 }
 
@@ -228,6 +249,25 @@ impl<R: Registry> Gateway<R> {
             }
         };
         let outcome = call(core, h, &call_headers, body, scratch);
+        if let Outcome::BadBody(text, true) = &outcome {
+            // Over the inflate limit: answered, then the connection closes (a client sending
+            // such bodies should not keep a connection that grew to hold one).
+            self.refused = Some(Refusal::new(500, BadHttp::BodyTooLarge, text.clone()));
+            let closing = Head {
+                keep_alive: false,
+                ..head.clone()
+            };
+            failed(
+                core,
+                &closing,
+                h,
+                &call_headers.service_path,
+                500,
+                text,
+                out,
+            );
+            return None;
+        }
         reply(
             core,
             head,
@@ -331,8 +371,8 @@ fn check<'h>(head: &'h Head, h: &'h RpcxHeaders) -> Result<Checked<'h>, Bad> {
 enum Outcome {
     /// A heartbeat: echo the (inflated) body.
     Heartbeat,
-    /// The body did not inflate: 500 with this text.
-    BadBody(String),
+    /// The body did not inflate: 500 with this text; true when it was over the inflate limit.
+    BadBody(String, bool),
     /// The call ran (or was refused by dispatch).
     Invoked(Invoked),
 }
@@ -349,7 +389,8 @@ fn call<R: Registry>(
     if checked.gzipped {
         let limit = core.config.limits.max_decompressed_bytes;
         if let Err(e) = codec::gunzip(body, limit, &mut scratch.inflated) {
-            return Outcome::BadBody(e.to_string());
+            let too_large = matches!(e, codec::CodecError::TooLarge { .. });
+            return Outcome::BadBody(e.to_string(), too_large);
         }
     }
     if h.heartbeat {
@@ -395,7 +436,7 @@ fn reply<R: Registry>(
     out: &mut Vec<u8>,
 ) -> Option<Wait> {
     let invoked = match outcome {
-        Outcome::BadBody(text) => {
+        Outcome::BadBody(text, _) => {
             failed(core, head, h, service_path, 500, &text, out);
             return None;
         }

@@ -51,6 +51,11 @@ pub(crate) trait Handler {
     fn header(&mut self, name: &str, value: &[u8]) -> Result<(), Refusal>;
     /// A whole request: append its reply to `out`, or say what it waits for.
     fn request(&mut self, head: &Head, body: &[u8], out: &mut Vec<u8>) -> Option<Wait>;
+    /// After a request: the reply just written refused it over a limit, and the connection is
+    /// to close (logged and counted as this refusal).
+    fn take_refusal(&mut self) -> Option<Refusal> {
+        None
+    }
 }
 
 /// A reply that cannot go out yet; the replies before it are sent first (HTTP/1.1 answers in
@@ -209,6 +214,10 @@ where
                         }
                     }
                     shrink(&mut body);
+                    if let Some(refusal) = handler.take_refusal() {
+                        let _ = write_out(core, transport, stream, &mut out).await;
+                        return End::BadHttp(refusal);
+                    }
                     if !head.keep_alive {
                         return match write_out(core, transport, stream, &mut out).await {
                             Ok(()) => End::Requested,
@@ -275,9 +284,7 @@ async fn write_out<S: AsyncWrite + Unpin, R: Registry>(
 
 /// Drops a buffer's memory once a big request has passed.
 pub(crate) fn shrink(buf: &mut Vec<u8>) {
-    if buf.capacity() > SHRINK_ABOVE {
-        *buf = Vec::new();
-    }
+    crate::buf::release(buf, SHRINK_ABOVE);
 }
 
 /// What [`advance`] got to.
@@ -605,6 +612,49 @@ fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         _ => "Unknown",
+    }
+}
+
+/// Feeds `data` to the request reader in pieces of `chunk` bytes, as reads would bring it, with
+/// small limits, and checks the reader's bounds hold: it never keeps more than the head limit
+/// plus one read buffered, never collects more body than the body limit, and refuses only with
+/// the statuses it documents. For the fuzz target (`fuzz/`).
+#[doc(hidden)]
+pub fn fuzz_reader(data: &[u8], chunk: usize) {
+    struct Null;
+    impl Handler for Null {
+        fn begin(&mut self) {}
+        fn header(&mut self, _: &str, _: &[u8]) -> Result<(), Refusal> {
+            Ok(())
+        }
+        fn request(&mut self, _: &Head, _: &[u8], _: &mut Vec<u8>) -> Option<Wait> {
+            None
+        }
+    }
+    let cfg = Gateway {
+        max_header_bytes: 256,
+        max_headers: 8,
+        max_body_bytes: 300,
+        ..Gateway::default()
+    };
+    let chunk = chunk.clamp(1, 512);
+    let (mut state, mut head, mut body) = (State::Head, Head::default(), Vec::new());
+    let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
+    for piece in data.chunks(chunk) {
+        let n = piece.len().min(rbuf.spare().len());
+        rbuf.spare()[..n].copy_from_slice(&piece[..n]);
+        rbuf.filled(n);
+        loop {
+            match advance(&cfg, &mut state, &mut head, &mut rbuf, &mut body, &mut Null) {
+                Ok(Step::NeedMore) => break,
+                Ok(_) => assert!(body.len() <= cfg.max_body_bytes),
+                Err(r) => {
+                    assert!(matches!(r.status, 400 | 413 | 431 | 501));
+                    return;
+                }
+            }
+        }
+        assert!(rbuf.data().len() <= cfg.max_header_bytes + 512 + MAX_CHUNK_LINE);
     }
 }
 

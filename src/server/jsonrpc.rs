@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -54,7 +55,7 @@ pub(crate) enum Wait {
 /// to answer), unless it has to wait; `meta_in` is the request metadata block every call of the
 /// body gets.
 pub(crate) fn serve<R: Registry>(
-    core: &Core<R>,
+    core: &Rc<Core<R>>,
     body: &[u8],
     meta_in: &[u8],
     meta_out: &mut Vec<u8>,
@@ -75,15 +76,7 @@ pub(crate) fn serve<R: Registry>(
             return None;
         }
     };
-    let mut call = Call {
-        core,
-        meta_in,
-        meta_out,
-        payload,
-        params: Vec::new(),
-        delay: None,
-        pending: Vec::new(),
-    };
+    let mut call = Call::new(core, meta_in, meta_out, payload);
     match value {
         Value::Array(requests) if requests.len() > core.config.gateway.max_batch => {
             core.metrics.gateway_errors.inc();
@@ -107,25 +100,31 @@ pub(crate) fn serve<R: Registry>(
                 "invalid request: empty batch",
             );
         }
+        // A long batch takes turns with the core's other connections: CALLS_PER_TURN calls,
+        // then a yield, so one request cannot hold the core for the whole batch.
+        Value::Array(requests) if requests.len() > CALLS_PER_TURN => {
+            let (core, meta_in) = (Rc::clone(core), meta_in.to_vec());
+            return Some(Wait::Until(Box::pin(async move {
+                let (mut meta_out, mut payload, mut body) = (Vec::new(), Vec::new(), Vec::new());
+                let mut call = Call::new(&core, &meta_in, &mut meta_out, &mut payload);
+                let mut answered = 0;
+                for (i, request) in requests.into_iter().enumerate() {
+                    if i > 0 && i % CALLS_PER_TURN == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    call.in_batch(request, &mut body, &mut answered);
+                }
+                close_batch(&mut body, answered);
+                let (delay, pending) = (call.delay, std::mem::take(&mut call.pending));
+                finish(&core, delay, pending, body).await
+            })));
+        }
         Value::Array(requests) => {
-            reply.push(b'[');
             let mut answered = 0;
             for request in requests {
-                let at = reply.len();
-                if answered > 0 {
-                    reply.push(b',');
-                }
-                if call.one(request, reply) {
-                    answered += 1;
-                } else {
-                    reply.truncate(at);
-                }
+                call.in_batch(request, reply, &mut answered);
             }
-            if answered > 0 {
-                reply.push(b']');
-            } else {
-                reply.clear();
-            }
+            close_batch(reply, answered);
         }
         request => {
             call.one(request, reply);
@@ -134,16 +133,43 @@ pub(crate) fn serve<R: Registry>(
     if call.pending.is_empty() {
         return call.delay.map(Wait::Delay);
     }
-    // Every async call runs now, side by side, each as a task of this core; the body is put
-    // together when the last is done (and the longest delay has passed).
-    let tasks: Vec<_> = std::mem::take(&mut call.pending)
+    let (delay, pending) = (call.delay, std::mem::take(&mut call.pending));
+    Some(Wait::Until(Box::pin(finish(
+        core,
+        delay,
+        pending,
+        std::mem::take(reply),
+    ))))
+}
+
+/// Calls of one batch run between yields to the core's other tasks.
+const CALLS_PER_TURN: usize = 16;
+
+/// Ends a batch's array, or leaves the body empty when no call is answered (all notifications).
+fn close_batch(body: &mut Vec<u8>, answered: usize) {
+    if answered > 0 {
+        body.push(b']');
+    } else {
+        body.clear();
+    }
+}
+
+/// The body once its async calls are done: every one runs now, side by side, each a task of
+/// this core (spawned before the returned future is first polled); each result is put where
+/// its call's object belongs, after the longest delay a handler asked for.
+fn finish<R: Registry>(
+    core: &Core<R>,
+    delay: Option<Duration>,
+    pending: Vec<(usize, Value, Deferred)>,
+    mut body: Vec<u8>,
+) -> impl Future<Output = Vec<u8>> + 'static {
+    let tasks: Vec<_> = pending
         .into_iter()
         .map(|(at, id, deferred)| (at, id, glommio::spawn_local(deferred)))
         .collect();
-    let (delay, mut body) = (call.delay, std::mem::take(reply));
     let metrics = std::sync::Arc::clone(&core.metrics);
-    Some(Wait::Until(Box::pin(async move {
-        let started = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    async move {
         let mut objects = Vec::with_capacity(tasks.len());
         for (at, id, task) in tasks {
             let mut object = Vec::new();
@@ -168,7 +194,7 @@ pub(crate) fn serve<R: Registry>(
             body.splice(at..at, object);
         }
         body
-    })))
+    }
 }
 
 /// What the calls of one body share.
@@ -184,7 +210,36 @@ struct Call<'a, R> {
     pending: Vec<(usize, Value, Deferred)>,
 }
 
-impl<R: Registry> Call<'_, R> {
+impl<'a, R: Registry> Call<'a, R> {
+    fn new(
+        core: &'a Core<R>,
+        meta_in: &'a [u8],
+        meta_out: &'a mut Vec<u8>,
+        payload: &'a mut Vec<u8>,
+    ) -> Call<'a, R> {
+        Call {
+            core,
+            meta_in,
+            meta_out,
+            payload,
+            params: Vec::new(),
+            delay: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// One call of a batch: its object appended to `body` (an array opened on the first), with
+    /// the comma before it; `answered` counts the objects.
+    fn in_batch(&mut self, request: Value, body: &mut Vec<u8>, answered: &mut usize) {
+        let at = body.len();
+        body.push(if *answered == 0 { b'[' } else { b',' });
+        if self.one(request, body) {
+            *answered += 1;
+        } else {
+            body.truncate(at);
+        }
+    }
+
     /// Runs one request object and appends its reply object; false if it has none (a
     /// notification that ran).
     fn one(&mut self, request: Value, reply: &mut Vec<u8>) -> bool {

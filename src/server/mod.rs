@@ -22,6 +22,8 @@ mod dispatch;
 mod end;
 mod gateway;
 mod http;
+#[doc(hidden)]
+pub use http::fuzz_reader;
 mod jsonrpc;
 mod logs;
 mod quic;
@@ -98,6 +100,8 @@ pub struct ServerHandle {
     health: Arc<Health>,
     /// The `kcp@` listeners' reactors, stopped by `join` once the cores are done.
     kcp: Vec<transport::kcp::KcpListener>,
+    /// `[registry.etcd]`: this server's keys in etcd.
+    registration: Option<Arc<crate::etcd::Registration>>,
     /// The `quic@` listeners' threads, closed after the cores have drained.
     quic: Vec<transport::quic::QuicListener>,
     /// How long `join` lets the reactors (QUIC, KCP) deliver the cores' last replies.
@@ -108,6 +112,11 @@ impl ServerHandle {
     /// Each `kcp@` listener's counters (sessions, datagrams, drops by reason, FEC, resends).
     pub fn kcp_stats(&self) -> Vec<Arc<transport::kcp::KcpStats>> {
         self.kcp.iter().map(|l| Arc::clone(l.stats())).collect()
+    }
+
+    /// The etcd registration, when `[registry.etcd]` is configured.
+    pub fn registration(&self) -> Option<Arc<crate::etcd::Registration>> {
+        self.registration.clone()
     }
 
     /// (service, method) of every registered method, in per-method counter order.
@@ -161,14 +170,20 @@ impl ServerHandle {
     }
 
     /// Starts a graceful stop: every core stops accepting, stops reading new requests, finishes
-    /// and flushes what is in flight, and closes within `server.drain_timeout`.
+    /// and flushes what is in flight, and closes within `server.drain_timeout`. With
+    /// `[registry.etcd]`, the server's keys are deleted first (this blocks for at most
+    /// `registry.etcd.timeout` plus `deregister_grace`), while the cores still serve.
     pub fn shutdown(&self) {
         self.stopper().shutdown();
     }
 
     /// A handle that can start the shutdown from another thread (a signal handler thread).
     pub fn stopper(&self) -> Stopper {
-        Stopper(Arc::clone(&self.stop), Arc::clone(&self.health))
+        Stopper(
+            Arc::clone(&self.stop),
+            Arc::clone(&self.health),
+            self.registration.clone(),
+        )
     }
 
     /// Waits for every core to finish, then for the `quic@` listeners to close their
@@ -205,12 +220,21 @@ impl ServerHandle {
 
 /// Starts a graceful shutdown of a server from any thread.
 #[derive(Clone)]
-pub struct Stopper(Arc<Stop>, Arc<Health>);
+pub struct Stopper(
+    Arc<Stop>,
+    Arc<Health>,
+    Option<Arc<crate::etcd::Registration>>,
+);
 
 impl Stopper {
+    /// Marks the server draining (`/readyz` 503), deletes its etcd keys if it registered any
+    /// (blocking, bounded: clients leave it while it still serves), then stops the cores.
     pub fn shutdown(&self) {
         self.1.draining.store(true, Ordering::SeqCst);
         self.1.wake();
+        if let Some(registration) = &self.2 {
+            registration.deregister();
+        }
         self.0.trigger();
     }
 }
@@ -260,7 +284,7 @@ impl Health {
         self.changed.notify_all();
     }
 
-    fn wait_ready(&self) -> bool {
+    pub(crate) fn wait_ready(&self) -> bool {
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.failed_cores.load(Ordering::SeqCst) > 0 || self.draining() {
@@ -425,6 +449,11 @@ pub(crate) fn start_with<R: Registry>(
         }
     }
 
+    // Checked before any core starts: a bad registry setting stops nothing half-started.
+    let etcd_keys = match &config.registry.etcd {
+        Some(etcd) => Some(registry_keys::<R>(etcd, &resolved)?),
+        None => None,
+    };
     let auth: Arc<[Box<[u8]>]> = config
         .auth_tokens()?
         .into_iter()
@@ -477,6 +506,17 @@ pub(crate) fn start_with<R: Registry>(
             })?;
         threads.push((cpu, thread));
     }
+    let registration = match (&config.registry.etcd, etcd_keys) {
+        (Some(etcd), Some(keys)) => Some(Arc::new(
+            crate::etcd::Registration::start(etcd, keys, Arc::clone(&health)).map_err(|e| {
+                ServerError::Executor {
+                    cpu: 0,
+                    message: format!("cannot start the etcd registration thread: {e}"),
+                }
+            })?,
+        )),
+        _ => None,
+    };
     let shown: Vec<String> = resolved.iter().map(ToString::to_string).collect();
     info!(cores = cpus.len(), ?cpus, listen = ?shown, tls = config.tls.enabled(), "percore serving");
     Ok(ServerHandle {
@@ -489,9 +529,32 @@ pub(crate) fn start_with<R: Registry>(
         method_names,
         health,
         kcp: Vec::new(),
+        registration,
         quic: quic_listeners,
         drain_timeout,
     })
+}
+
+/// The etcd keys of every service of `R` at every advertised address, with their metadata.
+fn registry_keys<R: Registry>(
+    etcd: &crate::config::EtcdRegistry,
+    listening: &[Addr],
+) -> Result<Vec<(String, String)>, ServerError> {
+    let services: Vec<&str> = R::SERVICES.iter().map(|(name, _)| *name).collect();
+    etcd.check_services(&services)?;
+    let addresses = etcd.addresses(listening)?;
+    let metadata = |s: &str| {
+        etcd.metadata
+            .get(s)
+            .cloned()
+            .unwrap_or_else(|| etcd.default_metadata.clone())
+    };
+    Ok(crate::etcd::keys(
+        &etcd.base_path,
+        &services,
+        &addresses,
+        &metadata,
+    ))
 }
 
 /// One listen address as the cores serve it.
