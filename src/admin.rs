@@ -46,6 +46,7 @@ pub fn start(addr: SocketAddr, server: &ServerHandle) -> io::Result<SocketAddr> 
         cores: server.metrics().to_vec(),
         names: server.method_names(),
         health: server.health(),
+        kcp: server.kcp_stats(),
         registry: server.registration().map(|r| r.metrics()),
         quic: server
             .quic_counters()
@@ -65,6 +66,8 @@ struct State {
     cores: Vec<Arc<CoreMetrics>>,
     names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// The `kcp@` listeners' reactor counters.
+    kcp: Vec<Arc<crate::transport::kcp::KcpStats>>,
     /// `[registry.etcd]`'s counters, when it is configured.
     registry: Option<Arc<crate::etcd::EtcdMetrics>>,
     /// Each `quic@` listener's own counters, by its address.
@@ -243,6 +246,7 @@ fn answer(method: &str, target: &str, state: &State) -> Vec<u8> {
             "text/plain; version=0.0.4; charset=utf-8",
             &{
                 let mut text = metrics::prometheus(&state.cores, &state.names, status)
+                    + &metrics::kcp_prometheus(&state.kcp)
                     + &metrics::prometheus_quic(&state.quic);
                 if let Some(registry) = &state.registry {
                     registry.prometheus(&mut text);

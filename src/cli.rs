@@ -115,11 +115,33 @@ impl TlsArgs {
     }
 }
 
+/// Client KCP settings, shared by `call` and `bench`: any key of the server's `[kcp]` section.
+#[derive(clap::Args, Clone, Debug, Default)]
+struct KcpArgs {
+    /// A `[kcp]` setting for kcp@ servers, KEY=VALUE (e.g. password=secret, key=HEX,
+    /// interval=20ms, nodelay=true); repeat for several. Unset keys keep rpcx's example
+    /// settings, whose key is public.
+    #[arg(long = "kcp", value_name = "KEY=VALUE", value_parser = parse_kcp)]
+    kcp: Vec<(String, String)>,
+}
+
+impl KcpArgs {
+    fn config(&self) -> Result<crate::transport::kcp::KcpConfig, String> {
+        crate::transport::kcp::KcpConfig::default().with(&self.kcp)
+    }
+}
+
+fn parse_kcp(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("--kcp {s:?} is not key=value"))
+}
+
 #[derive(clap::Args)]
 struct CallArgs {
     /// Server address, `network@address`: tcp@host:port, reuseport@host:port, http@host:port
-    /// (rpcx's HTTP CONNECT), unix@/path or quic@host:port; add --tls-ca or --tls-insecure for
-    /// TLS (quic@ always needs one of them). Or
+    /// (rpcx's HTTP CONNECT), unix@/path, quic@host:port or kcp@host:port (with --kcp
+    /// settings); add --tls-ca or --tls-insecure for TLS (quic@ always needs one of them). Or
     /// `etcd://HOST:PORT/BASE`: a server of the service registered in etcd under BASE.
     address: String,
     /// `Service.Method`, e.g. Arith.Mul.
@@ -143,13 +165,15 @@ struct CallArgs {
     auth: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    kcp: KcpArgs,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Servers, `network@address` (tcp, reuseport, http, unix or quic), comma-separated;
+    /// Servers, `network@address` (tcp, reuseport, http, unix, quic or kcp), comma-separated;
     /// connections are dealt over them. Add --tls-ca or --tls-insecure for TLS (quic@ always
-    /// needs one of them). Or one
+    /// needs one of them); --kcp for kcp@ settings. Or one
     /// `etcd://HOST:PORT/BASE`: the active servers of the --call's service registered in etcd
     /// under BASE, listed once at the start.
     #[arg(
@@ -213,6 +237,8 @@ struct BenchArgs {
     quiet: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    kcp: KcpArgs,
 }
 
 /// A CPU list (`1`, `2,3`, `2-3`); empty means "not pinned".
@@ -348,6 +374,13 @@ fn check_host<R: Registry>(args: CheckHostArgs) -> ExitCode {
 }
 
 fn call(args: CallArgs) -> ExitCode {
+    let kcp = match args.kcp.config() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("percore: --kcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // What is short but not fatal (the client's io buffers unregistered) is left unsaid.
     if let Err(e) = host::preflight(&Needs::client(1, 1)) {
         return host_failure(&e);
@@ -362,6 +395,7 @@ fn call(args: CallArgs) -> ExitCode {
         gzip: args.gzip,
         auth: args.auth,
         tls: args.tls.client_tls(),
+        kcp,
     };
     match crate::client::run_call(cmd) {
         Ok(output) => {
@@ -385,6 +419,13 @@ fn call(args: CallArgs) -> ExitCode {
 
 fn bench(args: BenchArgs) -> ExitCode {
     use std::io::IsTerminal;
+    let kcp = match args.kcp.config() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("percore: --kcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let connections = args.connections.unwrap_or(args.concurrency);
     let mut servers = args.servers;
     if let [address] = servers.as_slice() {
@@ -424,6 +465,7 @@ fn bench(args: BenchArgs) -> ExitCode {
         verify: !args.no_verify,
         progress: !args.quiet && std::io::stderr().is_terminal(),
         tls: args.tls.client_tls(),
+        kcp,
     };
     let output = OutputOptions {
         latency: args.latency,

@@ -35,6 +35,9 @@ pub struct Config {
     pub log: Log,
     pub admin: Admin,
     pub auth: Auth,
+    /// `[kcp]`: the settings of every `kcp@` listener (and, in `percore call`/`bench`, of
+    /// dialed KCP sessions); see [`crate::transport::kcp::KcpConfig`].
+    pub kcp: crate::transport::kcp::KcpConfig,
     pub registry: RegistryConfig,
     /// `[quic]`: limits of `quic@` listeners (their certificate is `[tls]`'s).
     pub quic: crate::transport::quic::QuicLimits,
@@ -503,10 +506,6 @@ impl Default for Log {
 /// and a network percore serves.
 pub fn check_listen(addr: &Addr) -> Result<(), String> {
     match addr.network {
-        Network::Kcp => Err(format!(
-            "{addr}: network {} is not served yet (tcp, reuseport, http, unix and quic are)",
-            addr.network
-        )),
         Network::Unix => Ok(()),
         _ => addr.socket_addr().map(drop).map_err(|e| e.to_string()),
     }
@@ -890,6 +889,10 @@ impl Config {
                 message: "a token is empty or has surrounding spaces".into(),
             });
         }
+        self.kcp.check().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.why,
+        })?;
         if let Some(etcd) = &self.registry.etcd {
             etcd.validate(&self.server.listen)?;
         }
@@ -907,6 +910,9 @@ impl Config {
         let mut c = self.clone();
         for t in &mut c.auth.tokens {
             *t = "<redacted>".into();
+        }
+        for secret in [&mut c.kcp.key, &mut c.kcp.password].into_iter().flatten() {
+            *secret = "<redacted>".into();
         }
         if let Some(etcd) = &mut c.registry.etcd
             && etcd.password.is_some()
@@ -951,6 +957,7 @@ mod tests {
         for text in [
             include_str!("../configs/tls.toml"),
             include_str!("../configs/unix.toml"),
+            include_str!("../configs/kcp.toml"),
             include_str!("../configs/etcd.toml"),
             include_str!("../configs/quic.toml"),
         ] {
@@ -984,10 +991,14 @@ mod tests {
         assert!(parse_listen("unix@").is_err());
         let long = format!("unix@/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("107"));
+        assert_eq!(
+            parse_listen("kcp@127.0.0.1:1").unwrap().network,
+            Network::Kcp
+        );
         assert!(
-            parse_listen("kcp@127.0.0.1:1")
+            parse_listen("kcp@localhost:1")
                 .unwrap_err()
-                .contains("not served yet")
+                .contains("IP address")
         );
         assert_eq!(parse_listen("quic@[::1]:0").unwrap().network, Network::Quic);
         assert!(

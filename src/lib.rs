@@ -56,6 +56,8 @@
 //! `/metrics`, `/healthz` and `/readyz` from one poll(2) loop, reading the cores' single-writer
 //! counters; `percore-signals` turns SIGTERM/SIGINT into a drain (and `STOPPING=1` for systemd)
 //! and SIGHUP into a log-level reload. `READY=1` goes to systemd once every core accepts.
+//! `percore-kcp` (one per `kcp@` listener) owns that listener's UDP socket and KCP sessions and
+//! hands each session's byte stream to a core, which runs the same frame loop on it.
 //! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
 //! `percore-quic-client` does the same for the client's `quic@` dials. `percore-etcd` (with
 //! `[registry.etcd]`) keeps this server's keys in etcd on a tokio runtime of its own, and a

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::protocol::DecodeError;
+use crate::transport::kcp::{KcpCounts, KcpStats};
 use crate::transport::quic::QuicCounters;
 
 /// A counter written by one thread only.
@@ -701,6 +702,132 @@ pub fn prometheus_quic(listeners: &[(String, Arc<QuicCounters>)]) -> String {
         for (listener, counters) in listeners {
             let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", value(counters));
         }
+    }
+    out
+}
+
+/// One KCP counter as the scrape exports it: (name, type, help, label, value).
+type KcpRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    fn(&KcpCounts) -> u64,
+);
+
+/// The KCP reactors' own counters (below the rpcx connections, which are counted per core under
+/// `transport="kcp"` like every transport's). Rows with the same name share one header.
+const KCP_ROWS: &[KcpRow] = &[
+    (
+        "rpcx_server_kcp_sessions_open",
+        "gauge",
+        "KCP sessions open now.",
+        None,
+        |c| c.sessions,
+    ),
+    (
+        "rpcx_server_kcp_sessions_total",
+        "counter",
+        "KCP sessions started.",
+        None,
+        |c| c.sessions_total,
+    ),
+    (
+        "rpcx_server_kcp_idle_timeouts_total",
+        "counter",
+        "KCP sessions dropped after kcp.idle_timeout of silence.",
+        None,
+        |c| c.idle_timeouts,
+    ),
+    (
+        "rpcx_server_kcp_datagrams_total",
+        "counter",
+        "UDP datagrams on KCP listeners, by direction.",
+        Some(("direction", "in")),
+        |c| c.datagrams_in,
+    ),
+    (
+        "rpcx_server_kcp_datagrams_total",
+        "counter",
+        "",
+        Some(("direction", "out")),
+        |c| c.datagrams_out,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "Datagrams dropped by KCP listeners, by reason.",
+        Some(("reason", "crc")),
+        |c| c.dropped_crc,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "",
+        Some(("reason", "decode")),
+        |c| c.dropped_decode,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "",
+        Some(("reason", "too_short")),
+        |c| c.dropped_short,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "",
+        Some(("reason", "unknown")),
+        |c| c.dropped_unknown,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "",
+        Some(("reason", "session_cap")),
+        |c| c.dropped_session_cap,
+    ),
+    (
+        "rpcx_server_kcp_dropped_datagrams_total",
+        "counter",
+        "",
+        Some(("reason", "send_error")),
+        |c| c.send_errors,
+    ),
+    (
+        "rpcx_server_kcp_fec_recovered_total",
+        "counter",
+        "Data shards rebuilt from FEC parity.",
+        None,
+        |c| c.fec_recovered,
+    ),
+    (
+        "rpcx_server_kcp_retransmissions_total",
+        "counter",
+        "KCP segments sent again.",
+        None,
+        |c| c.retransmissions,
+    ),
+];
+
+/// Prometheus text of the KCP listeners' reactor counters, summed over listeners; empty when
+/// there is no KCP listener.
+pub fn kcp_prometheus(listeners: &[Arc<KcpStats>]) -> String {
+    let mut out = String::new();
+    if listeners.is_empty() {
+        return out;
+    }
+    let counts: Vec<KcpCounts> = listeners.iter().map(|l| l.counts()).collect();
+    for &(name, kind, help, label, value) in KCP_ROWS {
+        if !help.is_empty() {
+            header(&mut out, name, kind, help);
+        }
+        let n: u64 = counts.iter().map(value).sum();
+        let _ = match label {
+            Some((k, v)) => writeln!(out, "{name}{{{k}=\"{v}\"}} {n}"),
+            None => writeln!(out, "{name} {n}"),
+        };
     }
     out
 }

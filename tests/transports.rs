@@ -109,6 +109,7 @@ fn dial_options(tls: Option<ClientTls>) -> DialOptions {
     DialOptions {
         timeout: IO_TIMEOUT,
         tls,
+        ..DialOptions::default()
     }
 }
 
@@ -701,6 +702,7 @@ fn a_dial_that_gets_no_answer_times_out_naming_the_target() {
     let options = DialOptions {
         timeout: Duration::from_millis(200),
         tls: None,
+        ..DialOptions::default()
     };
     let err = dial_and_call(&target, options, 1).unwrap_err();
     assert!(matches!(err, DialError::Timeout { .. }), "{err:?}");

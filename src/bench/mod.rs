@@ -110,6 +110,8 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Dial over TLS with these settings.
     pub tls: Option<crate::transport::tls::ClientTls>,
+    /// Settings of `kcp@` servers.
+    pub kcp: crate::transport::kcp::KcpConfig,
 }
 
 impl Default for BenchConfig {
@@ -130,6 +132,7 @@ impl Default for BenchConfig {
             verify: true,
             progress: false,
             tls: None,
+            kcp: crate::transport::kcp::KcpConfig::default(),
         }
     }
 }
@@ -168,6 +171,9 @@ impl BenchConfig {
             crate::transport::tls::client_config(tls)
                 .map_err(|e| BenchError::Config(e.to_string()))?;
         }
+        self.kcp
+            .check()
+            .map_err(|e| BenchError::Config(format!("--kcp {e}")))?;
         if self.concurrency == 0 || self.connections == 0 {
             return bad("--concurrency and --connections must be at least 1".into());
         }
@@ -305,6 +311,7 @@ async fn run_executor(
         serialize: config.codec,
         timeout: config.timeout,
         tls: config.tls.clone(),
+        kcp: config.kcp.clone(),
         ..Options::default()
     };
     // Connection c lives on executor c % executors and talks to server c % servers.

@@ -29,6 +29,8 @@ pub struct CallCommand {
     pub auth: Option<String>,
     /// Dial over TLS with these settings.
     pub tls: Option<crate::transport::tls::ClientTls>,
+    /// Settings of a `kcp@` server.
+    pub kcp: crate::transport::kcp::KcpConfig,
 }
 
 /// Why `percore call` failed.
@@ -82,8 +84,12 @@ pub fn run_call(cmd: CallCommand) -> Result<Value, CallError> {
         auth_token: cmd.auth.clone(),
         connect_timeout: cmd.timeout,
         tls: cmd.tls.clone(),
+        kcp: cmd.kcp.clone(),
         ..Options::default()
     };
+    cmd.kcp
+        .check()
+        .map_err(|e| CallError::Usage(format!("--kcp {e}")))?;
     // Checked here (files read) so bad TLS options fail before an executor starts.
     if let Some(tls) = &cmd.tls {
         crate::transport::tls::client_config(tls).map_err(|e| CallError::Usage(e.to_string()))?;

@@ -84,6 +84,9 @@ pub struct Options {
     pub max_decompressed_bytes: usize,
     /// Dial over TLS with these settings (CA file, server name, or insecure skip-verify).
     pub tls: Option<crate::transport::tls::ClientTls>,
+    /// Settings of `kcp@` servers (must match the server's `[kcp]`); the defaults are rpcx's
+    /// examples'.
+    pub kcp: crate::transport::kcp::KcpConfig,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             group: None,
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+            kcp: crate::transport::kcp::KcpConfig::default(),
             tls: None,
         }
     }
@@ -409,6 +413,7 @@ impl Inner {
             let options = DialOptions {
                 timeout: self.options.connect_timeout,
                 tls: self.options.tls.clone(),
+                kcp: self.options.kcp.clone(),
             };
             let connector =
                 Connector::to(self.addr.clone(), &options).map_err(|e| e.to_string())?;

@@ -37,7 +37,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -47,7 +47,7 @@ use crate::config::Config;
 use crate::metrics::{Close, CoreMetrics, Transport};
 use crate::service::{CoreInfo, Registry};
 use crate::transport;
-use crate::transport::addr::Addr;
+use crate::transport::addr::{Addr, Network};
 pub use accept::Handoff;
 
 /// Why the server could not start or stopped with an error.
@@ -98,14 +98,22 @@ pub struct ServerHandle {
     /// (service, method) of every registered method, indexed like the per-method counters.
     method_names: Arc<[(&'static str, &'static str)]>,
     health: Arc<Health>,
+    /// The `kcp@` listeners' reactors, stopped by `join` once the cores are done.
+    kcp: Vec<transport::kcp::KcpListener>,
     /// `[registry.etcd]`: this server's keys in etcd.
     registration: Option<Arc<crate::etcd::Registration>>,
     /// The `quic@` listeners' threads, closed after the cores have drained.
     quic: Vec<transport::quic::QuicListener>,
+    /// How long `join` lets the reactors (QUIC, KCP) deliver the cores' last replies.
     drain_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
+    /// Each `kcp@` listener's counters (sessions, datagrams, drops by reason, FEC, resends).
+    pub fn kcp_stats(&self) -> Vec<Arc<transport::kcp::KcpStats>> {
+        self.kcp.iter().map(|l| Arc::clone(l.stats())).collect()
+    }
+
     /// The etcd registration, when `[registry.etcd]` is configured.
     pub fn registration(&self) -> Option<Arc<crate::etcd::Registration>> {
         self.registration.clone()
@@ -117,7 +125,8 @@ impl ServerHandle {
     }
 
     /// The bound socket address of each TCP-family listen address (`tcp`, `reuseport`, `http`),
-    /// in config order, port 0 resolved; `unix` listeners have none and are left out.
+    /// in config order, port 0 resolved, then those of reactor listeners (`kcp`); `unix`
+    /// listeners have none and are left out.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -179,7 +188,8 @@ impl ServerHandle {
 
     /// Waits for every core to finish, then for the `quic@` listeners to close their
     /// connections (with an application close, once the streams the cores closed are
-    /// acknowledged, within `server.drain_timeout`).
+    /// acknowledged, within `server.drain_timeout`) and for the KCP reactors to deliver what the
+    /// cores last wrote (within `server.drain_timeout` more), and stops them.
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
         let (quic, drain_timeout) = (self.quic, self.drain_timeout);
@@ -200,6 +210,9 @@ impl ServerHandle {
         }
         for listener in quic {
             listener.shutdown(drain_timeout);
+        }
+        for kcp in self.kcp {
+            kcp.shutdown(drain_timeout);
         }
         result
     }
@@ -309,9 +322,67 @@ impl Drop for StartReport {
 }
 
 /// Binds the listeners and starts one executor per core, serving the services of `R` (each
-/// core builds its own state of them from `[services.NAME]`).
+/// core builds its own state of them from `[services.NAME]`), and a reactor thread per `kcp@`
+/// listener.
 pub fn start<R: Registry>(config: Config) -> Result<ServerHandle, ServerError> {
-    start_with::<R>(config, Vec::new())
+    config.validate()?;
+    let cores = choose_cpus(config.server.cores)?.len();
+    let mut handed = Vec::new();
+    let mut kcp = Vec::new();
+    for listen in config
+        .server
+        .listen
+        .iter()
+        .filter(|l| l.network == Network::Kcp)
+    {
+        let (h, listener) = kcp_listener::<R>(listen, &config, cores)?;
+        handed.push(h);
+        kcp.push(listener);
+    }
+    let mut server = start_with::<R>(config, handed)?;
+    server.kcp = kcp;
+    Ok(server)
+}
+
+/// Binds a `kcp@` listener and starts its reactor thread, which hands each new session to the
+/// cores, round robin.
+fn kcp_listener<R: Registry>(
+    listen: &Addr,
+    config: &Config,
+    cores: usize,
+) -> Result<(accept::Handed<R>, transport::kcp::KcpListener), ServerError> {
+    let invalid = |message: String| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: "server.listen",
+            message,
+        })
+    };
+    let addr = listen.socket_addr().map_err(|e| invalid(e.to_string()))?;
+    let setup = config.kcp.prepare().map_err(|e| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: e.key,
+            message: e.why,
+        })
+    })?;
+    // The reactor binds first, so that a port-0 address is known before the cores start; it
+    // gets its hand-off right after (a session in between is dropped, and its peer retries).
+    let handoff: Arc<OnceLock<accept::Handoff<transport::kcp::KcpStream>>> = Arc::default();
+    let sink_handoff = Arc::clone(&handoff);
+    let sink: transport::kcp::Sink = Box::new(move |stream, peer| {
+        let Some(handoff) = sink_handoff.get() else {
+            return true; // dropped: not serving yet (the peer's next datagram tries again)
+        };
+        // Given back when every core has stopped taking streams (shutdown): no more sessions.
+        handoff.send(stream, peer).is_ok()
+    });
+    let listener = transport::kcp::listen(addr, &setup, sink).map_err(|e| ServerError::Listen {
+        addr: listen.to_string(),
+        error: transport::tcp::ListenError::Io(e),
+    })?;
+    let listening = Listening::reactor(Network::Kcp, listener.local_addr());
+    let (h, hoff) = accept::Handed::new(listening, Transport::Kcp, cores);
+    let _ = handoff.set(hoff);
+    Ok((h, listener))
 }
 
 /// `start`, plus listeners whose streams a reactor thread hands to the cores (QUIC, KCP: each
@@ -334,6 +405,9 @@ pub(crate) fn start_with<R: Registry>(
     let mut quic_handed = Vec::new();
     let mut quic_listeners = Vec::new();
     for listen in &config.server.listen {
+        if listen.network == Network::Kcp {
+            continue; // bound by its reactor (`start`), served through `handed`
+        }
         if listen.network == transport::addr::Network::Quic {
             // Started here, in config order; its streams reach the cores like any handed-over
             // listener's.
@@ -454,6 +528,7 @@ pub(crate) fn start_with<R: Registry>(
         metrics,
         method_names,
         health,
+        kcp: Vec::new(),
         registration,
         quic: quic_listeners,
         drain_timeout,

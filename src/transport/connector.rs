@@ -11,8 +11,9 @@
 //! | `http@host:port` | TCP, then rpcx's `CONNECT /_rpcx_ HTTP/1.0` |
 //! | `unix@/path` | a Unix domain stream socket |
 //! | `quic@host:port` | QUIC (TLS 1.3, ALPN `rpcx`) on the process's QUIC client thread, one connection and one stream ([`super::quic`]) |
+//! | `kcp@host:port` | a KCP session over UDP in kcp-go's format ([`DialOptions::kcp`]), driven by the process's KCP client reactor thread ([`super::kcp`]) |
 //!
-//! Each can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
+//! Each but `kcp` can run over TLS ([`DialOptions::tls`]); the layering is rpcx's: TLS first, then (for
 //! `http`) CONNECT inside it. QUIC always runs TLS: its [`DialOptions::tls`] must say how to
 //! check the server (a CA or insecure skip-verify). A host name is resolved with the system resolver and every
 //! address it resolves to is tried in turn until one connects. The whole dial (every connect
@@ -25,6 +26,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ use rustls_pki_types::ServerName;
 
 use super::addr::{Addr, AddrError, Network};
 use super::http_connect;
+use super::kcp::{self, KcpConfig, KcpConfigError, KcpSetup, KcpStream};
 use super::prefixed::Prefixed;
 use super::quic::{self, DialConfig, QuicError, QuicStream};
 use super::tls::{self, ClientTls, TlsError};
@@ -47,6 +50,8 @@ pub struct DialOptions {
     pub timeout: Duration,
     /// Dial over TLS with these settings.
     pub tls: Option<ClientTls>,
+    /// Settings of `kcp@` sessions (the server's `[kcp]` must match); unused by the others.
+    pub kcp: KcpConfig,
 }
 
 impl Default for DialOptions {
@@ -54,6 +59,7 @@ impl Default for DialOptions {
         DialOptions {
             timeout: Duration::from_secs(10),
             tls: None,
+            kcp: KcpConfig::default(),
         }
     }
 }
@@ -79,6 +85,9 @@ pub enum DialError {
     /// The whole dial took longer than [`DialOptions::timeout`].
     #[error("dialing {target} timed out after {after:?}")]
     Timeout { target: String, after: Duration },
+    /// The KCP settings cannot be used.
+    #[error("{0}")]
+    Kcp(#[from] KcpConfigError),
     /// A QUIC dial failed (the message names the target: refused, wrong ALPN, handshake...).
     #[error("{0}")]
     Quic(#[from] QuicError),
@@ -106,6 +115,8 @@ pub struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// For `quic`: its TLS settings and the server name to check.
     quic: Option<(DialConfig, String)>,
+    /// For `kcp@`: the checked settings with their key, derived once here.
+    kcp: Option<Arc<KcpSetup>>,
 }
 
 impl fmt::Debug for Connector {
@@ -127,14 +138,22 @@ impl Connector {
     /// A connector for an address already parsed.
     pub fn to(addr: Addr, options: &DialOptions) -> Result<Connector, DialError> {
         if addr.network == Network::Kcp {
-            return Err(AddrError::new(
-                &addr,
-                format!(
-                    "network {} cannot be dialed yet (tcp, reuseport, http, unix and quic can; TLS is an option of each)",
-                    addr.network
-                ),
-            )
-            .into());
+            if options.tls.is_some() {
+                // rpcx has no TLS over KCP; its crypt layer is kcp-go's block cipher.
+                return Err(AddrError::new(
+                    &addr,
+                    "TLS is not an option of kcp (its encryption is [kcp] crypt and key)"
+                        .to_string(),
+                )
+                .into());
+            }
+            return Ok(Connector {
+                kcp: Some(options.kcp.prepare()?),
+                addr,
+                timeout: options.timeout,
+                tls: None,
+                quic: None,
+            });
         }
         if addr.network == Network::Quic {
             let Some(opts) = &options.tls else {
@@ -155,6 +174,7 @@ impl Connector {
                 addr,
                 timeout: options.timeout,
                 tls: None,
+                kcp: None,
             });
         }
         let tls = match &options.tls {
@@ -170,6 +190,7 @@ impl Connector {
             timeout: options.timeout,
             tls,
             quic: None,
+            kcp: None,
         })
     }
 
@@ -202,6 +223,25 @@ impl Connector {
         if let Some((config, name)) = &self.quic {
             let stream = quic::dial(&self.addr.address, name, config, self.timeout).await?;
             return Ok(Stream::Quic(Box::new(stream)));
+        }
+        if let Some(setup) = &self.kcp {
+            // UDP has no connect to fail, so the first address is the one: KCP has no
+            // handshake, and a peer that is not there shows on the stream's first read.
+            let addr = self
+                .addr
+                .address
+                .to_socket_addrs()
+                .map_err(connect_failed)?
+                .next()
+                .ok_or_else(|| {
+                    connect_failed(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the name resolves to no address",
+                    ))
+                })?;
+            return kcp::dial(addr, setup)
+                .map(Stream::Kcp)
+                .map_err(connect_failed);
         }
         let plain = match self.addr.network {
             Network::Unix => UnixStream::connect(&self.addr.address)
@@ -281,6 +321,8 @@ pub enum Stream {
     Replay(Box<Prefixed<Stream>>),
     /// A QUIC stream (its connection is driven by the QUIC client thread).
     Quic(Box<QuicStream>),
+    /// A KCP session (its UDP socket and protocol live on the KCP client reactor thread).
+    Kcp(KcpStream),
 }
 
 impl fmt::Debug for Stream {
@@ -291,6 +333,7 @@ impl fmt::Debug for Stream {
             Stream::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
             Stream::Replay(s) => f.debug_tuple("Replay").field(s.inner()).finish(),
             Stream::Quic(s) => f.debug_tuple("Quic").field(s).finish(),
+            Stream::Kcp(s) => f.debug_tuple("Kcp").field(s).finish(),
         }
     }
 }
@@ -301,7 +344,7 @@ impl Stream {
         match self {
             Stream::Tls(_) | Stream::Quic(_) => true,
             Stream::Replay(s) => s.inner().is_tls(),
-            Stream::Tcp(_) | Stream::Unix(_) => false,
+            Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => false,
         }
     }
 
@@ -311,7 +354,7 @@ impl Stream {
             Stream::Tls(s) => s.get_ref().1.protocol_version(),
             Stream::Replay(s) => s.inner().tls_version(),
             Stream::Quic(_) => Some(rustls::ProtocolVersion::TLSv1_3),
-            Stream::Tcp(_) | Stream::Unix(_) => None,
+            Stream::Tcp(_) | Stream::Unix(_) | Stream::Kcp(_) => None,
         }
     }
 }
@@ -322,6 +365,7 @@ macro_rules! each {
         match $self.get_mut() {
             Stream::Tcp($s) => $e,
             Stream::Unix($s) => $e,
+            Stream::Kcp($s) => $e,
             Stream::Tls(s) => {
                 let $s = &mut **s;
                 $e
@@ -371,10 +415,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kcp_is_refused_by_name_until_it_dials() {
-        let addr = "kcp@127.0.0.1:1";
-        let err = Connector::new(addr, &DialOptions::default()).unwrap_err();
-        assert!(err.to_string().contains(addr), "{err}");
+    fn kcp_dials_with_its_settings_and_refuses_tls() {
+        assert!(Connector::new("kcp@127.0.0.1:1", &DialOptions::default()).is_ok());
+        let mut bad = DialOptions::default();
+        bad.kcp.mtu = 20;
+        let err = Connector::new("kcp@127.0.0.1:1", &bad).unwrap_err();
+        assert!(err.to_string().contains("kcp.mtu"), "{err}");
+        let tls = DialOptions {
+            tls: Some(ClientTls {
+                insecure_skip_verify: true,
+                ..ClientTls::default()
+            }),
+            ..DialOptions::default()
+        };
+        let err = Connector::new("kcp@127.0.0.1:1", &tls).unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
     }
 
     #[test]
