@@ -412,6 +412,39 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Runs kcp-go's packet layers on arbitrary bytes, as a datagram stream would bring them: each
+/// piece (cut by the first byte) is opened with the rpcx example key and with `none`, and what
+/// opens goes through the FEC decoder (groups of 10 + 3). Nothing may panic or grow without
+/// bound. For the fuzz target (`fuzz/`).
+#[doc(hidden)]
+pub fn fuzz_packets(data: &[u8]) {
+    use std::sync::OnceLock;
+    static KEY: OnceLock<[u8; DERIVED_KEY_LEN]> = OnceLock::new();
+    let key = KEY.get_or_init(|| derive_key(b"rpcx-key", b"rpcx-salt"));
+    let Some((&cut, mut rest)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(cut).max(crypt::HEADER);
+    let (Some(aes), Some(rs)) = (crypt::Crypt::aes(key), fec::codec(10, 3)) else {
+        return;
+    };
+    let mut decoder = fec::FecDecoder::new(rs);
+    let mut recovered = Vec::new();
+    while !rest.is_empty() {
+        let (piece, after) = rest.split_at(cut.min(rest.len()));
+        rest = after;
+        for crypt in [&aes, &crypt::Crypt::None] {
+            let mut dgram = piece.to_vec();
+            if crypt.open(&mut dgram).is_ok() {
+                recovered.clear();
+                if let Ok(decoded) = decoder.decode(&dgram[crypt::HEADER..], &mut recovered) {
+                    assert!(decoded.kcp.len() <= dgram.len());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
