@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`protocol`] | rpcx frames, sans-IO: an incremental decoder with limits, and an encoder |
 //! | [`codec`] | payload serialization (raw, JSON, protobuf, MsgPack) and gzip with a size cap |
-//! | [`service`] | the static registry (`Arith`, `Echo`, `Hello`) and the typed-handler adapter |
+//! | [`service`](mod@service) | the registration API: `Service`, `Registry`, the `service!`/`registry!` macros, sync/async/raw handler adapters, per-core state; [`builtin`] (`Arith`, `Echo`, `Hello`) is one registry |
+//! | [`cli`] | the whole `percore` command line, for any registry: a user's `main` is `percore::cli::main::<MyServices>()` |
 //! | [`bench_message`] | rpcx-benchmark's protobuf `BenchmarkMessage` and the `Hello.Say` rewrite |
 //! | [`server`] | executors per core, listeners, the one accept path, first-byte routing, the connection loop, HTTP/1.1, the gateway and JSON-RPC, shutdown |
 //! | [`transport`] | per network, how to listen and dial: the one address type ([`transport::addr`]) and the one dialer ([`transport::connector`]) |
@@ -18,11 +19,11 @@
 //! | [`config`] | typed configuration: defaults < TOML file (unknown keys rejected) < env < flags |
 //! | [`etcd`] | many hosts: registration in etcd (rpcx-etcd's key layout) on a thread of its own; the client's etcd discovery is [`client::EtcdDiscovery`] |
 //! | [`metrics`] | per-core counters, single writer each, summed when read; Prometheus text |
-//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one plain thread |
+//! | [`admin`] | `/metrics`, `/healthz`, `/readyz` on `admin.listen`, from one thread's poll loop |
 //! | [`notify`] | systemd's `sd_notify` protocol: READY, STATUS, STOPPING |
 //! | [`host`] | what the host must give percore (io_uring, memlock, open files), checked before any executor starts; `percore check-host` |
 //!
-//! `main.rs` only parses the command line and calls into these.
+//! `main.rs` is `percore::cli::builtin()`: the command line with the built-in services.
 //!
 //! # Data flow
 //!
