@@ -250,62 +250,23 @@ impl<'a, R: Registry> Call<'a, R> {
             write_error(reply, id, code, text);
             true
         };
-        let Value::Object(mut request) = request else {
-            return fail(
-                reply,
-                &Value::Null,
-                INVALID_REQUEST,
-                "invalid request: not an object",
-            );
-        };
-        let id = request.remove("id");
-        let reply_id = match &id {
-            None => Value::Null,
-            Some(id @ (Value::Null | Value::Number(_) | Value::String(_))) => id.clone(),
-            Some(_) => {
-                return fail(
-                    reply,
-                    &Value::Null,
-                    INVALID_REQUEST,
-                    "invalid request: id must be a string, a number or null",
-                );
-            }
-        };
-        if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            return fail(
-                reply,
-                &reply_id,
-                INVALID_REQUEST,
-                "invalid request: jsonrpc must be \"2.0\"",
-            );
-        }
-        let Some(method) = request.get("method").and_then(Value::as_str) else {
-            return fail(
-                reply,
-                &reply_id,
-                INVALID_REQUEST,
-                "invalid request: method must be a string",
-            );
-        };
-        let Some(dot) = method.rfind('.').filter(|&d| d > 0 && d + 1 < method.len()) else {
-            return fail(
-                reply,
-                &reply_id,
-                METHOD_NOT_FOUND,
-                "must contains servicepath and method",
-            );
-        };
-        let Some(params) = request.get("params") else {
-            return fail(
-                reply,
-                &reply_id,
-                INVALID_PARAMS,
-                "invalid params: missing params",
-            );
+        let Checked {
+            id,
+            reply_id,
+            method,
+            dot,
+            params,
+        } = match check(request) {
+            Ok(checked) => checked,
+            Err(Rejected {
+                reply_id,
+                code,
+                text,
+            }) => return fail(reply, &reply_id, code, text),
         };
         self.params.clear();
         // A serde_json Value always serializes.
-        let _ = serde_json::to_writer(&mut self.params, params);
+        let _ = serde_json::to_writer(&mut self.params, &params);
         let metadata = Metadata::parse(self.meta_in).unwrap_or_default();
         let call = dispatch::Call {
             path: &method[..dot],
@@ -348,6 +309,114 @@ impl<'a, R: Registry> Call<'a, R> {
             metrics.gateway_errors.inc();
         }
         true
+    }
+}
+
+/// A request object that passed the checks, its parts moved out of it (no copies).
+struct Checked {
+    /// As sent; `None` for a notification.
+    id: Option<Value>,
+    /// What the reply carries as its id.
+    reply_id: Value,
+    method: String,
+    /// Where `method` splits into service and method.
+    dot: usize,
+    params: Value,
+}
+
+/// A request object refused: the id to answer with, the code and the text.
+struct Rejected {
+    reply_id: Value,
+    code: i64,
+    text: &'static str,
+}
+
+/// The JSON-RPC 2.0 checks of one request object, in order: an object, a valid id, `"jsonrpc":
+/// "2.0"`, a method `Service.Method`, params present.
+fn check(request: Value) -> Result<Checked, Rejected> {
+    let reject = |reply_id: &Value, code, text| Rejected {
+        reply_id: reply_id.clone(),
+        code,
+        text,
+    };
+    let Value::Object(mut request) = request else {
+        return Err(reject(
+            &Value::Null,
+            INVALID_REQUEST,
+            "invalid request: not an object",
+        ));
+    };
+    let id = request.remove("id");
+    let reply_id = match &id {
+        None => Value::Null,
+        Some(id @ (Value::Null | Value::Number(_) | Value::String(_))) => id.clone(),
+        Some(_) => {
+            return Err(reject(
+                &Value::Null,
+                INVALID_REQUEST,
+                "invalid request: id must be a string, a number or null",
+            ));
+        }
+    };
+    if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(reject(
+            &reply_id,
+            INVALID_REQUEST,
+            "invalid request: jsonrpc must be \"2.0\"",
+        ));
+    }
+    let Some(Value::String(method)) = request.remove("method") else {
+        return Err(reject(
+            &reply_id,
+            INVALID_REQUEST,
+            "invalid request: method must be a string",
+        ));
+    };
+    let Some(dot) = method.rfind('.').filter(|&d| d > 0 && d + 1 < method.len()) else {
+        return Err(reject(
+            &reply_id,
+            METHOD_NOT_FOUND,
+            "must contains servicepath and method",
+        ));
+    };
+    let Some(params) = request.remove("params") else {
+        return Err(reject(
+            &reply_id,
+            INVALID_PARAMS,
+            "invalid params: missing params",
+        ));
+    };
+    Ok(Checked {
+        id,
+        reply_id,
+        method,
+        dot,
+        params,
+    })
+}
+
+/// Runs the request checks on any body and writes what the server would answer for each
+/// refused object or with each valid id; every answer must be well-formed JSON. For the fuzz
+/// target (`fuzz/`).
+#[doc(hidden)]
+pub fn fuzz_body(body: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let requests = match value {
+        Value::Array(requests) => requests,
+        request => vec![request],
+    };
+    for request in requests.into_iter().take(256) {
+        let mut out = Vec::new();
+        match check(request) {
+            Ok(checked) => {
+                assert!(checked.dot > 0 && checked.dot + 1 < checked.method.len());
+                let _ = write_result(&mut out, &checked.reply_id, b"null");
+            }
+            Err(r) => write_error(&mut out, &r.reply_id, r.code, r.text),
+        }
+        assert!(serde_json::from_slice::<Value>(&out).is_ok(), "{out:?}");
     }
 }
 

@@ -25,6 +25,8 @@ mod http;
 #[doc(hidden)]
 pub use http::fuzz_reader;
 mod jsonrpc;
+#[doc(hidden)]
+pub use jsonrpc::fuzz_body as fuzz_jsonrpc;
 mod logs;
 mod quic;
 mod sniff;
