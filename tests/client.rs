@@ -174,12 +174,41 @@ fn failover_moves_to_a_live_server_when_one_is_shut_down() {
     drop(b);
 }
 
+/// An address nothing listens on for as long as the returned socket lives: bound, so no other
+/// test can be given its port (a stopped server's freed port can be, and a connection to it
+/// then meets another test's listener), and not listening, so a connect is refused.
+fn refusing_address() -> (socket2::Socket, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, format!("tcp@{addr}"))
+}
+
+/// Binds (without listening) the port of a stopped server's `tcp@host:port`, so connects to it
+/// stay refused and no other test is given it; None if someone took it already.
+fn hold_port(addr: &str) -> Option<socket2::Socket> {
+    let addr: std::net::SocketAddr = addr.trim_start_matches("tcp@").parse().ok()?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    socket.set_reuse_address(true).ok()?;
+    socket.bind(&addr.into()).ok()?;
+    Some(socket)
+}
+
 #[test]
 fn failfast_returns_the_transport_error() {
-    let mut a = Server::start(Duration::ZERO);
+    let (_held, dead) = refusing_address();
     let b = Server::start(Duration::ZERO);
-    let discovery = entries(&[&a, &b]);
-    a.kill();
+    let discovery = Discovery::MultipleServers(vec![
+        ServerEntry::new(dead, ""),
+        ServerEntry::new(b.addr.clone(), ""),
+    ]);
     run(move || async move {
         let x = XClient::new(
             "Arith",
@@ -264,6 +293,8 @@ fn failtry_retries_the_same_server() {
             "no retry went elsewhere"
         );
         a.kill();
+        // Keep a's freed port from being handed to another test's listener meanwhile.
+        let _held = hold_port(&a_addr);
         let b_before = requests(&b_metrics);
         let err = mul(&x, 4, 4).await.unwrap_err(); // a again: dead, retried on a only
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
