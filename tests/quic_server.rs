@@ -8,13 +8,13 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::certs::{Certs, certs};
 use common::{IO_TIMEOUT, msgpack_args, msgpack_reply, request};
 use percore::bench_message::BenchmarkMessage;
 use percore::builtin::{ArithArgs, ArithReply};
@@ -28,50 +28,6 @@ use prost::Message as _;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-struct Certs {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, as PEM files.
-fn certs(name: &str) -> Certs {
-    let dir = std::env::temp_dir().join(format!("percore-quics-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let write = |file: &str, text: &str| {
-        let path = dir.join(file);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Certs {
-        ca: write("ca.pem", &ca.pem()),
-        cert: write("server.pem", &leaf.pem()),
-        key: write("server.key", &key.serialize_pem()),
-        dir,
-    }
-}
 
 /// A server with one `quic@127.0.0.1:0` listener on `cores` cores.
 fn start_quic(certs: &Certs, cores: usize, tweak: impl FnOnce(&mut Config)) -> ServerHandle {

@@ -249,8 +249,6 @@ pub(crate) struct Handed<R> {
 impl<R: Registry> Handed<R> {
     /// A listener at `listening` whose streams come over `transport`, served by `cores` cores;
     /// the reactor thread keeps the [`Handoff`].
-    // Made by the QUIC and KCP listeners (issues 13 and 14) and by this module's test.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new<S>(
         listening: Listening,
         transport: Transport,

@@ -364,21 +364,18 @@ impl Scratch {
             .any(|b| b.capacity() > keep)
     }
 
-    /// The connection is quiet: keep no more than [`IDLE_KEEP`] each.
-    fn trim(&mut self) {
-        release(&mut self.meta, IDLE_KEEP);
-        release(&mut self.payload, IDLE_KEEP);
-        release(&mut self.inflated, IDLE_KEEP);
-        release(&mut self.deflated, IDLE_KEEP);
-    }
-
-    /// After a batch of requests: what a big call grew is given back (four capacity checks).
+    /// Gives back every buffer over `keep` bytes: after each batch with [`SCRATCH_KEEP`] (what a
+    /// big call grew), once the connection is quiet with [`IDLE_KEEP`].
     #[inline]
-    fn release(&mut self) {
-        release(&mut self.meta, SCRATCH_KEEP);
-        release(&mut self.payload, SCRATCH_KEEP);
-        release(&mut self.inflated, SCRATCH_KEEP);
-        release(&mut self.deflated, SCRATCH_KEEP);
+    fn release(&mut self, keep: usize) {
+        for buf in [
+            &mut self.meta,
+            &mut self.payload,
+            &mut self.inflated,
+            &mut self.deflated,
+        ] {
+            release(buf, keep);
+        }
     }
 }
 
@@ -423,7 +420,7 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
             }
         }
         if rbuf.data().len() < buffered {
-            scratch.release();
+            scratch.release(SCRATCH_KEEP);
         }
         if outbox.buf.borrow().len() >= WRITE_NUDGE {
             futures_lite::future::yield_now().await;
@@ -443,7 +440,7 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
                     Err(Expiry::Trim) => {
                         watch.expired.set(None);
                         rbuf.trim();
-                        scratch.trim();
+                        scratch.release(IDLE_KEEP);
                         // What the connection gave back goes to the OS now, not when this
                         // core next allocates (once per quiet spell).
                         crate::buf::return_to_os();

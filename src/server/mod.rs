@@ -570,7 +570,6 @@ pub(crate) struct Listening {
 
 impl Listening {
     /// A listener bound by a reactor thread (QUIC, KCP) at `bound`.
-    #[cfg_attr(not(test), allow(dead_code))] // made by the QUIC and KCP listeners (issues 13, 14)
     pub(crate) fn reactor(network: transport::addr::Network, bound: SocketAddr) -> Listening {
         Listening {
             addr: Addr::new(network, bound.to_string()),

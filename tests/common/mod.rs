@@ -12,6 +12,8 @@ use percore::config::Config;
 use percore::protocol::{self, Header, Message};
 use percore::server::ServerHandle;
 
+pub mod certs;
+
 /// Reads and writes give up after this long, so a broken server fails a test instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
