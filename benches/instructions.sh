@@ -4,6 +4,7 @@
 #
 #   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
 #   REQUESTS=20000 bash benches/instructions.sh
+#   KEEP=/tmp/cg bash benches/instructions.sh   # keep the callgrind dumps (done.SERVER.BATCH) for callgrind_annotate
 #   SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
@@ -20,7 +21,7 @@ NULL=${NULL:-target/release/examples/null_server}
 [ -x "$BIN" ] || cargo build --release --locked
 [ -x "$NULL" ] || cargo build --release --locked --example null_server
 out=$(mktemp -d)
-trap 'pkill -9 -f "valgrind.*--listen 127.0.0.1:$PORT" 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'pkill -9 -f "valgrind.*--listen 127.0.0.1:$PORT" 2>/dev/null || true; [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out"/done.* "$KEEP"/; rm -rf "$out"' EXIT
 
 measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
     local batch=$1 server=${2:-percore}
@@ -28,7 +29,7 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
         valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$NULL" "127.0.0.1:$PORT" 1 \
             >"$out/log.$batch" 2>&1 &
     else
-        valgrind --tool=callgrind --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 ${SERVER_ARGS:-} \
+        valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$out/cg.$batch" "$BIN" serve --cores 1 ${SERVER_ARGS:-} \
             --listen "127.0.0.1:$PORT" >"$out/log.$batch" 2>&1 &
     fi
     local pid=$!
@@ -51,11 +52,17 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
     # syscalls' user side) and glommio's reactor loop. The reactor's share depends on how often
     # it runs, which depends on timing (a request that arrives while the reactor spins saves a
     # sleep), so it varies from run to run at one call in flight; the tasks' share does not.
+    # With LTO the reactor's wait is inlined into glommio's parker: it is counted there then.
     inclusive() { callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
-        | grep -E "$1 \[" | head -n 1 | awk '{gsub(",", "", $1); print $1}'; }
+        | grep -E "$1 \[" | head -n 1 | awk '{gsub(",", "", $1); print $1}' || true; }
+    local wait_fn='glommio::sys::uring::Reactor::wait'
     tasks=$(inclusive 'glommio::task::raw::RawTask<F,R,S>::run')
-    reactor=$(inclusive 'glommio::sys::uring::Reactor::wait')
-    waits=$(python3 - "$dump" <<'PY'
+    reactor=$(inclusive "$wait_fn")
+    if [ -z "$reactor" ]; then
+        wait_fn='glommio::parking::Parker::park'
+        reactor=$(inclusive "$wait_fn")
+    fi
+    waits=$(python3 - "$dump" "$wait_fn" <<'PY'
 import re, sys
 names, callee, n = {}, None, 0
 for line in open(sys.argv[1]):
@@ -68,7 +75,7 @@ for line in open(sys.argv[1]):
     m = re.match(r"^fn=\((\d+)\) (.*)$", line.rstrip("\n"))
     if m:
         names[m.group(1)] = m.group(2)
-    if line.startswith("calls=") and callee == "glommio::sys::uring::Reactor::wait":
+    if line.startswith("calls=") and callee == sys.argv[2]:
         n += int(line[6:].split()[0])
 print(n)
 PY

@@ -23,6 +23,8 @@
 
 use std::fmt;
 
+use crate::buf::append;
+
 /// First byte of every rpcx frame.
 pub const MAGIC: u8 = 0x08;
 /// Bytes before the body: magic, version, flags, serialize, seq, L.
@@ -251,35 +253,197 @@ pub fn decode_limited(
     if buf.len() < total {
         return Ok(None);
     }
+    decode_frame(&buf[..total], max_metadata).map(|frame| Some((frame, total)))
+}
+
+/// Decodes one whole frame: `raw` is exactly the `n` bytes [`frame_len`] measured (magic and L
+/// already checked). The server's frame loop calls this directly, so the header is looked at
+/// once per frame.
+#[inline]
+pub fn decode_frame(raw: &[u8], max_metadata: usize) -> Result<Frame<'_>, DecodeError> {
+    let (header, body) = decode_head(raw)?;
+    let mut cursor = Cursor { buf: body };
+    let path = cursor.field(Field::ServicePath)?;
+    let method = cursor.field(Field::ServiceMethod)?;
+    // Path and method are nearly always short ASCII, and so are their length prefixes when
+    // both are under 128 bytes: one check over `[len][path][len][method]` instead of two.
+    let names = &body[..8 + path.len() + method.len()];
+    let (path, method) = if is_ascii(names) {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        unsafe {
+            (
+                std::str::from_utf8_unchecked(path),
+                std::str::from_utf8_unchecked(method),
+            )
+        }
+    } else {
+        (
+            utf8(path, Field::ServicePath)?,
+            utf8(method, Field::ServiceMethod)?,
+        )
+    };
+    decode_rest(header, path, method, cursor, max_metadata)
+}
+
+/// The path and method of a frame that decoded, in wire form (`[len][path][len][method]`), kept
+/// to recognise the next frame's: a connection's pipelined calls nearly always name one method,
+/// and a frame whose names are the same bytes needs neither their parse nor their UTF-8 check
+/// again (nor, in the server, the method lookup).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Names {
+    wire: [u8; Names::MAX],
+    /// 0: none kept.
+    len: u8,
+    path_len: u8,
+}
+
+impl Names {
+    /// Longer names are not kept (and are decoded as usual).
+    pub const MAX: usize = 32;
+
+    /// Keeps `frame`'s names, `raw` being the bytes it was decoded from; false if they are too
+    /// long to keep.
+    pub fn keep(&mut self, raw: &[u8], frame: &Frame<'_>) -> bool {
+        let wire = names_wire(raw, frame);
+        if wire.len() > Names::MAX {
+            self.len = 0;
+            return false;
+        }
+        self.wire[..wire.len()].copy_from_slice(wire);
+        self.len = wire.len() as u8;
+        self.path_len = frame.path.len() as u8;
+        true
+    }
+
+    /// Decodes `raw` (a whole frame, as [`decode_frame`] takes it) if its body starts with the
+    /// names kept; `None` if it does not (or none are kept).
+    #[inline]
+    pub fn decode<'a>(
+        &self,
+        raw: &'a [u8],
+        max_metadata: usize,
+    ) -> Option<Result<Frame<'a>, DecodeError>> {
+        let (len, path_len) = (self.len as usize, self.path_len as usize);
+        let body = raw.get(HEADER_LEN..)?;
+        if len == 0 || body.len() < len || !same_words(&body[..len], &self.wire[..len]) {
+            return None;
+        }
+        let result = decode_head(raw).and_then(|(header, body)| {
+            // SAFETY: these are the bytes of a path and method that passed `decode_frame`'s
+            // UTF-8 check when they were kept, compared equal just above.
+            let (path, method) = unsafe {
+                (
+                    std::str::from_utf8_unchecked(&body[4..4 + path_len]),
+                    std::str::from_utf8_unchecked(&body[8 + path_len..len]),
+                )
+            };
+            decode_rest(
+                header,
+                path,
+                method,
+                Cursor { buf: &body[len..] },
+                max_metadata,
+            )
+        });
+        Some(result)
+    }
+}
+
+/// `a == b` for slices of one length from 8 to [`Names::MAX`] bytes, eight bytes at a time (the
+/// last word overlapping), without a call to `memcmp`.
+#[inline(always)]
+fn same_words(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() || n < 8 {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        let chunk: [u8; 8] = s[at..at + 8].try_into().unwrap_or_default();
+        u64::from_ne_bytes(chunk)
+    };
+    let mut diff = word(a, n - 8) ^ word(b, n - 8);
+    let mut at = 0;
+    while at + 8 < n {
+        diff |= word(a, at) ^ word(b, at);
+        at += 8;
+    }
+    diff == 0
+}
+
+/// The header of a whole frame, and its body.
+#[inline(always)]
+fn decode_head(raw: &[u8]) -> Result<(Header, &[u8]), DecodeError> {
+    let Some((head, body)) = raw.split_first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Truncated(Field::ServicePath));
+    };
     let header = Header {
-        version: buf[1],
-        flags: buf[2],
-        serialize: buf[3] >> 4,
+        version: head[1],
+        flags: head[2],
+        serialize: head[3] >> 4,
         seq: u64::from_be_bytes([
-            buf[4], buf[5], buf[6], buf[7], buf[8], buf[9], buf[10], buf[11],
+            head[4], head[5], head[6], head[7], head[8], head[9], head[10], head[11],
         ]),
     };
     if header.compress() > COMPRESS_GZIP {
         return Err(DecodeError::UnknownCompress(header.compress()));
     }
-    let mut body = Cursor {
-        buf: &buf[HEADER_LEN..total],
-    };
-    let path = body.field(Field::ServicePath)?;
-    let method = body.field(Field::ServiceMethod)?;
-    let metadata = body.field(Field::Metadata)?;
-    let payload = body.field(Field::Payload)?;
-    if !body.buf.is_empty() {
-        return Err(DecodeError::TrailingBytes(body.buf.len() as u32));
+    Ok((header, body))
+}
+
+/// Metadata and payload, after the names.
+#[inline(always)]
+fn decode_rest<'a>(
+    header: Header,
+    path: &'a str,
+    method: &'a str,
+    mut cursor: Cursor<'a>,
+    max_metadata: usize,
+) -> Result<Frame<'a>, DecodeError> {
+    let metadata = cursor.field(Field::Metadata)?;
+    let payload = cursor.field(Field::Payload)?;
+    if !cursor.buf.is_empty() {
+        return Err(DecodeError::TrailingBytes(cursor.buf.len() as u32));
     }
-    let frame = Frame {
+    Ok(Frame {
         header,
-        path: utf8(path, Field::ServicePath)?,
-        method: utf8(method, Field::ServiceMethod)?,
+        path,
+        method,
         metadata: Metadata::parse_limited(metadata, max_metadata)?,
         payload,
+    })
+}
+
+/// Whether `bytes` are all ASCII: eight bytes at a time, the last (partial) word read
+/// overlapping the one before. For the short names of a call this is a handful of instructions;
+/// `<[u8]>::is_ascii` walks short slices a byte at a time (~6 instructions per byte).
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |at: usize| {
+        let chunk: [u8; 8] = bytes[at..at + 8].try_into().unwrap_or_default();
+        u64::from_ne_bytes(chunk)
     };
-    Ok(Some((frame, total)))
+    let half = |at: usize| {
+        let chunk: [u8; 4] = bytes[at..at + 4].try_into().unwrap_or_default();
+        u64::from(u32::from_ne_bytes(chunk))
+    };
+    let n = bytes.len();
+    let mut seen = 0u64;
+    if n >= 8 {
+        let mut at = 0;
+        while at + 8 <= n {
+            seen |= word(at);
+            at += 8;
+        }
+        seen |= word(n - 8);
+    } else if n >= 4 {
+        seen = half(0) | half(n - 4);
+    } else {
+        for &b in bytes {
+            seen |= u64::from(b);
+        }
+    }
+    seen & HIGH == 0
 }
 
 struct Cursor<'a> {
@@ -288,6 +452,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     /// Takes a `u32` length prefix and that many bytes.
+    #[inline]
     fn field(&mut self, field: Field) -> Result<&'a [u8], DecodeError> {
         let (len, rest) = self
             .buf
@@ -303,11 +468,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
+#[inline]
 fn utf8(bytes: &[u8], field: Field) -> Result<&str, DecodeError> {
     // Paths, methods and metadata keys are nearly always short ASCII: the inlined ASCII check
     // costs a few instructions where `from_utf8`'s general path cost ~100 per field
     // (benches/instructions.sh).
-    if bytes.is_ascii() {
+    if is_ascii(bytes) {
         // SAFETY: ASCII bytes are valid UTF-8.
         return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
     }
@@ -331,6 +497,14 @@ impl<'a> Metadata<'a> {
     /// [`Metadata::parse`], refusing more than `max` entries.
     #[inline]
     pub fn parse_limited(raw: &'a [u8], max: usize) -> Result<Metadata<'a>, DecodeError> {
+        // Most calls carry none: no call for them.
+        if raw.is_empty() {
+            return Ok(Metadata { raw });
+        }
+        Metadata::check(raw, max)
+    }
+
+    fn check(raw: &'a [u8], max: usize) -> Result<Metadata<'a>, DecodeError> {
         let mut cursor = Cursor { buf: raw };
         let mut entries = 0usize;
         while !cursor.buf.is_empty() {
@@ -430,12 +604,22 @@ pub fn encode(
     payload: &[u8],
 ) {
     let total = encoded_len(path, method, metadata, payload);
-    out.reserve(total);
-    out.extend_from_slice(&head(header, total));
-    push_bytes(out, path.as_bytes());
-    push_bytes(out, method.as_bytes());
-    push_bytes(out, metadata);
-    push_bytes(out, payload);
+    let len = |part: &[u8]| (part.len() as u32).to_be_bytes();
+    let (path, method) = (path.as_bytes(), method.as_bytes());
+    append(
+        out,
+        [
+            &head(header, total),
+            &len(path),
+            path,
+            &len(method),
+            method,
+            &len(metadata),
+            metadata,
+            &len(payload),
+            payload,
+        ],
+    );
 }
 
 /// A frame's first 16 bytes: the header and the length of the rest.
@@ -455,9 +639,40 @@ pub fn names_wire<'a>(raw: &'a [u8], frame: &Frame<'_>) -> &'a [u8] {
     &raw[HEADER_LEN..HEADER_LEN + 8 + frame.path.len() + frame.method.len()]
 }
 
+/// As [`encode_with_names`] for a reply: the first 16 bytes are the request's (`raw`), with the
+/// flags and the length put right, which is what `header.reply()` would give with `flags` for
+/// flags, byte for byte, in fewer steps than building the header from its fields.
+#[inline]
+pub fn encode_reply(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    flags: u8,
+    names: &[u8],
+    metadata: &[u8],
+    payload: &[u8],
+) {
+    let total = HEADER_LEN + names.len() + 8 + metadata.len() + payload.len();
+    let mut head: [u8; HEADER_LEN] = raw[..HEADER_LEN].try_into().unwrap_or_default();
+    head[2] = flags;
+    head[3] &= 0xF0;
+    head[12..].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    append(
+        out,
+        [
+            &head,
+            names,
+            &(metadata.len() as u32).to_be_bytes(),
+            metadata,
+            &(payload.len() as u32).to_be_bytes(),
+            payload,
+        ],
+    );
+}
+
 /// As [`encode`], with the path and method given in wire form ([`names_wire`]): a reply copies
 /// them from its request in one piece (one copy instead of four pieces; ~60 instructions per
 /// reply, benches/instructions.sh).
+#[inline]
 pub fn encode_with_names(
     out: &mut Vec<u8>,
     header: &Header,
@@ -466,11 +681,17 @@ pub fn encode_with_names(
     payload: &[u8],
 ) {
     let total = HEADER_LEN + names.len() + 8 + metadata.len() + payload.len();
-    out.reserve(total);
-    out.extend_from_slice(&head(header, total));
-    out.extend_from_slice(names);
-    push_bytes(out, metadata);
-    push_bytes(out, payload);
+    append(
+        out,
+        [
+            &head(header, total),
+            names,
+            &(metadata.len() as u32).to_be_bytes(),
+            metadata,
+            &(payload.len() as u32).to_be_bytes(),
+            payload,
+        ],
+    );
 }
 
 impl Frame<'_> {
@@ -636,6 +857,75 @@ mod tests {
         let body = (bytes.len() - HEADER_LEN) as u32;
         bytes[12..16].copy_from_slice(&body.to_be_bytes());
         assert_eq!(decode(&bytes, 1 << 20), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn kept_names_decode_the_next_frame_alike_and_only_when_they_match() {
+        let bytes = sample();
+        let (frame, _) = decode(&bytes, 1 << 20).unwrap().unwrap();
+        let mut names = Names::default();
+        assert!(
+            names.decode(&bytes, usize::MAX).is_none(),
+            "nothing kept yet"
+        );
+        assert!(names.keep(&bytes, &frame));
+        assert_eq!(names.decode(&bytes, usize::MAX), Some(Ok(frame)));
+        // Another method of the same length is not taken for the kept one.
+        let mut other = Vec::new();
+        encode(
+            &mut other,
+            &Header::request(3, 8),
+            "Arith",
+            "Add",
+            &[],
+            &[1],
+        );
+        assert!(names.decode(&other, usize::MAX).is_none());
+        // A bad frame with the kept names is still refused, with the same error.
+        let mut bad = bytes.clone();
+        bad.push(0);
+        let body = (bad.len() - HEADER_LEN) as u32;
+        bad[12..16].copy_from_slice(&body.to_be_bytes());
+        assert_eq!(
+            names.decode(&bad, usize::MAX),
+            Some(Err(DecodeError::TrailingBytes(1)))
+        );
+        assert_eq!(
+            decode_frame(&bad, usize::MAX),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        // Names too long to keep are not kept.
+        let long = "S".repeat(40);
+        let mut out = Vec::new();
+        encode(&mut out, &Header::request(3, 9), &long, "M", &[], &[]);
+        let (frame, _) = decode(&out, 1 << 20).unwrap().unwrap();
+        assert!(!names.keep(&out, &frame));
+        assert!(names.decode(&bytes, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn short_ascii_check_and_word_compare_agree_with_std() {
+        let samples: [&[u8]; 7] = [
+            b"",
+            b"a",
+            b"abc",
+            b"abcd\xff",
+            b"\x80bcdefgh",
+            b"abcdefghijklmnopq",
+            b"abcdefghijklmno\xc3",
+        ];
+        for s in samples {
+            assert_eq!(is_ascii(s), s.is_ascii(), "{s:?}");
+        }
+        for n in 8..=Names::MAX {
+            let a: Vec<u8> = (0..n as u8).collect();
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!same_words(&a, &b), "{n} {i}");
+            }
+            assert!(same_words(&a, &a.clone()));
+        }
     }
 
     #[test]

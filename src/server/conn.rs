@@ -35,7 +35,7 @@ use super::end::End;
 use crate::codec::{self, CodecError};
 use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
-use crate::service::Registry;
+use crate::service::{LookupError, MethodId, Registry};
 use crate::stream::Half;
 
 /// First size of a connection's read buffer; it grows to hold the largest frame in flight and
@@ -390,6 +390,7 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
     let counts = core.metrics.transport(transport);
     let mut rbuf = ReadBuf::new(INITIAL_READ_BUFFER);
     let mut scratch = Scratch::default();
+    let mut route = Route::default();
     loop {
         poll_fn(|cx| {
             outbox.poll_room(
@@ -404,7 +405,7 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         }
         // Frames already buffered are taken first, as far as the limits allow.
         let buffered = rbuf.data().len();
-        match take_frames(core, &mut rbuf, outbox, &mut scratch) {
+        match take_frames(core, &mut rbuf, outbox, &mut scratch, &mut route) {
             Ok(Taken::Paused) => continue,
             Ok(Taken::NeedMore) => {}
             Err(end) => return end,
@@ -470,14 +471,43 @@ enum Taken {
     Paused,
 }
 
+/// The method a connection called last, by its names' wire bytes: pipelined calls nearly always
+/// name one method, and a frame that starts with the same bytes is decoded without parsing or
+/// checking them again and dispatched without a lookup.
+struct Route {
+    names: protocol::Names,
+    /// What `names` look up to (meaningful once names are kept).
+    id: MethodId,
+}
+
+impl Default for Route {
+    fn default() -> Route {
+        Route {
+            names: protocol::Names::default(),
+            id: MethodId {
+                service: 0,
+                method: 0,
+                index: 0,
+            },
+        }
+    }
+}
+
 /// Decodes and handles every whole frame in `rbuf` while the connection's limits allow.
+#[inline]
 fn take_frames<R: Registry>(
     core: &Rc<Core<R>>,
     rbuf: &mut ReadBuf,
     outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
+    route: &mut Route,
 ) -> Result<Taken, End> {
     let limits = &core.config.limits;
+    // Replies are appended to the outbox for the whole batch under one borrow; nothing else
+    // touches it until this returns (delayed and async replies are pushed by tasks of their
+    // own, later), and the writer's share does not change meanwhile.
+    let mut out = outbox.buf.borrow_mut();
+    let writing = outbox.writing.get();
     loop {
         let data = rbuf.data();
         let total = match protocol::frame_len(data, limits.max_frame_bytes) {
@@ -490,23 +520,40 @@ fn take_frames<R: Registry>(
             return Ok(Taken::NeedMore);
         }
         if outbox.delayed.get() >= limits.max_calls_in_flight
-            || outbox.pending() >= limits.max_pending_write_bytes
+            || out.len() + writing >= limits.max_pending_write_bytes
         {
             return Ok(Taken::Paused);
         }
         let raw = &data[..total];
         let _audit = audit::RequestPath::enter();
-        match protocol::decode_limited(raw, limits.max_frame_bytes, limits.max_metadata_entries) {
-            Ok(Some((frame, _))) => handle(core, &frame, raw, outbox, scratch)?,
-            Ok(None) => {
-                return Err(End::BadFrame(
-                    BadFrame::Truncated,
-                    "frame shorter than its header says".into(),
-                ));
-            }
+        let max_metadata = limits.max_metadata_entries;
+        let (decoded, found) = match route.names.decode(raw, max_metadata) {
+            Some(decoded) => (decoded, Ok(route.id)),
+            None => match protocol::decode_frame(raw, max_metadata) {
+                Ok(frame) => {
+                    let found = R::lookup(frame.path, frame.method);
+                    if let Ok(id) = found
+                        && route.names.keep(raw, &frame)
+                    {
+                        route.id = id;
+                    }
+                    (Ok(frame), found)
+                }
+                Err(e) => (Err(e), Err(LookupError::NoService)),
+            },
+        };
+        let later = match decoded {
+            Ok(frame) => handle(core, &frame, raw, found, &mut out, outbox, scratch)?,
             Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
-        }
+        };
         rbuf.consume(total);
+        if let Some(later) = later {
+            // glommio runs a task's first poll as it is spawned, and a reply that is ready
+            // then is pushed to the outbox at once: the batch lets go of it meanwhile.
+            drop(out);
+            later.start(core, outbox);
+            out = outbox.buf.borrow_mut();
+        }
     }
 }
 
@@ -549,24 +596,27 @@ async fn write_loop<W: AsyncWrite + Unpin, R: Registry>(
     let _ = wr.close().await;
 }
 
-/// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply.
-/// `Err` means the input is refused and the connection closes.
+/// Handles one decoded frame: heartbeat echo, dispatch, reply or error reply, or the reply that
+/// comes later, for the caller to start. `Err` means the input is refused and the connection
+/// closes.
+#[inline]
 fn handle<R: Registry>(
     core: &Rc<Core<R>>,
     frame: &Frame<'_>,
     raw: &[u8],
+    found: Result<MethodId, LookupError>,
+    out: &mut Vec<u8>,
     outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
-) -> Result<(), End> {
+) -> Result<Option<Later>, End> {
     let metrics = &core.metrics;
     if frame.header.is_heartbeat() {
         // Echo the frame unchanged but for the response bit (PROTOCOL.md §3).
         metrics.heartbeats.inc();
-        let mut out = outbox.buf.borrow_mut();
         let at = out.len();
         out.extend_from_slice(raw);
         out[at + 2] |= protocol::flags::RESPONSE;
-        return Ok(());
+        return Ok(None);
     }
     metrics.requests.inc();
     let compressed = frame.header.compress() == COMPRESS_GZIP;
@@ -590,39 +640,92 @@ fn handle<R: Registry>(
         metadata: frame.metadata,
         payload,
     };
-    let invoked = dispatch::invoke(core, &call, &mut scratch.meta, &mut scratch.payload);
+    let invoked =
+        dispatch::invoke_found(core, &call, found, &mut scratch.meta, &mut scratch.payload);
     let oneway = frame.header.is_oneway();
     match invoked {
         // rpcx: an error reply unless oneway, then the connection closes.
         Invoked::Unauthenticated => {
             if !oneway {
-                error_reply(core, &mut outbox.buf.borrow_mut(), frame, UNAUTHENTICATED);
+                error_reply(core, out, frame, UNAUTHENTICATED);
             }
             return Err(End::Unauthenticated);
         }
         // Runs whether or not it is oneway (rpcx runs a oneway call's handler too).
-        Invoked::Pending(deferred) => reply_later(core, outbox, frame, raw, compressed, deferred),
+        Invoked::Pending(deferred) => {
+            outbox.delayed.set(outbox.delayed.get() + 1);
+            return Ok(Some(Later::Pending(PendingReply::new(
+                frame, raw, compressed, deferred,
+            ))));
+        }
         _ if oneway => {}
-        Invoked::Ready => write_reply(
-            &mut outbox.buf.borrow_mut(),
-            frame,
-            raw,
-            compressed,
-            scratch,
-        ),
+        Invoked::Ready => write_reply(out, frame, raw, compressed, scratch),
         Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, raw, compressed, scratch);
-            delay_reply(outbox, delay, bytes);
+            outbox.delayed.set(outbox.delayed.get() + 1);
+            return Ok(Some(Later::Delayed(delay, bytes)));
         }
         Invoked::Expired(deadline) => {
             let mut bytes = Vec::new();
             error_reply(core, &mut bytes, frame, DEADLINE_EXCEEDED);
-            delay_reply(outbox, deadline, bytes);
+            outbox.delayed.set(outbox.delayed.get() + 1);
+            return Ok(Some(Later::Delayed(deadline, bytes)));
         }
-        Invoked::Failed(text) => error_reply(core, &mut outbox.buf.borrow_mut(), frame, &text),
+        Invoked::Failed(text) => error_reply(core, out, frame, &text),
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A reply that comes later, from a task of its own, so other calls go on meanwhile. It counts
+/// in `outbox.delayed` (against `limits.max_calls_in_flight`, and the connection does not close
+/// before it is written) from when it is made.
+enum Later {
+    /// An async handler's: written when it is done.
+    Pending(PendingReply),
+    /// These bytes, after this wait.
+    Delayed(Duration, Vec<u8>),
+}
+
+impl Later {
+    fn start<R: Registry>(self, core: &Rc<Core<R>>, outbox: &Rc<Outbox>) {
+        match self {
+            Later::Pending(reply) => reply_later(core, outbox, reply),
+            Later::Delayed(wait, bytes) => delay_reply(outbox, wait, bytes),
+        }
+    }
+}
+
+/// What an async handler's reply needs of its request.
+struct PendingReply {
+    oneway: bool,
+    header: Header,
+    /// The path and method in wire form (empty if oneway: no reply).
+    names: Vec<u8>,
+    compressed: bool,
+    deferred: dispatch::Deferred,
+}
+
+impl PendingReply {
+    fn new(
+        frame: &Frame<'_>,
+        raw: &[u8],
+        compressed: bool,
+        deferred: dispatch::Deferred,
+    ) -> PendingReply {
+        let oneway = frame.header.is_oneway();
+        PendingReply {
+            oneway,
+            header: frame.header.reply(),
+            names: if oneway {
+                Vec::new()
+            } else {
+                protocol::names_wire(raw, frame).to_vec()
+            },
+            compressed,
+            deferred,
+        }
+    }
 }
 
 /// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
@@ -635,36 +738,55 @@ fn write_reply(
     compressed: bool,
     scratch: &mut Scratch,
 ) {
-    encode_reply(
-        out,
-        frame.header.reply(),
-        protocol::names_wire(raw, frame),
-        &scratch.meta,
+    let mut header = frame.header.reply();
+    let payload = gzip_if_big(
+        &mut header,
         &scratch.payload,
         compressed,
         &mut scratch.deflated,
+    );
+    protocol::encode_reply(
+        out,
+        raw,
+        header.flags,
+        protocol::names_wire(raw, frame),
+        &scratch.meta,
+        payload,
     );
 }
 
 /// Encodes a successful reply; its payload is gzipped (into `deflated`) only when the request
 /// was and the payload is over 1024 bytes (rpcx's rule).
 #[inline]
-fn encode_reply<'a>(
+fn encode_reply(
     out: &mut Vec<u8>,
     mut header: Header,
     names: &[u8],
     meta: &[u8],
-    mut payload: &'a [u8],
+    payload: &[u8],
+    compressed: bool,
+    deflated: &mut Vec<u8>,
+) {
+    let payload = gzip_if_big(&mut header, payload, compressed, deflated);
+    protocol::encode_with_names(out, &header, names, meta, payload);
+}
+
+/// A reply's payload is gzipped (into `deflated`, and the header says so) only when the request
+/// was and the payload is over 1024 bytes (rpcx's rule).
+#[inline]
+fn gzip_if_big<'a>(
+    header: &mut Header,
+    payload: &'a [u8],
     compressed: bool,
     deflated: &'a mut Vec<u8>,
-) {
+) -> &'a [u8] {
     if compressed && payload.len() > 1024 {
         deflated.clear();
         codec::gzip(payload, deflated);
         header.set_compress(COMPRESS_GZIP);
-        payload = deflated;
+        return deflated;
     }
-    protocol::encode_with_names(out, &header, names, meta, payload);
+    payload
 }
 
 /// Writes an async handler's reply when it is done, from a task of its own, so the connection
@@ -672,22 +794,14 @@ fn encode_reply<'a>(
 /// `limits.max_calls_in_flight` until then, and the connection does not close (even when
 /// drained) before it is written. What this costs per call: the reply's path and method copied
 /// out of the read buffer, the task, and the reply's encoding (besides the handler's own future).
-fn reply_later<R: Registry>(
-    core: &Rc<Core<R>>,
-    outbox: &Rc<Outbox>,
-    frame: &Frame<'_>,
-    raw: &[u8],
-    compressed: bool,
-    deferred: dispatch::Deferred,
-) {
-    let oneway = frame.header.is_oneway();
-    let header = frame.header.reply();
-    let names = if oneway {
-        Vec::new()
-    } else {
-        protocol::names_wire(raw, frame).to_vec()
-    };
-    outbox.delayed.set(outbox.delayed.get() + 1);
+fn reply_later<R: Registry>(core: &Rc<Core<R>>, outbox: &Rc<Outbox>, reply: PendingReply) {
+    let PendingReply {
+        oneway,
+        header,
+        names,
+        compressed,
+        deferred,
+    } = reply;
     let (core, outbox) = (Rc::clone(core), Rc::clone(outbox));
     glommio::spawn_local(async move {
         let result = deferred.await;
@@ -735,7 +849,6 @@ fn error_reply<R: Registry>(core: &Core<R>, out: &mut Vec<u8>, frame: &Frame<'_>
 
 /// Sends `bytes` after `wait`, from a task of its own, so other calls go on meanwhile.
 fn delay_reply(outbox: &Rc<Outbox>, wait: Duration, bytes: Vec<u8>) {
-    outbox.delayed.set(outbox.delayed.get() + 1);
     let outbox = Rc::clone(outbox);
     glommio::spawn_local(async move {
         glommio::timer::sleep(wait).await;

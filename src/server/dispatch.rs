@@ -17,7 +17,7 @@ use futures_lite::FutureExt;
 use super::Core;
 use crate::codec::SerializeType;
 use crate::protocol::{META_AUTH, META_SERVER_TIMEOUT, Metadata};
-use crate::service::{MethodId, Outcome, Pending, Registry, Reply, Request};
+use crate::service::{LookupError, MethodId, Outcome, Pending, Registry, Reply, Request};
 
 /// What became of a call.
 pub(crate) enum Invoked {
@@ -68,12 +68,26 @@ pub(crate) fn invoke<R: Registry>(
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
+    let found = R::lookup(call.path, call.method);
+    invoke_found(core, call, found, meta_out, payload_out)
+}
+
+/// [`invoke`] with the method already looked up (the rpcx loop keeps the last lookup of a
+/// connection and reuses it while its calls name the same method).
+#[inline]
+pub(crate) fn invoke_found<R: Registry>(
+    core: &Core<R>,
+    call: &Call<'_>,
+    found: Result<MethodId, LookupError>,
+    meta_out: &mut Vec<u8>,
+    payload_out: &mut Vec<u8>,
+) -> Invoked {
     if !core.auth.is_empty() && !authorized(&core.auth, call.metadata.get(META_AUTH)) {
         core.metrics.auth_failures.inc();
         return Invoked::Unauthenticated;
     }
     let metrics = &core.metrics;
-    let found = match R::lookup(call.path, call.method) {
+    let found = match found {
         Ok(method) => method,
         Err(e) => {
             let unknown = metrics.unknown_method();

@@ -228,6 +228,7 @@ impl Payload for ArithReply {
         }
     }
 
+    #[inline]
     fn encode(&self, codec: SerializeType, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match codec {
             SerializeType::Protobuf => {
@@ -238,8 +239,9 @@ impl Payload for ArithReply {
             SerializeType::MsgPack => {
                 // What rmp-serde writes for `{C: c}` (a one-entry map, the integer in its
                 // smallest form), without serde: ~100 fewer instructions per call.
-                out.extend_from_slice(&[0x81, 0xa1, b'C']);
-                msgpack_write_int(out, self.c);
+                let mut int = [0u8; 9];
+                let n = msgpack_int_into(self.c, &mut int);
+                crate::buf::append(out, [&[0x81, 0xa1, b'C'], &int[..n]]);
                 Ok(())
             }
             other => codec::encode_serde(self, other, out, "Arith reply"),
@@ -251,7 +253,29 @@ impl Payload for ArithReply {
 /// most once, with integer values) decoded without serde, which costs ~300 instructions per call
 /// here (benches/instructions.sh). Anything else is `None` and left to serde, so the two agree
 /// on every input (a property test checks it).
+#[inline]
 fn msgpack_args(bytes: &[u8]) -> Option<ArithArgs> {
+    // What Go's encoder writes for small numbers: `{"A": fixint, "B": fixint}`, 7 bytes.
+    if let [0x82, 0xa1, b'A', a, 0xa1, b'B', b] = *bytes
+        && fixint(a)
+        && fixint(b)
+    {
+        return Some(ArithArgs {
+            a: i64::from(a as i8),
+            b: i64::from(b as i8),
+        });
+    }
+    msgpack_args_any(bytes)
+}
+
+/// A MsgPack positive (0x00..=0x7f) or negative (0xe0..=0xff) fixint: its value is the byte
+/// as an `i8`.
+#[inline]
+fn fixint(b: u8) -> bool {
+    !(0x80..0xe0).contains(&b)
+}
+
+fn msgpack_args_any(bytes: &[u8]) -> Option<ArithArgs> {
     let (&first, mut rest) = bytes.split_first()?;
     if first & 0xf0 != 0x80 {
         return None;
@@ -280,37 +304,30 @@ fn msgpack_args(bytes: &[u8]) -> Option<ArithArgs> {
     rest.is_empty().then_some(args)
 }
 
-/// Appends `v` as MsgPack in its smallest form, as `rmp::encode::write_sint` does (a property
-/// test checks they agree), without its generic writer.
-fn msgpack_write_int(out: &mut Vec<u8>, v: i64) {
+/// Writes `v` as MsgPack in its smallest form into the front of `out` (9 bytes at most) and
+/// says how many bytes it took, as `rmp::encode::write_sint` writes it (a property test checks
+/// they agree), without its generic writer.
+#[inline]
+fn msgpack_int_into(v: i64, out: &mut [u8; 9]) -> usize {
+    // Each arm writes a constant number of bytes: no call to memcpy.
+    fn put<const N: usize>(out: &mut [u8; 9], marker: u8, bytes: [u8; N]) -> usize {
+        out[0] = marker;
+        out[1..=N].copy_from_slice(&bytes);
+        1 + N
+    }
     match v {
-        -32..=0x7f => out.push(v as u8),
-        0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
-        0x100..=0xffff => {
-            out.push(0xcd);
-            out.extend_from_slice(&(v as u16).to_be_bytes());
+        -32..=0x7f => {
+            out[0] = v as u8;
+            1
         }
-        0x1_0000..=0xffff_ffff => {
-            out.push(0xce);
-            out.extend_from_slice(&(v as u32).to_be_bytes());
-        }
-        0x1_0000_0000.. => {
-            out.push(0xcf);
-            out.extend_from_slice(&(v as u64).to_be_bytes());
-        }
-        -128..=-33 => out.extend_from_slice(&[0xd0, v as u8]),
-        -32768..=-129 => {
-            out.push(0xd1);
-            out.extend_from_slice(&(v as i16).to_be_bytes());
-        }
-        -2_147_483_648..=-32769 => {
-            out.push(0xd2);
-            out.extend_from_slice(&(v as i32).to_be_bytes());
-        }
-        _ => {
-            out.push(0xd3);
-            out.extend_from_slice(&v.to_be_bytes());
-        }
+        0x80..=0xff => put(out, 0xcc, [v as u8]),
+        0x100..=0xffff => put(out, 0xcd, (v as u16).to_be_bytes()),
+        0x1_0000..=0xffff_ffff => put(out, 0xce, (v as u32).to_be_bytes()),
+        0x1_0000_0000.. => put(out, 0xcf, (v as u64).to_be_bytes()),
+        -128..=-33 => put(out, 0xd0, [v as u8]),
+        -32768..=-129 => put(out, 0xd1, (v as i16).to_be_bytes()),
+        -2_147_483_648..=-32769 => put(out, 0xd2, (v as i32).to_be_bytes()),
+        _ => put(out, 0xd3, v.to_be_bytes()),
     }
 }
 
@@ -336,17 +353,27 @@ fn msgpack_int(bytes: &[u8]) -> Option<(i64, &[u8])> {
     })
 }
 
+#[inline]
 fn arith(
     req: &Request<'_>,
     reply: &mut Reply<'_>,
-    op: fn(ArithArgs) -> i64,
+    op: impl FnOnce(ArithArgs) -> i64,
 ) -> Result<Outcome, ServiceError> {
     // Every key is mirrored, reserved ones (`__ServerTimeout`, ...) too, so a client can see
     // exactly what it sent.
     for (k, v) in req.metadata.iter() {
         push_meta_echo(reply.meta_block(), k, v);
     }
-    typed(req, reply, |args: ArithArgs| Ok(ArithReply { c: op(args) }))
+    let fast = match req.codec {
+        SerializeType::MsgPack => msgpack_args(req.payload),
+        _ => None,
+    };
+    let args = match fast {
+        Some(args) => args,
+        None => ArithArgs::decode(req.codec, req.payload)?,
+    };
+    ArithReply { c: op(args) }.encode(req.codec, reply.payload())?;
+    Ok(Outcome::Ready)
 }
 
 fn push_meta_echo(block: &mut Vec<u8>, key: &str, value: &str) {
