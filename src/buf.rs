@@ -86,12 +86,17 @@ impl ReadBuf {
             self.start = 0;
             self.end = 0;
             if self.buf.len() > SHRINK_ABOVE {
-                let big = self.buf.len() >= RETURN_TO_OS;
-                self.buf = vec![0; self.initial];
-                if big {
-                    return_to_os();
-                }
+                self.shrink();
             }
+        }
+    }
+
+    #[cold]
+    fn shrink(&mut self) {
+        let big = self.buf.len() >= RETURN_TO_OS;
+        self.buf = vec![0; self.initial];
+        if big {
+            return_to_os();
         }
     }
 
@@ -151,7 +156,7 @@ mod tests {
 /// Appends `parts` to `out` in order with one reservation (their total, so it is right by
 /// construction), short parts copied inline rather than through a call to `memcpy`, which is
 /// most of the cost of copying a 3-byte method name or a 4-byte length.
-#[inline]
+#[inline(always)]
 pub(crate) fn append<const N: usize>(out: &mut Vec<u8>, parts: [&[u8]; N]) {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     out.reserve(total);
@@ -166,7 +171,22 @@ pub(crate) fn append<const N: usize>(out: &mut Vec<u8>, parts: [&[u8]; N]) {
     unsafe { out.set_len(len) };
 }
 
-/// Copies `n` bytes; up to 16 as two overlapping loads and stores, more with `memcpy`.
+/// Appends the first `n` bytes of `bytes` (n <= 16): one 16-byte store into room reserved
+/// for it, for the few bytes of a small encoded value.
+#[inline(always)]
+pub(crate) fn append_small(out: &mut Vec<u8>, bytes: [u8; 16], n: usize) {
+    let n = n.min(16);
+    out.reserve(16);
+    let len = out.len();
+    // SAFETY: 16 bytes fit past `len` (reserved above); the first `n` of them are written and
+    // become the vector's, the rest stay spare capacity.
+    unsafe {
+        std::ptr::write_unaligned(out.as_mut_ptr().add(len) as *mut [u8; 16], bytes);
+        out.set_len(len + n);
+    }
+}
+
+/// Copies `n` bytes: up to 64 as two or four overlapping loads and stores, more with `memcpy`.
 ///
 /// # Safety
 /// `src` is valid for `n` reads, `dst` for `n` writes, and they do not overlap.
@@ -192,6 +212,22 @@ unsafe fn copy_short(src: *const u8, dst: *mut u8, n: usize) {
                 wr(dst as *mut u64, a);
                 wr(dst.add(n - 8) as *mut u64, b);
             }
+            17..=32 => {
+                let (a, b) = (rd(src as *const u128), rd(src.add(n - 16) as *const u128));
+                wr(dst as *mut u128, a);
+                wr(dst.add(n - 16) as *mut u128, b);
+            }
+            33..=64 => {
+                let (a, b) = (rd(src as *const u128), rd(src.add(16) as *const u128));
+                let (c, d) = (
+                    rd(src.add(n - 32) as *const u128),
+                    rd(src.add(n - 16) as *const u128),
+                );
+                wr(dst as *mut u128, a);
+                wr(dst.add(16) as *mut u128, b);
+                wr(dst.add(n - 32) as *mut u128, c);
+                wr(dst.add(n - 16) as *mut u128, d);
+            }
             _ => std::ptr::copy_nonoverlapping(src, dst, n),
         }
     }
@@ -207,7 +243,7 @@ mod append_tests {
         #[test]
         fn append_is_extend(
             start in proptest::collection::vec(any::<u8>(), 0..20),
-            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 4),
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..90), 4),
         ) {
             let mut expected = start.clone();
             for p in &parts {
@@ -215,6 +251,20 @@ mod append_tests {
             }
             let mut got = start.clone();
             append(&mut got, [&parts[0], &parts[1], &parts[2], &parts[3]]);
+            prop_assert_eq!(got, expected);
+        }
+
+        /// `append_small` appends exactly its first `n` bytes.
+        #[test]
+        fn append_small_is_extend(
+            start in proptest::collection::vec(any::<u8>(), 0..40),
+            bytes in any::<[u8; 16]>(),
+            n in 0usize..=16,
+        ) {
+            let mut expected = start.clone();
+            expected.extend_from_slice(&bytes[..n]);
+            let mut got = start;
+            append_small(&mut got, bytes, n);
             prop_assert_eq!(got, expected);
         }
     }

@@ -349,6 +349,34 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The path, method and payload of `raw` (a whole frame, as [`decode_frame`] takes it) if
+    /// its body is the names kept, an empty metadata block and the payload, and nothing else;
+    /// `None` otherwise (it may still be a good frame: decode it in full).
+    #[inline(always)]
+    pub fn plain<'a>(&self, raw: &'a [u8]) -> Option<(&'a str, &'a str, &'a [u8])> {
+        let (len, path_len) = (self.len as usize, self.path_len as usize);
+        let body = raw.get(HEADER_LEN..)?;
+        // names, then u32 0 (no metadata) and u32 payload length: one big-endian word.
+        let after: [u8; 8] = body.get(len..len + 8)?.try_into().ok()?;
+        let after = u64::from_be_bytes(after);
+        let payload = &body[len + 8..];
+        if len == 0 || !same_words(&body[..len], &self.wire[..len]) || after != payload.len() as u64
+        {
+            return None;
+        }
+        // SAFETY: these are the bytes of a path and method that passed `decode_frame`'s UTF-8
+        // check when they were kept, compared equal just above.
+        let (path, method) = unsafe {
+            (
+                std::str::from_utf8_unchecked(&body[4..4 + path_len]),
+                std::str::from_utf8_unchecked(&body[8 + path_len..len]),
+            )
+        };
+        Some((path, method, payload))
+    }
+}
+
 /// `a == b` for slices of one length from 8 to [`Names::MAX`] bytes, eight bytes at a time (the
 /// last word overlapping), without a call to `memcmp`.
 #[inline(always)]
@@ -361,13 +389,14 @@ fn same_words(a: &[u8], b: &[u8]) -> bool {
         let chunk: [u8; 8] = s[at..at + 8].try_into().unwrap_or_default();
         u64::from_ne_bytes(chunk)
     };
-    let mut diff = word(a, n - 8) ^ word(b, n - 8);
-    let mut at = 0;
-    while at + 8 < n {
-        diff |= word(a, at) ^ word(b, at);
-        at += 8;
+    let differ = |at: usize| word(a, at) ^ word(b, at);
+    if n <= 16 {
+        differ(0) | differ(n - 8) == 0
+    } else if n <= Names::MAX {
+        differ(0) | differ(8) | differ(n - 16) | differ(n - 8) == 0
+    } else {
+        a == b
     }
-    diff == 0
 }
 
 /// The header of a whole frame, and its body.
@@ -642,7 +671,7 @@ pub fn names_wire<'a>(raw: &'a [u8], frame: &Frame<'_>) -> &'a [u8] {
 /// As [`encode_with_names`] for a reply: the first 16 bytes are the request's (`raw`), with the
 /// flags and the length put right, which is what `header.reply()` would give with `flags` for
 /// flags, byte for byte, in fewer steps than building the header from its fields.
-#[inline]
+#[inline(always)]
 pub fn encode_reply(
     out: &mut Vec<u8>,
     raw: &[u8],
@@ -667,6 +696,38 @@ pub fn encode_reply(
             payload,
         ],
     );
+}
+
+/// [`encode_reply`] for a plain request (no heartbeat, oneway or gzip bits, no metadata) whose
+/// header and names are `raw[..names]`: with no metadata of its own either, the reply starts
+/// with the request's own `head, names, empty metadata` bytes, copied in one piece and then
+/// put right (flags: the response bit alone, as `Header::reply` gives; the length).
+#[inline(always)]
+pub fn encode_plain_reply(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    names: usize,
+    metadata: &[u8],
+    payload: &[u8],
+) {
+    if !metadata.is_empty() {
+        let flags = flags::RESPONSE;
+        return encode_reply(out, raw, flags, &raw[HEADER_LEN..names], metadata, payload);
+    }
+    let at = out.len();
+    let total = names + 8 + payload.len();
+    append(
+        out,
+        [
+            &raw[..names + 4],
+            &(payload.len() as u32).to_be_bytes(),
+            payload,
+        ],
+    );
+    let head = &mut out[at..at + HEADER_LEN];
+    head[2] = flags::RESPONSE;
+    head[3] &= 0xF0;
+    head[12..].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
 }
 
 /// As [`encode`], with the path and method given in wire form ([`names_wire`]): a reply copies

@@ -337,3 +337,96 @@ fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     });
     common::stop(server);
 }
+
+/// Reads one whole frame's bytes as they came.
+fn read_raw(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; protocol::HEADER_LEN];
+    s.read_exact(&mut buf).unwrap();
+    let total = protocol::frame_len(&buf, u32::MAX).unwrap().unwrap();
+    buf.resize(total, 0);
+    s.read_exact(&mut buf[protocol::HEADER_LEN..]).unwrap();
+    buf
+}
+
+/// The connection loop answers a method called again on a connection from its names' bytes
+/// alone (no re-parse, no lookup; a plain call skips the full decode): every kind of call that
+/// follows one to the same method gets, byte for byte, the reply the first call on a new
+/// connection gets.
+#[test]
+fn a_method_called_again_on_a_connection_is_answered_as_a_first_call_is() {
+    let server = common::start(1);
+    let addr = server.local_addrs()[0];
+    let mul = |seq: u64, a: i64, b: i64| request(3, seq, "Arith", "Mul", &msgpack_args(a, b));
+    let mut cases: Vec<(Vec<u8>, bool)> = Vec::new(); // (frame, answered)
+    cases.push((mul(1, 10, 20).to_bytes(), true));
+    cases.push((mul(2, 1 << 40, 3).to_bytes(), true));
+    cases.push((mul(3, -7, 5).to_bytes(), true));
+    let mut with_meta = mul(4, 2, 3);
+    with_meta.metadata.push(("k".into(), "v".into()));
+    cases.push((with_meta.to_bytes(), true));
+    // Status bits and an odd version in the request, and low bits in the serialize byte.
+    let mut odd = mul(5, 6, 7).to_bytes();
+    odd[1] = 5;
+    odd[2] |= 0x01;
+    odd[3] |= 0x05;
+    cases.push((odd, true));
+    cases.push((
+        request(1, 6, "Arith", "Mul", br#"{"A":3,"B":4}"#).to_bytes(),
+        true,
+    ));
+    cases.push((request(9, 7, "Arith", "Mul", &[]).to_bytes(), true));
+    cases.push((
+        request(3, 8, "Arith", "Mul", &[0xc1, 0xc1]).to_bytes(),
+        true,
+    ));
+    let mut packed = Vec::new();
+    percore::codec::gzip(&msgpack_args(8, 9), &mut packed);
+    let mut gz = mul(9, 0, 0);
+    gz.payload = packed;
+    gz.header.set_compress(protocol::COMPRESS_GZIP);
+    cases.push((gz.to_bytes(), true));
+    let mut deadline = mul(10, 5, 5);
+    deadline
+        .metadata
+        .push((protocol::META_SERVER_TIMEOUT.into(), "1000".into()));
+    cases.push((deadline.to_bytes(), true));
+    cases.push((
+        request(3, 11, "Arith", "Mux", &msgpack_args(1, 1)).to_bytes(),
+        true,
+    ));
+    let mut oneway = mul(12, 1, 2);
+    oneway.header.flags |= flags::ONEWAY;
+    cases.push((oneway.to_bytes(), false));
+    let mut hb = request(3, 13, "Arith", "Mul", &[1, 2, 3]);
+    hb.header.flags |= flags::HEARTBEAT;
+    cases.push((hb.to_bytes(), true));
+    cases.push((mul(14, 11, 11).to_bytes(), true));
+    cases.push((
+        request(3, 15, "Arith", "Add", &msgpack_args(1, 2)).to_bytes(),
+        true,
+    ));
+    cases.push((mul(16, 12, 12).to_bytes(), true));
+    cases.push((
+        request(0, 17, "Echo", "Echo", b"raw bytes").to_bytes(),
+        true,
+    ));
+
+    // Each alone, as the first call on a connection of its own.
+    let mut alone = Vec::new();
+    for (frame, answered) in &cases {
+        if *answered {
+            let mut s = connect(addr);
+            s.write_all(frame).unwrap();
+            alone.push(read_raw(&mut s));
+        }
+    }
+    // All pipelined on one connection, in one write.
+    let mut s = connect(addr);
+    s.write_all(&cases.iter().flat_map(|c| c.0.clone()).collect::<Vec<u8>>())
+        .unwrap();
+    for (i, want) in alone.iter().enumerate() {
+        assert_eq!(&read_raw(&mut s), want, "reply {i}");
+    }
+    common::stop(server);
+}

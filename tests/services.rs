@@ -195,6 +195,37 @@ fn a_panicking_or_failing_handler_gets_an_error_reply_and_the_core_goes_on() {
         assert!(reply.header.is_error(), "{method}");
         assert_eq!(reply.meta(META_ERROR), Some(text), "{method}");
     }
+    // Pipelined in one write, the same method again (the connection loop's fast lane, whose
+    // panics are caught once per batch): each call answered in order, the ones after a panic
+    // too.
+    let mut batch = Vec::new();
+    for (seq, method) in [
+        (10, "Boom"),
+        (11, "Boom"),
+        (12, "Fast"),
+        (13, "Boom"),
+        (14, "Fast"),
+    ] {
+        let args = if method == "Fast" {
+            msgpack(&seq)
+        } else {
+            Vec::new()
+        };
+        request(MSGPACK, seq, "Probe", method, &args).encode(&mut batch);
+    }
+    s.write_all(&batch).unwrap();
+    for seq in [10, 11, 12, 13, 14] {
+        let reply = read_frame(&mut s);
+        assert_eq!(reply.header.seq, seq);
+        if seq == 12 || seq == 14 {
+            assert_eq!(value::<i64>(&reply), seq as i64);
+        } else {
+            assert_eq!(
+                reply.meta(META_ERROR),
+                Some("[service internal error]: boom")
+            );
+        }
+    }
     // The same connection, and a new one, are still served.
     assert_eq!(value::<i64>(&call(&mut s, 4, "Fast", &msgpack(&5i64))), 5);
     let mut other = connect(server.local_addrs()[0]);
@@ -212,7 +243,8 @@ fn a_panicking_or_failing_handler_gets_an_error_reply_and_the_core_goes_on() {
         )
     };
     assert_eq!(handled("BoomLater"), (0, 1));
-    assert_eq!(handled("Fast"), (2, 0));
+    assert_eq!(handled("Boom"), (0, 4));
+    assert_eq!(handled("Fast"), (4, 0));
     common::stop(server);
 }
 

@@ -23,6 +23,7 @@ use crate::buf::{ReadBuf, SCRATCH_KEEP, SHRINK_ABOVE, release};
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Core;
-use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, UNAUTHENTICATED};
+use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, Panics, UNAUTHENTICATED};
 use super::end::End;
 use crate::codec::{self, CodecError};
 use crate::metrics::{BadFrame, Transport};
@@ -353,6 +354,10 @@ struct Scratch {
     payload: Vec<u8>,
     inflated: Vec<u8>,
     deflated: Vec<u8>,
+    /// The method whose handler is running (set around the call): a panic out of a batch with
+    /// this set is that handler's, answered as its call's error; one without is a bug and goes on
+    /// unwinding.
+    calling: Option<MethodId>,
 }
 
 impl Scratch {
@@ -405,7 +410,18 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         }
         // Frames already buffered are taken first, as far as the limits allow.
         let buffered = rbuf.data().len();
-        match take_frames(core, &mut rbuf, outbox, &mut scratch, &mut route) {
+        // Handlers' panics are caught here, once per batch rather than around every call.
+        let taken = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            take_frames(core, &mut rbuf, outbox, &mut scratch, &mut route)
+        }));
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(panic) => match scratch.calling.take() {
+                Some(method) => answer_panic(core, &mut rbuf, outbox, method, panic),
+                None => std::panic::resume_unwind(panic),
+            },
+        };
+        match taken {
             Ok(Taken::Paused) => continue,
             Ok(Taken::NeedMore) => {}
             Err(end) => return end,
@@ -493,6 +509,98 @@ impl Default for Route {
     }
 }
 
+/// Answers the call at the front of `rbuf`, whose handler (of `method`) panicked: counted as
+/// failed, and an error reply with rpcx's internal-error text unless it is oneway; then the
+/// frames after it are taken as usual.
+#[cold]
+fn answer_panic<R: Registry>(
+    core: &Rc<Core<R>>,
+    rbuf: &mut ReadBuf,
+    outbox: &Rc<Outbox>,
+    method: MethodId,
+    panic: Box<dyn std::any::Any + Send>,
+) -> Result<Taken, End> {
+    let text = dispatch::panicked(core, method, panic);
+    let limits = &core.config.limits;
+    let data = rbuf.data();
+    // The frame was whole and decoded when its handler ran.
+    let total = match protocol::frame_len(data, limits.max_frame_bytes) {
+        Ok(Some(total)) if total <= data.len() => total,
+        _ => return Err(End::BadFrame(BadFrame::Truncated, "frame gone".into())),
+    };
+    let frame = match protocol::decode_frame(&data[..total], limits.max_metadata_entries) {
+        Ok(frame) => frame,
+        Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
+    };
+    if !frame.header.is_oneway() {
+        error_reply(core, &mut outbox.buf.borrow_mut(), &frame, &text);
+    }
+    rbuf.consume(total);
+    Ok(Taken::Paused)
+}
+
+/// What [`plain_call`] did.
+enum Plain {
+    /// The call ran and its reply is in the outbox.
+    Answered,
+    /// Not a plain call: nothing was done; decode and handle it in full.
+    NotOne,
+    /// The call ran and did not answer at once (an error, a delay, an async handler): the
+    /// general [`answer`] sends what it became.
+    Ran(Invoked),
+}
+
+/// The fast lane: a call to the method the connection called last (its names the same bytes,
+/// see [`Route`]), plain (no heartbeat, oneway or gzip bits), with no metadata, on a server
+/// without tokens. Such a frame is decoded from its lengths alone and answered straight from
+/// the request's header and names; it runs exactly what [`handle`] would run, and anything
+/// else is left to it. Nearly every pipelined call is one.
+#[inline(always)]
+fn plain_call<R: Registry>(
+    core: &Rc<Core<R>>,
+    raw: &[u8],
+    route: &Route,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) -> Plain {
+    const NOT_PLAIN: u8 =
+        protocol::flags::HEARTBEAT | protocol::flags::ONEWAY | protocol::flags::COMPRESS_MASK;
+    let Some((path, method, payload)) = route.names.plain(raw) else {
+        return Plain::NotOne;
+    };
+    if raw[2] & NOT_PLAIN != 0 || !core.auth.is_empty() {
+        return Plain::NotOne;
+    }
+    core.metrics.requests.inc();
+    let call = dispatch::Call {
+        path,
+        method,
+        serialize: raw[3] >> 4,
+        metadata: protocol::Metadata::default(),
+        payload,
+    };
+    scratch.calling = Some(route.id);
+    let invoked = dispatch::invoke_found(
+        core,
+        &call,
+        Ok(route.id),
+        &mut scratch.meta,
+        &mut scratch.payload,
+        Panics::Propagate,
+    );
+    scratch.calling = None;
+    match invoked {
+        Invoked::Ready => {
+            // Nothing to drop in `Ready`: no call to `Invoked`'s drop glue per request.
+            std::mem::forget(invoked);
+            let names = protocol::HEADER_LEN + 8 + path.len() + method.len();
+            protocol::encode_plain_reply(out, raw, names, &scratch.meta, &scratch.payload);
+            Plain::Answered
+        }
+        other => Plain::Ran(other),
+    }
+}
+
 /// Decodes and handles every whole frame in `rbuf` while the connection's limits allow.
 #[inline]
 fn take_frames<R: Registry>(
@@ -526,6 +634,29 @@ fn take_frames<R: Registry>(
         }
         let raw = &data[..total];
         let _audit = audit::RequestPath::enter();
+        match plain_call(core, raw, route, &mut out, scratch) {
+            Plain::Answered => {
+                rbuf.consume(total);
+                continue;
+            }
+            Plain::NotOne => {}
+            Plain::Ran(invoked) => {
+                // A plain call whose handler did not answer at once: the general answer, from
+                // the frame decoded in full (it decoded in part already).
+                let frame = match protocol::decode_frame(raw, limits.max_metadata_entries) {
+                    Ok(frame) => frame,
+                    Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
+                };
+                let later = answer(core, &frame, raw, false, invoked, &mut out, outbox, scratch)?;
+                rbuf.consume(total);
+                if let Some(later) = later {
+                    drop(out);
+                    later.start(core, outbox);
+                    out = outbox.buf.borrow_mut();
+                }
+                continue;
+            }
+        }
         let max_metadata = limits.max_metadata_entries;
         let (decoded, found) = match route.names.decode(raw, max_metadata) {
             Some(decoded) => (decoded, Ok(route.id)),
@@ -640,8 +771,33 @@ fn handle<R: Registry>(
         metadata: frame.metadata,
         payload,
     };
-    let invoked =
-        dispatch::invoke_found(core, &call, found, &mut scratch.meta, &mut scratch.payload);
+    scratch.calling = found.ok();
+    let invoked = dispatch::invoke_found(
+        core,
+        &call,
+        found,
+        &mut scratch.meta,
+        &mut scratch.payload,
+        Panics::Propagate,
+    );
+    scratch.calling = None;
+    answer(core, frame, raw, compressed, invoked, out, outbox, scratch)
+}
+
+/// Sends what became of a call: its reply (now, or later for the caller to start), an error
+/// reply, or nothing (oneway). `Err`: the connection closes.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn answer<R: Registry>(
+    core: &Rc<Core<R>>,
+    frame: &Frame<'_>,
+    raw: &[u8],
+    compressed: bool,
+    invoked: Invoked,
+    out: &mut Vec<u8>,
+    outbox: &Rc<Outbox>,
+    scratch: &mut Scratch,
+) -> Result<Option<Later>, End> {
     let oneway = frame.header.is_oneway();
     match invoked {
         // rpcx: an error reply unless oneway, then the connection closes.
@@ -730,7 +886,7 @@ impl PendingReply {
 
 /// Encodes a successful reply from the handler's scratch buffers. The reply is gzipped only when
 /// the request was and the payload is over 1024 bytes (rpcx's rule).
-#[inline]
+#[inline(always)]
 fn write_reply(
     out: &mut Vec<u8>,
     frame: &Frame<'_>,

@@ -69,18 +69,29 @@ pub(crate) fn invoke<R: Registry>(
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
     let found = R::lookup(call.path, call.method);
-    invoke_found(core, call, found, meta_out, payload_out)
+    invoke_found(core, call, found, meta_out, payload_out, Panics::Caught)
+}
+
+/// Where a handler's panic is caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Panics {
+    /// Around the handler: the call fails with rpcx's internal-error text.
+    Caught,
+    /// By the caller, around many calls: the rpcx loop catches once per batch rather than once
+    /// per call, and answers the call whose handler panicked with [`panicked`].
+    Propagate,
 }
 
 /// [`invoke`] with the method already looked up (the rpcx loop keeps the last lookup of a
 /// connection and reuses it while its calls name the same method).
-#[inline]
+#[inline(always)]
 pub(crate) fn invoke_found<R: Registry>(
     core: &Core<R>,
     call: &Call<'_>,
     found: Result<MethodId, LookupError>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
+    panics: Panics,
 ) -> Invoked {
     if !core.auth.is_empty() && !authorized(&core.auth, call.metadata.get(META_AUTH)) {
         core.metrics.auth_failures.inc();
@@ -106,7 +117,7 @@ pub(crate) fn invoke_found<R: Registry>(
     let started = timed.then(Instant::now);
     // One match on the outcome: each arm says what is sent, whether the call succeeded, and
     // how long it took past its handler (a delay).
-    let (invoked, ok, delay) = match run(core, found, call, meta_out, payload_out) {
+    let (invoked, ok, delay) = match run(core, found, call, meta_out, payload_out, panics) {
         Ok(Outcome::Ready) => (Invoked::Ready, true, Duration::ZERO),
         Ok(Outcome::After(delay)) => match server_timeout(call.metadata) {
             Some(deadline) if deadline < delay => (Invoked::Expired(deadline), false, deadline),
@@ -160,13 +171,14 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// The call itself, once it is known to be allowed and registered: its outcome, or the error
 /// text for the client (a codec that is not there, the handler's error, its panic).
-#[inline]
+#[inline(always)]
 fn run<R: Registry>(
     core: &Core<R>,
     method: MethodId,
     call: &Call<'_>,
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
+    panics: Panics,
 ) -> Result<Outcome, Cow<'static, str>> {
     let codec = SerializeType::from_wire(call.serialize).map_err(|e| Cow::Owned(e.to_string()))?;
     let req = Request {
@@ -175,6 +187,12 @@ fn run<R: Registry>(
         payload: call.payload,
     };
     let mut reply = Reply::new(meta_out, payload_out);
+    if panics == Panics::Propagate {
+        return core
+            .services
+            .call(method, &req, &mut reply)
+            .map_err(|e| e.0);
+    }
     // A panicking handler answers rpcx's internal-error text instead of taking the core down.
     match std::panic::catch_unwind(AssertUnwindSafe(|| {
         core.services.call(method, &req, &mut reply)
@@ -183,6 +201,19 @@ fn run<R: Registry>(
         Ok(Err(e)) => Err(e.0),
         Err(panic) => Err(Cow::Owned(panic_text(panic))),
     }
+}
+
+/// Counts a call of `method` whose handler panicked out of [`invoke_found`] with
+/// [`Panics::Propagate`] (it was counted as started), and gives the error text to answer it
+/// with. It is not timed: the sample that would have timed it is skipped.
+#[cold]
+pub(crate) fn panicked<R: Registry>(
+    core: &Core<R>,
+    method: MethodId,
+    panic: Box<dyn std::any::Any + Send>,
+) -> String {
+    core.metrics.method(method.index as usize).handled(false);
+    panic_text(panic)
 }
 
 /// rpcx's text for a handler that panicked, with the panic's message.

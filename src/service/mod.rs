@@ -528,7 +528,9 @@ macro_rules! registry {
                 })
             }
 
-            #[inline]
+            // Inlined into the connection loop: the service chosen by a constant compare, and
+            // the request and reply passed without a call frame between them.
+            #[inline(always)]
             fn call(
                 &self,
                 id: $crate::service::MethodId,
