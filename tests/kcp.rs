@@ -132,7 +132,9 @@ fn streams_carry_bytes_both_ways_through_a_lossy_relay() {
     });
     assert_eq!(results, vec![true; 3]);
     let c = server.stats().counts();
-    assert_eq!(c.sessions_total, 3);
+    // One session per client at least: a duplicate the relay delivers after a client's session
+    // has ended starts another one, as in kcp-go (any datagram from an unknown address does).
+    assert!(c.sessions_total >= 3, "{c:?}");
     assert!(c.retransmissions > 0 || c.fec_recovered > 0, "{c:?}");
     assert!(kcp::dial_stats().counts().datagrams_out > 0);
     drop(relay);
