@@ -61,7 +61,9 @@
 # and the script ends non-zero after the table, listing what failed; runs that counted errors
 # are listed too. Needs 2 CPUs, taskset and coreutils' timeout.
 # Environment: DURATION (5s), WARMUP (1s), RUNS (3), PORT (18972: percore; null PORT+1,
-# rpcx_server PORT+2), OUT (target/load).
+# rpcx_server PORT+2), OUT (target/load), PERCORE_BIN (the percore server to load, default this
+# tree's target/release/percore: another build's binary compares two versions against the same
+# null server and generator).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -71,6 +73,8 @@ RUNS=${RUNS:-3}
 PORT=${PORT:-18972}
 OUT=${OUT:-target/load}
 BIN=target/release/percore
+# The percore server under test (default: this tree's); the generator is always this tree's.
+PERCORE_BIN=${PERCORE_BIN:-$BIN}
 NULL_BIN=target/release/examples/null_server
 RPCX_BIN=benches/rpcx-rs/target/release/rpcx-rs-arith
 
@@ -86,19 +90,8 @@ command -v timeout >/dev/null || die "timeout (coreutils) is needed"
 taskset -c 0 true 2>/dev/null && taskset -c 1 true 2>/dev/null ||
     die "CPUs 0 and 1 must both be usable (server on 0, generator on 1)"
 
-# Seconds in a humantime duration like 500ms, 5s, 2m (rounded up); 600 if it is in another form.
-seconds() {
-    local v=$1
-    if [[ $v =~ ^([0-9]+)ms$ ]]; then
-        echo $(((BASH_REMATCH[1] + 999) / 1000))
-    elif [[ $v =~ ^([0-9]+)s?$ ]]; then
-        echo "${BASH_REMATCH[1]}"
-    elif [[ $v =~ ^([0-9]+)m$ ]]; then
-        echo $((BASH_REMATCH[1] * 60))
-    else
-        echo 600
-    fi
-}
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 # A bench that runs this long is stuck: its server stopped answering with calls in flight.
 BENCH_BOUND=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 60))
 
@@ -166,25 +159,13 @@ ready() {
 }
 
 echo "== starting the servers on CPU 0"
-start percore "$BIN" serve --cores 1 --listen "${ADDR[percore]}"
+start percore "$PERCORE_BIN" serve --cores 1 --listen "${ADDR[percore]}"
 start null "$NULL_BIN" "127.0.0.1:$((PORT + 1))" 1
 start rpcx_server "$RPCX_BIN" "127.0.0.1:$((PORT + 2))" 1
 ready percore
 ready null --no-verify
 ready rpcx_server
 
-CLK_TCK=$(getconf CLK_TCK)
-# CPU ticks a process has used (all its threads, live and ended); empty if it is gone.
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || true; }
-# children_cpu VAR: sets VAR to the CPU seconds used by this shell's ended children (the second
-# line of bash's `times`, which must run in this shell, not in a $(...) subshell).
-children_cpu() {
-    times >"$OUT/.times"
-    printf -v "$1" '%s' "$(awk 'NR == 2 {
-        n = split($0, t, " "); s = 0
-        for (i = 1; i <= n; i++) { split(t[i], a, "m"); sub("s", "", a[2]); s += a[1] * 60 + a[2] }
-        print s }' "$OUT/.times")"
-}
 
 # Busy ticks of CPUs 0 and 1, whoever was busy (/proc/stat: user nice system irq softirq steal).
 cpu01_ticks() {
@@ -213,12 +194,12 @@ bench() {
     t0=$(date +%s%N)
     s0=$(ticks "${PID[$server]}")
     c0=$(cpu01_ticks)
-    children_cpu g0
+    children_cpu g0 "$OUT/.times"
     timeout -k 5 "$BENCH_BOUND" taskset -c 1 "$BIN" bench -s "${ADDR[$server]}" --cores 1 \
         -d "$DURATION" --warmup "$WARMUP" --timeout 0 --quiet \
         -o "$base.json" --plot "$base.svg" "$@" >"$base.txt" 2>"$base.err" || rc=$?
     t1=$(date +%s%N)
-    children_cpu g1
+    children_cpu g1 "$OUT/.times"
     c1=$(cpu01_ticks)
     s1=$(ticks "${PID[$server]}")
     [[ -n $s0 && -n $s1 ]] || s1=${s0:=0}
