@@ -10,7 +10,8 @@
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
 # (callgrind_control -z), drive REQUESTS calls with benches/drive_arith.py, dump the counters
 # (callgrind_control -d); instructions per request = the dump's total / REQUESTS, split into
-# the tasks' share and the reactor's. TOP=N also prints the N functions of highest self cost.
+# the tasks' share and the rest (executor and reactor). TOP=N also prints the N functions of
+# highest self cost.
 # Needs valgrind (apt-get install valgrind) and bc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,23 +47,19 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
     dump=$(ls "$out"/cg."$batch".* | head -n 1)
     mv "$dump" "$out/done.$server.$batch"
     dump="$out/done.$server.$batch"
-    local total tasks reactor waits
+    local total tasks enters
     total=$(grep '^summary:' "$dump" | awk '{print $2}')
-    # Inclusive costs: everything the tasks ran (the connection's own work, including the
-    # syscalls' user side) and glommio's reactor loop. The reactor's share depends on how often
-    # it runs, which depends on timing (a request that arrives while the reactor spins saves a
-    # sleep), so it varies from run to run at one call in flight; the tasks' share does not.
-    # With LTO the reactor's wait is inlined into glommio's parker: it is counted there then.
+    # The tasks' share: everything the tasks ran (the connection's own work, including the
+    # syscalls' user side), glommio's RawTask::run inclusive. The rest is the executor's loop
+    # and its reactor (io_uring submissions and completions, timers), whose share depends on how
+    # often it runs, which depends on timing (a request that arrives while the reactor spins
+    # saves a sleep), so it varies from run to run at one call in flight; the tasks' share does
+    # not. (Function names are not used for the rest: LTO inlines the reactor differently in
+    # every binary.) io_uring_enter calls per request: how often the loop went to the kernel.
     inclusive() { callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null \
         | grep -E "$1 \[" | head -n 1 | awk '{gsub(",", "", $1); print $1}' || true; }
-    local wait_fn='glommio::sys::uring::Reactor::wait'
     tasks=$(inclusive 'glommio::task::raw::RawTask<F,R,S>::run')
-    reactor=$(inclusive "$wait_fn")
-    if [ -z "$reactor" ]; then
-        wait_fn='glommio::parking::Parker::park'
-        reactor=$(inclusive "$wait_fn")
-    fi
-    waits=$(python3 - "$dump" "$wait_fn" <<'PY'
+    enters=$(python3 - "$dump" <<'PY'
 import re, sys
 names, callee, n = {}, None, 0
 for line in open(sys.argv[1]):
@@ -75,15 +72,15 @@ for line in open(sys.argv[1]):
     m = re.match(r"^fn=\((\d+)\) (.*)$", line.rstrip("\n"))
     if m:
         names[m.group(1)] = m.group(2)
-    if line.startswith("calls=") and callee == sys.argv[2]:
+    if line.startswith("calls=") and callee in ("__sys_io_uring_enter", "__sys_io_uring_enter2"):
         n += int(line[6:].split()[0])
 print(n)
 PY
 )
-    printf '%-30s %8.0f per request: %6.0f in tasks, %6.0f in the reactor (%.2f reactor loops per request)\n' \
+    printf '%-30s %8.0f per request: %6.0f in tasks, %6.0f outside them (%.2f io_uring_enter calls per request)\n' \
         "$server Arith.Mul msgpack x$batch" "$(echo "$total / $REQUESTS" | bc -l)" \
-        "$(echo "${tasks:-0} / $REQUESTS" | bc -l)" "$(echo "${reactor:-0} / $REQUESTS" | bc -l)" \
-        "$(echo "$waits / $REQUESTS" | bc -l)"
+        "$(echo "${tasks:-0} / $REQUESTS" | bc -l)" "$(echo "($total - ${tasks:-0}) / $REQUESTS" | bc -l)" \
+        "$(echo "$enters / $REQUESTS" | bc -l)"
     if [ -n "${TOP:-}" ]; then
         callgrind_annotate --threshold=100 "$dump" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep -v 'PROGRAM TOTALS' \
             | grep -vE 'clone.S|start_thread|__rust_begin_short_backtrace|thread_start|call_once\{\{vtable' | head -n "$TOP" \

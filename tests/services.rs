@@ -54,6 +54,12 @@ impl Probe {
         Ok(n)
     }
 
+    /// `n` back, or a panic if it is negative.
+    fn check(&self, n: i64) -> Result<i64, ServiceError> {
+        assert!(n >= 0, "negative");
+        Ok(n)
+    }
+
     async fn slow(&self, ms: u64) -> Result<u64, ServiceError> {
         glommio::timer::sleep(Duration::from_millis(ms)).await;
         Ok(ms)
@@ -86,6 +92,7 @@ percore::service! {
     Probe(config: ProbeConfig) {
         "Count" => sync count,
         "Fast" => sync fast,
+        "Check" => sync check,
         "Slow" => async slow,
         "Hold" => async hold,
         "Boom" => sync boom,
@@ -226,6 +233,27 @@ fn a_panicking_or_failing_handler_gets_an_error_reply_and_the_core_goes_on() {
             );
         }
     }
+    // Panics in the middle of a run of calls to one method: every call answered once, in
+    // order, those before and after each panic too.
+    let mut batch = Vec::new();
+    let args = [1i64, 2, -3, 4, 5, -6, -7, 8];
+    for (seq, n) in (20u64..).zip(args) {
+        request(MSGPACK, seq, "Probe", "Check", &msgpack(&n)).encode(&mut batch);
+    }
+    s.write_all(&batch).unwrap();
+    for (seq, n) in (20u64..).zip(args) {
+        let reply = read_frame(&mut s);
+        assert_eq!(reply.header.seq, seq);
+        if n >= 0 {
+            assert_eq!(value::<i64>(&reply), n);
+        } else {
+            let text = reply.meta(META_ERROR).unwrap_or_default();
+            assert!(
+                text.starts_with("[service internal error]: negative"),
+                "{text}"
+            );
+        }
+    }
     // The same connection, and a new one, are still served.
     assert_eq!(value::<i64>(&call(&mut s, 4, "Fast", &msgpack(&5i64))), 5);
     let mut other = connect(server.local_addrs()[0]);
@@ -244,6 +272,7 @@ fn a_panicking_or_failing_handler_gets_an_error_reply_and_the_core_goes_on() {
     };
     assert_eq!(handled("BoomLater"), (0, 1));
     assert_eq!(handled("Boom"), (0, 4));
+    assert_eq!(handled("Check"), (5, 3));
     assert_eq!(handled("Fast"), (4, 0));
     common::stop(server);
 }

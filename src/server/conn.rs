@@ -358,6 +358,9 @@ struct Scratch {
     /// this set is that handler's, answered as its call's error; one without is a bug and goes on
     /// unwinding.
     calling: Option<MethodId>,
+    /// Where that call's frame is: bytes of the read buffer's data before it (the fast lane
+    /// takes frames without consuming them one by one).
+    calling_at: usize,
 }
 
 impl Scratch {
@@ -417,7 +420,11 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         let taken = match taken {
             Ok(taken) => taken,
             Err(panic) => match scratch.calling.take() {
-                Some(method) => answer_panic(core, &mut rbuf, outbox, method, panic),
+                Some(method) => {
+                    // The frames before it were answered.
+                    rbuf.consume(scratch.calling_at);
+                    answer_panic(core, &mut rbuf, outbox, method, panic)
+                }
                 None => std::panic::resume_unwind(panic),
             },
         };
@@ -554,11 +561,13 @@ enum Plain {
 /// see [`Route`]), plain (no heartbeat, oneway or gzip bits), with no metadata, on a server
 /// without tokens. Such a frame is decoded from its lengths alone and answered straight from
 /// the request's header and names; it runs exactly what [`handle`] would run, and anything
-/// else is left to it. Nearly every pipelined call is one.
+/// else is left to it. Nearly every pipelined call is one. `at` is where `raw` starts in the
+/// read buffer's data (for the answer to a panic).
 #[inline(always)]
 fn plain_call<R: Registry>(
     core: &Rc<Core<R>>,
     raw: &[u8],
+    at: usize,
     route: &Route,
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
@@ -574,6 +583,7 @@ fn plain_call<R: Registry>(
     }
     core.metrics.requests.inc();
     scratch.calling = Some(route.id);
+    scratch.calling_at = at;
     let invoked = dispatch::invoke_plain(
         core,
         route.id,
@@ -619,7 +629,7 @@ fn plain_run<R: Registry>(
             _ => return (taken, None),
         };
         let _audit = audit::RequestPath::enter();
-        match plain_call(core, &rest[..total], route, out, scratch) {
+        match plain_call(core, &rest[..total], taken, route, out, scratch) {
             Plain::Answered => taken += total,
             Plain::NotOne => return (taken, None),
             Plain::Ran(invoked) => return (taken, Some(invoked)),
@@ -803,6 +813,7 @@ fn handle<R: Registry>(
         payload,
     };
     scratch.calling = found.ok();
+    scratch.calling_at = 0;
     let invoked = dispatch::invoke_found(
         core,
         &call,
