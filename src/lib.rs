@@ -46,10 +46,17 @@
 //!                        handler, the __ServerTimeout rule for delayed replies)
 //!
 //! rpcx frame loop = reader ⨝ writer (two futures joined in one task)
-//!   reader: read as much as is there ─► protocol::frame_len (header check, before buffering)
-//!           ─► protocol::decode (borrowed views) ─► heartbeat? echo
-//!           ─► service::Method::lookup (a match) ─► codec decode ─► handler ─► codec encode
-//!           ─► reply frame appended to the outbox (buffers reused, nothing allocated per call)
+//!   reader: read as much as is there, then for each whole frame:
+//!     fast lane (server::conn::plain_run): a plain call (no heartbeat/oneway/gzip bits, no
+//!       metadata, no tokens configured) to the method the connection called last, its names
+//!       the same bytes (protocol::Names) ─► the kept MethodId ─► handler ─► reply from the
+//!       request's own head and names (protocol::encode_plain_reply)
+//!     general: protocol::frame_len (header check, before buffering) ─► protocol::decode_frame
+//!       (borrowed views) ─► heartbeat? echo ─► Registry::lookup (a match) ─► dispatch ─►
+//!       codec decode ─► handler ─► codec encode ─► reply frame
+//!     replies are appended to the outbox under one borrow per batch (buffers reused, nothing
+//!     allocated per call); handler panics are caught once per batch, and answered as the
+//!     call's error
 //!   writer: swap the outbox out, one write for the whole batch
 //! ```
 //!
