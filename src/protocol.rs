@@ -350,12 +350,13 @@ impl Names {
 }
 
 impl Names {
-    /// The path, method and payload of `raw` (a whole frame, as [`decode_frame`] takes it) if
-    /// its body is the names kept, an empty metadata block and the payload, and nothing else;
-    /// `None` otherwise (it may still be a good frame: decode it in full).
+    /// Where the names end in `raw` (a whole frame, as [`decode_frame`] takes it: the header's
+    /// 16 bytes and the names kept) and its payload, if its body is the names kept, an empty
+    /// metadata block and the payload, and nothing else; `None` otherwise (it may still be a
+    /// good frame: decode it in full).
     #[inline(always)]
-    pub fn plain<'a>(&self, raw: &'a [u8]) -> Option<(&'a str, &'a str, &'a [u8])> {
-        let (len, path_len) = (self.len as usize, self.path_len as usize);
+    pub fn plain<'a>(&self, raw: &'a [u8]) -> Option<(usize, &'a [u8])> {
+        let len = self.len as usize;
         let body = raw.get(HEADER_LEN..)?;
         // names, then u32 0 (no metadata) and u32 payload length: one big-endian word.
         let after: [u8; 8] = body.get(len..len + 8)?.try_into().ok()?;
@@ -365,15 +366,7 @@ impl Names {
         {
             return None;
         }
-        // SAFETY: these are the bytes of a path and method that passed `decode_frame`'s UTF-8
-        // check when they were kept, compared equal just above.
-        let (path, method) = unsafe {
-            (
-                std::str::from_utf8_unchecked(&body[4..4 + path_len]),
-                std::str::from_utf8_unchecked(&body[8 + path_len..len]),
-            )
-        };
-        Some((path, method, payload))
+        Some((HEADER_LEN + len, payload))
     }
 }
 

@@ -574,7 +574,7 @@ fn plain_call<R: Registry>(
 ) -> Plain {
     const NOT_PLAIN: u8 =
         protocol::flags::HEARTBEAT | protocol::flags::ONEWAY | protocol::flags::COMPRESS_MASK;
-    let Some((path, method, payload)) = route.names.plain(raw) else {
+    let Some((names, payload)) = route.names.plain(raw) else {
         return Plain::NotOne;
     };
     // (The caller has checked that the server has no tokens.)
@@ -597,7 +597,6 @@ fn plain_call<R: Registry>(
         Invoked::Ready => {
             // Nothing to drop in `Ready`: no call to `Invoked`'s drop glue per request.
             std::mem::forget(invoked);
-            let names = protocol::HEADER_LEN + 8 + path.len() + method.len();
             protocol::encode_plain_reply(out, raw, names, &scratch.meta, &scratch.payload);
             Plain::Answered
         }
