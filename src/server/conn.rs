@@ -34,6 +34,7 @@ use super::Core;
 use super::dispatch::{self, DEADLINE_EXCEEDED, Invoked, Panics, UNAUTHENTICATED};
 use super::end::End;
 use crate::codec::{self, CodecError};
+use crate::config::Limits;
 use crate::metrics::{BadFrame, Transport};
 use crate::protocol::{self, COMPRESS_GZIP, Frame, Header, META_ERROR, STATUS_ERROR};
 use crate::service::{LookupError, MethodId, Registry};
@@ -528,22 +529,26 @@ fn answer_panic<R: Registry>(
     panic: Box<dyn std::any::Any + Send>,
 ) -> Result<Taken, End> {
     let text = dispatch::panicked(core, method, panic);
-    let limits = &core.config.limits;
-    let data = rbuf.data();
-    // The frame was whole and decoded when its handler ran.
-    let total = match protocol::frame_len(data, limits.max_frame_bytes) {
-        Ok(Some(total)) if total <= data.len() => total,
-        _ => return Err(End::BadFrame(BadFrame::Truncated, "frame gone".into())),
-    };
-    let frame = match protocol::decode_frame(&data[..total], limits.max_metadata_entries) {
-        Ok(frame) => frame,
-        Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
-    };
+    let (frame, raw) = front_frame(rbuf.data(), &core.config.limits)?;
     if !frame.header.is_oneway() {
         error_reply(core, &mut outbox.buf.borrow_mut(), &frame, &text);
     }
-    rbuf.consume(total);
+    rbuf.consume(raw.len());
     Ok(Taken::Paused)
+}
+
+/// The frame at the front of `data`, one that was whole and decoded before (its call ran), and
+/// its bytes.
+fn front_frame<'a>(data: &'a [u8], limits: &Limits) -> Result<(Frame<'a>, &'a [u8]), End> {
+    let total = match protocol::frame_len(data, limits.max_frame_bytes)? {
+        Some(total) if total <= data.len() => total,
+        _ => return Err(End::BadFrame(BadFrame::Truncated, "frame gone".into())),
+    };
+    let raw = &data[..total];
+    Ok((
+        protocol::decode_frame(raw, limits.max_metadata_entries)?,
+        raw,
+    ))
 }
 
 /// What [`plain_call`] did.
@@ -653,69 +658,53 @@ fn take_frames<R: Registry>(
     let writing = outbox.writing.get();
     let plain_lane = core.auth.is_empty();
     loop {
+        let mut ran = None;
         if plain_lane && outbox.delayed.get() < limits.max_calls_in_flight {
             let room = limits.max_pending_write_bytes.saturating_sub(writing);
-            let (taken, ran) = plain_run(core, rbuf.data(), route, &mut out, scratch, room);
+            let taken;
+            (taken, ran) = plain_run(core, rbuf.data(), route, &mut out, scratch, room);
             rbuf.consume(taken);
-            if let Some(invoked) = ran {
-                // A plain call whose handler did not answer at once: the general answer, from
-                // the frame decoded in full (it decoded in part already).
-                let data = rbuf.data();
-                let total = match protocol::frame_len(data, limits.max_frame_bytes) {
-                    Ok(Some(total)) if total <= data.len() => total,
-                    _ => return Err(End::BadFrame(BadFrame::Truncated, "frame gone".into())),
-                };
-                let raw = &data[..total];
-                let frame = match protocol::decode_frame(raw, limits.max_metadata_entries) {
-                    Ok(frame) => frame,
-                    Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
-                };
-                let later = answer(core, &frame, raw, false, invoked, &mut out, outbox, scratch)?;
-                rbuf.consume(total);
-                if let Some(later) = later {
-                    drop(out);
-                    later.start(core, outbox);
-                    out = outbox.buf.borrow_mut();
-                }
-                continue;
+        }
+        let (total, later) = if let Some(invoked) = ran {
+            // A plain call whose handler did not answer at once: the general answer, from the
+            // frame decoded in full (it decoded in part already).
+            let (frame, raw) = front_frame(rbuf.data(), limits)?;
+            let later = answer(core, &frame, raw, false, invoked, &mut out, outbox, scratch)?;
+            (raw.len(), later)
+        } else {
+            let data = rbuf.data();
+            let Some(total) = protocol::frame_len(data, limits.max_frame_bytes)? else {
+                return Ok(Taken::NeedMore);
+            };
+            if data.len() < total {
+                rbuf.reserve_frame(total);
+                return Ok(Taken::NeedMore);
             }
-        }
-        let data = rbuf.data();
-        let total = match protocol::frame_len(data, limits.max_frame_bytes) {
-            Ok(Some(total)) => total,
-            Ok(None) => return Ok(Taken::NeedMore),
-            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
-        };
-        if data.len() < total {
-            rbuf.reserve_frame(total);
-            return Ok(Taken::NeedMore);
-        }
-        if outbox.delayed.get() >= limits.max_calls_in_flight
-            || out.len() + writing >= limits.max_pending_write_bytes
-        {
-            return Ok(Taken::Paused);
-        }
-        let raw = &data[..total];
-        let _audit = audit::RequestPath::enter();
-        let max_metadata = limits.max_metadata_entries;
-        let (decoded, found) = match route.names.decode(raw, max_metadata) {
-            Some(decoded) => (decoded, Ok(route.id)),
-            None => match protocol::decode_frame(raw, max_metadata) {
-                Ok(frame) => {
+            if outbox.delayed.get() >= limits.max_calls_in_flight
+                || out.len() + writing >= limits.max_pending_write_bytes
+            {
+                return Ok(Taken::Paused);
+            }
+            let raw = &data[..total];
+            let _audit = audit::RequestPath::enter();
+            let max_metadata = limits.max_metadata_entries;
+            let (frame, found) = match route.names.decode(raw, max_metadata) {
+                Some(decoded) => (decoded?, Ok(route.id)),
+                None => {
+                    let frame = protocol::decode_frame(raw, max_metadata)?;
                     let found = R::lookup(frame.path, frame.method);
                     if let Ok(id) = found
                         && route.names.keep(raw, &frame)
                     {
                         route.id = id;
                     }
-                    (Ok(frame), found)
+                    (frame, found)
                 }
-                Err(e) => (Err(e), Err(LookupError::NoService)),
-            },
-        };
-        let later = match decoded {
-            Ok(frame) => handle(core, &frame, raw, found, &mut out, outbox, scratch)?,
-            Err(e) => return Err(End::BadFrame(BadFrame::from(&e), e.to_string())),
+            };
+            (
+                total,
+                handle(core, &frame, raw, found, &mut out, outbox, scratch)?,
+            )
         };
         rbuf.consume(total);
         if let Some(later) = later {

@@ -11,6 +11,7 @@ use super::Core;
 use super::http::Refusal;
 use super::logs::limited_warn;
 use crate::metrics::{BadFrame, Close, Transport};
+use crate::protocol::DecodeError;
 use crate::service::Registry;
 
 /// Why a connection ended.
@@ -34,6 +35,13 @@ pub(crate) enum End {
     BadHttp(Refusal),
     /// A call failed the auth check.
     Unauthenticated,
+}
+
+impl From<DecodeError> for End {
+    /// Input that is not an rpcx frame: the connection closes, counted by the decoder's reason.
+    fn from(e: DecodeError) -> End {
+        End::BadFrame(BadFrame::from(&e), e.to_string())
+    }
 }
 
 impl End {
