@@ -46,6 +46,19 @@ async fn echo(mut s: KcpStream) {
 }
 
 /// Settings that make a lossy test quick: short interval and RTO, fast resend.
+/// A listener on 127.0.0.1 whose new streams come out of the returned channel.
+fn listen_to_channel(cfg: &KcpConfig) -> (KcpListener, mpsc::Receiver<KcpStream>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = kcp::listen(
+        "127.0.0.1:0".parse().unwrap(),
+        &cfg.prepare().unwrap(),
+        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
+    )
+    .unwrap();
+    (server, rx)
+}
+
 fn quick() -> KcpConfig {
     KcpConfig {
         interval: Duration::from_millis(10),
@@ -181,14 +194,7 @@ fn a_vanished_peer_is_reclaimed_after_the_idle_timeout() {
         idle_timeout: Duration::from_millis(300),
         ..quick()
     };
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let server = kcp::listen(
-        "127.0.0.1:0".parse().unwrap(),
-        &cfg.prepare().unwrap(),
-        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
-    )
-    .unwrap();
+    let (server, rx) = listen_to_channel(&cfg);
     let relay = Relay::start(
         server.local_addr(),
         Loss {
@@ -303,14 +309,7 @@ fn wrong_key_is_a_crc_drop() {
 #[test]
 fn shutdown_waits_for_open_streams_to_be_closed_by_their_owners() {
     let cfg = quick();
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let server = kcp::listen(
-        "127.0.0.1:0".parse().unwrap(),
-        &cfg.prepare().unwrap(),
-        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
-    )
-    .unwrap();
+    let (server, rx) = listen_to_channel(&cfg);
     let addr = server.local_addr();
     let stats = server.stats().clone();
     let mut client = kcp::dial(addr, &cfg.prepare().unwrap()).unwrap();
@@ -445,14 +444,7 @@ fn a_reader_that_stops_reading_stops_the_sender_instead_of_growing_a_buffer() {
         max_buffered: 32 << 10,
         ..quick()
     };
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let server = kcp::listen(
-        "127.0.0.1:0".parse().unwrap(),
-        &cfg.prepare().unwrap(),
-        Box::new(move |s, _| tx.lock().unwrap().send(s).is_ok()),
-    )
-    .unwrap();
+    let (server, rx) = listen_to_channel(&cfg);
     let setup = cfg.prepare().unwrap();
     let client = kcp::dial(server.local_addr(), &setup).unwrap();
     // The writer pushes until writes stay pending: what it got rid of is bounded by the two
