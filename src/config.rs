@@ -92,13 +92,14 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// A connection that sends no request for this long, with no reply still owed to it, is
-    /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout).
+    /// closed, e.g. "5m". "0s" turns the check off (rpcx's default: no read timeout). Checked
+    /// a few times per timeout (not per read), so the close comes within 1.25 times it.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// A frame must arrive whole within this long of its first byte, or the connection is
     /// closed (reason `timeout`), so a peer trickling bytes cannot hold a connection forever,
-    /// e.g. "30s"; "0s" turns it off. Partial bytes do not count as a request for
-    /// `idle_timeout`. HTTP requests have `gateway.request_timeout`.
+    /// e.g. "30s"; "0s" turns it off. The close comes within 1.5 times it. Partial bytes do not
+    /// count as a request for `idle_timeout`. HTTP requests have `gateway.request_timeout`.
     #[serde(with = "humantime_serde")]
     pub frame_timeout: Duration,
     /// Connections one core keeps open at once. A connection past it is accepted and closed at

@@ -58,6 +58,9 @@
 //!     allocated per call); handler panics are caught once per batch, and answered as the
 //!     call's error
 //!   writer: swap the outbox out, one write for the whole batch
+//!   timeouts (idle, frame) and giving back a quiet connection's buffers: no timer per
+//!     connection; each core's sweeper looks at its connections' clocks once per tick of the
+//!     `percore-clock` thread (server::clock)
 //! ```
 //!
 //! Other threads stay off that path: `percore-admin` (when `admin.listen` is set) answers
@@ -69,7 +72,9 @@
 //! `percore-quic` (one per `quic@` listener) runs QUIC only: handshakes, flow control, timers;
 //! `percore-quic-client` does the same for the client's `quic@` dials. `percore-etcd` (with
 //! `[registry.etcd]`) keeps this server's keys in etcd on a tokio runtime of its own, and a
-//! drain deletes them before the cores stop.
+//! drain deletes them before the cores stop. `percore-clock` (when a connection timeout is set)
+//! wakes each core that has connections to watch a few times a second, so no core keeps a
+//! timer armed for them.
 //!
 //! Bad input (wrong magic, an over-long frame, inconsistent lengths, a gzip bomb) closes only its
 //! own connection, with one log line and a per-core metric; nothing in the decoder panics or

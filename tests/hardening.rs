@@ -359,7 +359,7 @@ fn quiet_connections_give_back_what_mid_size_calls_grew() {
         idle.push(s);
     }
     let busy = server.rss_kib();
-    // Quiet for over a second: the watchdog trims every connection's buffers.
+    // Quiet for over a second: the core's sweeper has every connection give its buffers back.
     std::thread::sleep(Duration::from_millis(2500));
     let after = server.rss_kib();
     eprintln!("RSS KiB: before {before}, after the calls {busy}, after 2.5 s quiet {after}");

@@ -66,20 +66,14 @@ where
 {
     let stream = RefCell::new(stream);
     let outbox = Rc::new(Outbox::default());
-    let watch = Rc::new(Watch::new());
-    // The watchdog is a task of its own, so a timer is armed once per timeout rather than once
-    // per read; dropping the handle when the connection ends cancels it.
+    // The core's sweeper looks at the connection's clocks once per tick of the server's clock
+    // (no timer of its own: see `super::clock`).
     let limits = &core.config.limits;
-    let (idle_timeout, frame_timeout) = (limits.idle_timeout, limits.frame_timeout);
-    let watching = !idle_timeout.is_zero() || !frame_timeout.is_zero();
-    let _watchdog = watching.then(|| {
-        let task = watchdog(
-            Rc::clone(&watch),
-            Rc::clone(&outbox),
-            idle_timeout,
-            frame_timeout,
-        );
-        glommio::spawn_local(task)
+    let watching = !limits.idle_timeout.is_zero() || !limits.frame_timeout.is_zero();
+    let watch = watching.then(|| {
+        let watch = Rc::new(Watch::new(Rc::clone(&outbox)));
+        core.watches.add(&watch);
+        watch
     });
     let reader = async {
         // A failed write needs no wake-up of the reader: a peer that makes writes fail (reset,
@@ -87,14 +81,7 @@ where
         // read. Not racing the read against a failure signal saves a self-wake per batch
         // (one reactor loop: ~3,000 instructions per request at one call in flight, measured
         // with benches/instructions.sh).
-        let end = read_loop(
-            core,
-            Half(&stream),
-            &outbox,
-            watching.then_some(&*watch),
-            transport,
-        )
-        .await;
+        let end = read_loop(core, Half(&stream), &outbox, watch.as_deref(), transport).await;
         // Counted and logged before the writer closes the socket, so whoever sees the close
         // also sees the count.
         end.report(core, peer, transport);
@@ -122,7 +109,7 @@ struct Outbox {
     writer: Cell<Option<Waker>>,
     /// The reader, only while it waits for room (`poll_room`): the writer wakes it after a write.
     reader: Cell<Option<Waker>>,
-    /// The watchdog found the connection quiet: the writer gives its buffers back.
+    /// The sweeper found the connection quiet: the writer gives its buffers back.
     trim: Cell<bool>,
     /// The writer's buffers are over [`IDLE_KEEP`] (set after each write).
     bloated: Cell<bool>,
@@ -193,12 +180,12 @@ enum Work {
 
 /// A connection quiet this long gives back what its buffers grew to past [`IDLE_KEEP`], so an
 /// idle connection holds its 8 KiB read buffer and little else, whatever it did before.
-const TRIM_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// What a connection's buffers may keep once it is quiet (each).
 const IDLE_KEEP: usize = 4 << 10;
 
-/// What the watchdog found.
+/// What the sweeper found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expiry {
     /// No request for `limits.idle_timeout`, and no reply owed.
@@ -209,35 +196,31 @@ enum Expiry {
     Trim,
 }
 
-/// The connection's clocks, shared by the reader and its watchdog task.
+/// The connection's clocks, shared by the reader and its core's sweeper.
 struct Watch {
     /// When the reader last took a request (a whole frame).
     last_request: Cell<Instant>,
     /// When the frame now partly in the read buffer started arriving (None: no partial frame).
     frame_started: Cell<Option<Instant>>,
-    /// The watchdog's verdict: the reader stops (or trims).
+    /// The sweeper's verdict: the reader stops (or trims).
     expired: Cell<Option<Expiry>>,
     /// The reader's buffers are over [`IDLE_KEEP`] (set after each batch).
     bloated: Cell<bool>,
-    /// Set (and the watchdog woken) when the buffers have just grown: the watchdog may be
-    /// sleeping far longer than [`TRIM_AFTER`].
-    nudged: Cell<bool>,
-    /// The watchdog, while it sleeps.
-    watchdog: Cell<Option<Waker>>,
     /// The reader, while a read is pending.
     reader: Cell<Option<Waker>>,
+    /// Whether a reply is owed (not idle), and where the writer's buffers are.
+    outbox: Rc<Outbox>,
 }
 
 impl Watch {
-    fn new() -> Watch {
+    fn new(outbox: Rc<Outbox>) -> Watch {
         Watch {
             last_request: Cell::new(Instant::now()),
             frame_started: Cell::new(None),
             expired: Cell::new(None),
             bloated: Cell::new(false),
-            nudged: Cell::new(false),
-            watchdog: Cell::new(None),
             reader: Cell::new(None),
+            outbox,
         }
     }
 
@@ -261,7 +244,7 @@ impl Watch {
         wake(&self.reader);
     }
 
-    /// Ready once the watchdog has given its verdict. Polled next to every pending read, so it
+    /// Ready once the sweeper has given its verdict. Polled next to every pending read, so it
     /// only stores the waker (a pointer compare when it is already there): no timer here.
     #[inline]
     fn poll_expired(&self, cx: &mut TaskContext<'_>) -> Poll<Expiry> {
@@ -271,64 +254,91 @@ impl Watch {
         park(&self.reader, cx);
         Poll::Pending
     }
+
+    /// The sweeper's look at this connection at `now`: closes it (through the reader) once a
+    /// frame has taken longer than `frame_timeout` from its first byte (a peer trickling
+    /// bytes), or once it has sent no request for `idle_timeout` and is owed nothing (partial
+    /// bytes are not a request); has it give back its buffers once it has been quiet for
+    /// [`TRIM_AFTER`].
+    fn check(&self, now: Instant, idle_timeout: Duration, frame_timeout: Duration) {
+        if self.expired.get().is_some() {
+            // The reader has not acted on the last verdict yet.
+            return;
+        }
+        let quiet = now.saturating_duration_since(self.last_request.get());
+        match self.frame_started.get() {
+            Some(started) if !frame_timeout.is_zero() => {
+                if now.saturating_duration_since(started) >= frame_timeout {
+                    self.expire(Expiry::Frame);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let outbox = &self.outbox;
+        if !idle_timeout.is_zero()
+            && quiet >= idle_timeout
+            && outbox.delayed.get() == 0
+            && outbox.pending() == 0
+        {
+            return self.expire(Expiry::Idle);
+        }
+        let bloated = self.bloated.get() || outbox.bloated.get();
+        if bloated && quiet >= TRIM_AFTER && self.frame_started.get().is_none() {
+            self.bloated.set(false);
+            outbox.bloated.set(false);
+            outbox.trim.set(true);
+            wake(&outbox.writer);
+            self.expire(Expiry::Trim);
+        }
+    }
 }
 
-/// Closes the connection (through the reader) once a frame has taken longer than
-/// `frame_timeout` from its first byte (a peer trickling bytes), or once it has sent no request
-/// for `idle_timeout` and is owed nothing (partial bytes are not a request). Sleeps until the
-/// earliest moment either can be true, so a busy connection arms one timer per timeout instead
-/// of one per read (a `Timer` allocated and a timer-map entry added and removed on every read
-/// otherwise). With no frame in progress and no idle timeout it looks again every half
-/// `frame_timeout`, so a frame is cut off within 1.5 times the timeout.
-async fn watchdog(
-    watch: Rc<Watch>,
-    outbox: Rc<Outbox>,
+/// The connections of one core that have a clock to watch (see [`Watch`]).
+#[derive(Default)]
+pub(crate) struct Watches {
+    list: RefCell<Vec<std::rc::Weak<Watch>>>,
+    /// The sweeper, while it waits for a first connection.
+    sweeper: Cell<Option<Waker>>,
+}
+
+impl Watches {
+    fn add(&self, watch: &Rc<Watch>) {
+        self.list.borrow_mut().push(Rc::downgrade(watch));
+        wake(&self.sweeper);
+    }
+}
+
+/// One core's sweeper: at each tick of the server's clock, looks at the clocks of the core's
+/// connections (see [`Watch::check`]) and forgets those that have ended. Waits without a tick
+/// while the core has no connection to watch.
+pub(crate) async fn sweep(
+    watches: Rc<Watches>,
+    tick: std::sync::Arc<super::clock::Tick>,
     idle_timeout: Duration,
     frame_timeout: Duration,
 ) {
     loop {
-        let now = Instant::now();
-        let left = |timeout: Duration, since: Instant| {
-            timeout
-                .checked_sub(now.saturating_duration_since(since))
-                .filter(|d| !d.is_zero())
-        };
-        let quiet = now.saturating_duration_since(watch.last_request.get());
-        let bloated = watch.bloated.get() || outbox.bloated.get();
-        if bloated && quiet >= TRIM_AFTER && watch.frame_started.get().is_none() {
-            watch.bloated.set(false);
-            outbox.bloated.set(false);
-            outbox.trim.set(true);
-            wake(&outbox.writer);
-            watch.expire(Expiry::Trim);
-        }
-        let wait = match watch.frame_started.get() {
-            Some(started) if !frame_timeout.is_zero() => match left(frame_timeout, started) {
-                Some(wait) => wait,
-                None => return watch.expire(Expiry::Frame),
-            },
-            _ if idle_timeout.is_zero() => frame_timeout / 2,
-            // Owed a reply: not idle; look again a full timeout later.
-            _ if outbox.delayed.get() > 0 || outbox.pending() > 0 => idle_timeout,
-            _ => match left(idle_timeout, watch.last_request.get()) {
-                Some(wait) if frame_timeout.is_zero() => wait,
-                Some(wait) => wait.min(frame_timeout / 2),
-                None => return watch.expire(Expiry::Idle),
-            },
-        };
-        // With buffers to give back, look again when the connection has been quiet long enough.
-        let wait = match TRIM_AFTER.checked_sub(quiet) {
-            Some(until_quiet) if bloated && !until_quiet.is_zero() => wait.min(until_quiet),
-            _ => wait,
-        };
-        let nudge = poll_fn(|cx| {
-            if watch.nudged.take() {
-                return Poll::Ready(());
+        poll_fn(|cx| {
+            if watches.list.borrow().is_empty() {
+                park(&watches.sweeper, cx);
+                return Poll::Pending;
             }
-            park(&watch.watchdog, cx);
-            Poll::Pending
-        });
-        futures_lite::future::or(glommio::timer::sleep(wait), nudge).await;
+            Poll::Ready(())
+        })
+        .await;
+        tick.next().await;
+        let now = Instant::now();
+        watches
+            .list
+            .borrow_mut()
+            .retain(|watch| match watch.upgrade() {
+                Some(watch) => {
+                    watch.check(now, idle_timeout, frame_timeout);
+                    true
+                }
+                None => false,
+            });
     }
 }
 
@@ -439,9 +449,8 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
             let bloated = rbuf.capacity() > INITIAL_READ_BUFFER
                 || scratch.over(IDLE_KEEP)
                 || outbox.bloated.get();
-            if bloated && !watch.bloated.replace(true) {
-                watch.nudged.set(true);
-                wake(&watch.watchdog);
+            if bloated {
+                watch.bloated.set(true);
             }
         }
         if rbuf.data().len() < buffered {

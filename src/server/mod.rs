@@ -15,6 +15,7 @@
 //! thread of their own hand their streams to the cores through a [`Handoff`].
 
 mod accept;
+mod clock;
 mod conn;
 #[cfg(feature = "alloc-audit")]
 pub use conn::audit::in_request_path;
@@ -84,6 +85,13 @@ pub enum ServerError {
     Executor { cpu: usize, message: String },
     #[error("the executor for CPU {cpu} panicked")]
     Panicked { cpu: usize },
+    #[error(
+        "cannot start the {name} thread: {error} (is the process at its thread limit? ulimit -u, TasksMax= in the unit)"
+    )]
+    Thread {
+        name: &'static str,
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Quic(#[from] transport::quic::QuicError),
 }
@@ -468,7 +476,20 @@ pub(crate) fn start_with<R: Registry>(
     let mut metrics = Vec::new();
     let method_names: Arc<[(&'static str, &'static str)]> = R::method_names().into();
     let cores = cpus.len();
+    // The connections' timeouts are looked at once per tick of one clock thread.
+    let limits = &config.limits;
+    let mut ticks = if limits.idle_timeout.is_zero() && limits.frame_timeout.is_zero() {
+        None
+    } else {
+        let ticks =
+            clock::start(cores, clock::period(limits)).map_err(|error| ServerError::Thread {
+                name: "clock",
+                error,
+            })?;
+        Some(ticks.into_iter())
+    };
     for (index, ((&cpu, fds), receive)) in cpus.iter().zip(sockets).zip(receivers).enumerate() {
+        let tick = ticks.as_mut().and_then(Iterator::next);
         let core_metrics = Arc::new(CoreMetrics::new(index, method_names.len()));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());
@@ -500,6 +521,7 @@ pub(crate) fn start_with<R: Registry>(
                     listeners,
                     stop,
                     report,
+                    tick,
                 )
             })
             .map_err(|e| ServerError::Executor {
@@ -673,6 +695,8 @@ pub(crate) struct Core<R> {
     /// that is 0, this core's share of the open-files limit.
     pub(crate) max_connections: usize,
     conns: RefCell<Conns>,
+    /// The connections whose timeouts this core's sweeper watches.
+    pub(crate) watches: Rc<conn::Watches>,
 }
 
 /// Open connections of one core, so shutdown can stop their reads and wait for them.
@@ -811,6 +835,7 @@ async fn run_core<R: Registry>(
     listeners: Listeners<R>,
     stop: Arc<Stop>,
     report: StartReport,
+    tick: Option<Arc<clock::Tick>>,
 ) {
     let index = info.index;
     let max_connections = match config.limits.max_connections_per_core {
@@ -836,6 +861,17 @@ async fn run_core<R: Registry>(
         logs: logs::LogLimit::default(),
         max_connections,
         conns: RefCell::new(Conns::default()),
+        watches: Rc::default(),
+    });
+    // Cancelled when the core ends (dropped with this task).
+    let _sweeper = tick.map(|tick| {
+        let limits = &core.config.limits;
+        glommio::spawn_local(conn::sweep(
+            Rc::clone(&core.watches),
+            tick,
+            limits.idle_timeout,
+            limits.frame_timeout,
+        ))
     });
     let mut accepts: Vec<_> = listeners
         .fds
