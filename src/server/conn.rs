@@ -359,19 +359,35 @@ fn wake(slot: &Cell<Option<Waker>>) {
 }
 
 /// Reusable per-connection buffers, so a call allocates nothing.
-#[derive(Default)]
 struct Scratch {
     meta: Vec<u8>,
     payload: Vec<u8>,
     inflated: Vec<u8>,
     deflated: Vec<u8>,
-    /// The method whose handler is running (set around the call): a panic out of a batch with
-    /// this set is that handler's, answered as its call's error; one without is a bug and goes on
-    /// unwinding.
-    calling: Option<MethodId>,
-    /// Where that call's frame is: bytes of the read buffer's data before it (the fast lane
-    /// takes frames without consuming them one by one).
+    /// While a handler runs (set around the call), where its call's frame is: bytes of the read
+    /// buffer's data before it (the fast lane takes frames without consuming them one by one);
+    /// [`NOT_CALLING`] otherwise. A panic out of a batch with this set is that handler's,
+    /// answered as its call's error; one without is a bug and goes on unwinding.
     calling_at: usize,
+    /// The method of that handler. Meaningful only while `calling_at` is set, so the fast lane
+    /// sets it once per run of calls to one method: one store per call around the handler.
+    calling: MethodId,
+}
+
+/// [`Scratch::calling_at`] while no handler runs.
+const NOT_CALLING: usize = usize::MAX;
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch {
+            meta: Vec::new(),
+            payload: Vec::new(),
+            inflated: Vec::new(),
+            deflated: Vec::new(),
+            calling_at: NOT_CALLING,
+            calling: Route::default().id,
+        }
+    }
 }
 
 impl Scratch {
@@ -430,13 +446,13 @@ async fn read_loop<Rd: AsyncRead + Unpin, R: Registry>(
         }));
         let taken = match taken {
             Ok(taken) => taken,
-            Err(panic) => match scratch.calling.take() {
-                Some(method) => {
+            Err(panic) => match std::mem::replace(&mut scratch.calling_at, NOT_CALLING) {
+                NOT_CALLING => std::panic::resume_unwind(panic),
+                at => {
                     // The frames before it were answered.
-                    rbuf.consume(scratch.calling_at);
-                    answer_panic(core, &mut rbuf, outbox, method, panic)
+                    rbuf.consume(at);
+                    answer_panic(core, &mut rbuf, outbox, scratch.calling, panic)
                 }
-                None => std::panic::resume_unwind(panic),
             },
         };
         match taken {
@@ -560,6 +576,13 @@ fn front_frame<'a>(data: &'a [u8], limits: &Limits) -> Result<(Frame<'a>, &'a [u
     ))
 }
 
+/// The counters a run of the fast lane adds to: every call is one request of the route's
+/// method.
+struct Tally<'a> {
+    requests: &'a crate::metrics::Counter,
+    method: &'a crate::metrics::MethodMetrics,
+}
+
 /// What [`plain_call`] did.
 enum Plain {
     /// The call ran and its reply is in the outbox.
@@ -583,6 +606,7 @@ fn plain_call<R: Registry>(
     raw: &[u8],
     at: usize,
     route: &Route,
+    tally: &Tally<'_>,
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
 ) -> Plain {
@@ -595,18 +619,19 @@ fn plain_call<R: Registry>(
     if raw[2] & NOT_PLAIN != 0 {
         return Plain::NotOne;
     }
-    core.metrics.requests.inc();
-    scratch.calling = Some(route.id);
+    tally.requests.inc();
+    // (`scratch.calling` is the route's method: set by `plain_run`.)
     scratch.calling_at = at;
     let invoked = dispatch::invoke_plain(
         core,
         route.id,
+        tally.method,
         raw[3] >> 4,
         payload,
         &mut scratch.meta,
         &mut scratch.payload,
     );
-    scratch.calling = None;
+    scratch.calling_at = NOT_CALLING;
     match invoked {
         Invoked::Ready => {
             // Nothing to drop in `Ready`: no call to `Invoked`'s drop glue per request.
@@ -634,6 +659,13 @@ fn plain_run<R: Registry>(
     room: usize,
 ) -> (usize, Option<Invoked>) {
     let max_body = core.config.limits.max_frame_bytes;
+    // Looked up once per run, not per call (through `core`, whose cells keep the compiler from
+    // keeping them in registers).
+    let tally = Tally {
+        requests: &core.metrics.requests,
+        method: core.metrics.method(route.id.index as usize),
+    };
+    scratch.calling = route.id;
     let mut taken = 0;
     loop {
         let rest = &data[taken..];
@@ -642,7 +674,7 @@ fn plain_run<R: Registry>(
             _ => return (taken, None),
         };
         let _audit = audit::RequestPath::enter();
-        match plain_call(core, &rest[..total], taken, route, out, scratch) {
+        match plain_call(core, &rest[..total], taken, route, &tally, out, scratch) {
             Plain::Answered => taken += total,
             Plain::NotOne => return (taken, None),
             Plain::Ran(invoked) => return (taken, Some(invoked)),
@@ -809,8 +841,10 @@ fn handle<R: Registry>(
         metadata: frame.metadata,
         payload,
     };
-    scratch.calling = found.ok();
-    scratch.calling_at = 0;
+    if let Ok(id) = found {
+        scratch.calling = id;
+        scratch.calling_at = 0;
+    }
     let invoked = dispatch::invoke_found(
         core,
         &call,
@@ -819,7 +853,7 @@ fn handle<R: Registry>(
         &mut scratch.payload,
         Panics::Propagate,
     );
-    scratch.calling = None;
+    scratch.calling_at = NOT_CALLING;
     answer(core, frame, raw, compressed, invoked, out, outbox, scratch)
 }
 

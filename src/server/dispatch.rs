@@ -115,34 +115,36 @@ pub(crate) fn invoke_found<R: Registry>(
 }
 
 /// [`invoke_found`] for the rpcx loop's fast lane: a call to a registered `method` with no
-/// metadata, on a server without tokens (the caller checked both). It runs what
-/// `invoke_found` runs for such a call, with a shorter way for the common answer, `Ready`.
+/// metadata, on a server without tokens (the caller checked both); `counts` are `method`'s.
+/// It runs what `invoke_found` runs for such a call, with a shorter way for the common answer,
+/// `Ready`.
 #[inline(always)]
 pub(crate) fn invoke_plain<R: Registry>(
     core: &Core<R>,
     method: MethodId,
+    counts: &MethodMetrics,
     serialize: u8,
     payload: &[u8],
     meta_out: &mut Vec<u8>,
     payload_out: &mut Vec<u8>,
 ) -> Invoked {
-    let counts = core.metrics.method(method.index as usize);
     let started = start(counts);
-    let call = Call {
-        path: "",
-        method: "",
-        serialize,
+    let codec = match SerializeType::from_wire(serialize) {
+        Ok(codec) => codec,
+        Err(e) => {
+            let text = Err(Cow::Owned(e.to_string()));
+            return conclude(core, method, Metadata::default(), started, text);
+        }
+    };
+    let req = Request {
+        codec,
         metadata: Metadata::default(),
         payload,
     };
-    let outcome = run(
-        core,
-        method,
-        &call,
-        meta_out,
-        payload_out,
-        Panics::Propagate,
-    );
+    let mut reply = Reply::new(meta_out, payload_out);
+    // What `run` does with `Panics::Propagate`, the handler's answer looked at before it is
+    // turned into `run`'s (a move of the whole result per call otherwise).
+    let outcome = core.services.call(method, &req, &mut reply);
     if let Ok(Outcome::Ready) = outcome {
         counts.handled_ok.inc();
         if let Some(started) = started {
@@ -152,6 +154,7 @@ pub(crate) fn invoke_plain<R: Registry>(
         std::mem::forget(outcome);
         return Invoked::Ready;
     }
+    let outcome = outcome.map_err(|e| e.0);
     conclude(core, method, Metadata::default(), started, outcome)
 }
 
