@@ -3,7 +3,7 @@
 # instructions, not time, so the number is stable on a noisy machine).
 #
 #   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
-#   REQUESTS=20000 bash benches/instructions.sh
+#   REQUESTS=20000 RUNS=5 bash benches/instructions.sh   # each measured RUNS times (default 3), median printed
 #   KEEP=/tmp/cg bash benches/instructions.sh   # keep the callgrind dumps (done.SERVER.BATCH) for callgrind_annotate
 #   SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
 #
@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-10000}
+RUNS=${RUNS:-3}
 PORT=${PORT:-19111}
 BIN=${BIN:-target/release/percore}
 NULL=${NULL:-target/release/examples/null_server}
@@ -88,8 +89,28 @@ PY
     fi
 }
 
-echo "callgrind, user-space instructions on the server, $REQUESTS requests per run"
+echo "callgrind, user-space instructions on the server, $REQUESTS requests per run, $RUNS runs each"
 for server in ${SERVERS:-percore null}; do
-    measure 1 "$server"
-    measure 32 "$server"
+    for batch in 1 32; do
+        for _ in $(seq "$RUNS"); do
+            measure "$batch" "$server" | tee -a "$out/results"
+        done
+    done
 done
+# The median of the runs: the share outside the tasks depends on how the reactor's loops fall
+# between batches (timing), so one run can be off by 10-20% there; the tasks' share is stable.
+echo "median of $RUNS runs:"
+python3 - "$out/results" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+) Arith.Mul msgpack x(\d+) +(\d+) per request: +(\d+) in tasks", line)
+    if m:
+        runs.setdefault((m.group(1), int(m.group(2))), []).append((int(m.group(3)), int(m.group(4))))
+median = {k: (statistics.median(t for t, _ in v), statistics.median(t for _, t in v)) for k, v in runs.items()}
+for (server, batch), (total, tasks) in median.items():
+    ratio = ""
+    if server != "null" and ("null", batch) in median:
+        ratio = f"   {total / median[('null', batch)][0]:.2f}x the null server's total"
+    print(f"{server:8} x{batch:<3} {total:8.0f} per request, {tasks:6.0f} in tasks{ratio}")
+PY
