@@ -325,7 +325,7 @@ impl Names {
     ) -> Option<Result<Frame<'a>, DecodeError>> {
         let (len, path_len) = (self.len as usize, self.path_len as usize);
         let body = raw.get(HEADER_LEN..)?;
-        if len == 0 || body.len() < len || !same_words(&body[..len], &self.wire[..len]) {
+        if !self.start(body) {
             return None;
         }
         let result = decode_head(raw).and_then(|(header, body)| {
@@ -347,9 +347,7 @@ impl Names {
         });
         Some(result)
     }
-}
 
-impl Names {
     /// Where the names end in `raw` (a whole frame, as [`decode_frame`] takes it: the header's
     /// 16 bytes and the names kept) and its payload, if its body is the names kept, an empty
     /// metadata block and the payload, and nothing else; `None` otherwise (it may still be a
@@ -362,11 +360,17 @@ impl Names {
         let after: [u8; 8] = body.get(len..len + 8)?.try_into().ok()?;
         let after = u64::from_be_bytes(after);
         let payload = &body[len + 8..];
-        if len == 0 || !same_words(&body[..len], &self.wire[..len]) || after != payload.len() as u64
-        {
+        if !self.start(body) || after != payload.len() as u64 {
             return None;
         }
         Some((HEADER_LEN + len, payload))
+    }
+
+    /// Whether names are kept and `body` starts with them.
+    #[inline(always)]
+    fn start(&self, body: &[u8]) -> bool {
+        let len = self.len as usize;
+        len != 0 && body.len() >= len && same_words(&body[..len], &self.wire[..len])
     }
 }
 
@@ -675,9 +679,7 @@ pub fn encode_reply(
 ) {
     let total = HEADER_LEN + names.len() + 8 + metadata.len() + payload.len();
     let mut head: [u8; HEADER_LEN] = raw[..HEADER_LEN].try_into().unwrap_or_default();
-    head[2] = flags;
-    head[3] &= 0xF0;
-    head[12..].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    reply_head(&mut head, flags, total);
     append(
         out,
         [
@@ -717,10 +719,17 @@ pub fn encode_plain_reply(
             payload,
         ],
     );
-    let head = &mut out[at..at + HEADER_LEN];
-    head[2] = flags::RESPONSE;
+    reply_head(&mut out[at..at + HEADER_LEN], flags::RESPONSE, total);
+}
+
+/// Turns a request's 16 header bytes into its reply's: `flags`, byte 3's serialize type kept
+/// (its low nibble cleared, as `Header::reply` encodes it), and the length of a `total`-byte
+/// frame.
+#[inline(always)]
+fn reply_head(head: &mut [u8], flags: u8, total: usize) {
+    head[2] = flags;
     head[3] &= 0xF0;
-    head[12..].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
+    head[12..HEADER_LEN].copy_from_slice(&((total - HEADER_LEN) as u32).to_be_bytes());
 }
 
 /// As [`encode`], with the path and method given in wire form ([`names_wire`]): a reply copies

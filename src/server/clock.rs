@@ -28,6 +28,12 @@ impl Tick {
     }
 }
 
+/// Whether connections have timeouts to watch (`idle_timeout` or `frame_timeout` set): without,
+/// no clock runs and a connection registers with no sweeper.
+pub(crate) fn needed(limits: &Limits) -> bool {
+    !limits.idle_timeout.is_zero() || !limits.frame_timeout.is_zero()
+}
+
 /// How often the cores' sweepers look at their connections: a quarter of `idle_timeout`, half
 /// of `frame_timeout` and of [`super::conn::TRIM_AFTER`], whichever is shortest (not under
 /// 5 ms). With the defaults (no idle timeout, a 30 s frame timeout): twice a second. A core

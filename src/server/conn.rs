@@ -68,9 +68,7 @@ where
     let outbox = Rc::new(Outbox::default());
     // The core's sweeper looks at the connection's clocks once per tick of the server's clock
     // (no timer of its own: see `super::clock`).
-    let limits = &core.config.limits;
-    let watching = !limits.idle_timeout.is_zero() || !limits.frame_timeout.is_zero();
-    let watch = watching.then(|| {
+    let watch = super::clock::needed(&core.config.limits).then(|| {
         let watch = Rc::new(Watch::new(Rc::clone(&outbox)));
         core.watches.add(&watch);
         watch
@@ -265,16 +263,15 @@ impl Watch {
             // The reader has not acted on the last verdict yet.
             return;
         }
-        let quiet = now.saturating_duration_since(self.last_request.get());
-        match self.frame_started.get() {
-            Some(started) if !frame_timeout.is_zero() => {
-                if now.saturating_duration_since(started) >= frame_timeout {
-                    self.expire(Expiry::Frame);
-                }
-                return;
+        if let Some(started) = self.frame_started.get()
+            && !frame_timeout.is_zero()
+        {
+            if now.saturating_duration_since(started) >= frame_timeout {
+                self.expire(Expiry::Frame);
             }
-            _ => {}
+            return;
         }
+        let quiet = now.saturating_duration_since(self.last_request.get());
         let outbox = &self.outbox;
         if !idle_timeout.is_zero()
             && quiet >= idle_timeout
@@ -385,7 +382,7 @@ impl Default for Scratch {
             inflated: Vec::new(),
             deflated: Vec::new(),
             calling_at: NOT_CALLING,
-            calling: Route::default().id,
+            calling: MethodId::default(),
         }
     }
 }
@@ -523,23 +520,11 @@ enum Taken {
 /// The method a connection called last, by its names' wire bytes: pipelined calls nearly always
 /// name one method, and a frame that starts with the same bytes is decoded without parsing or
 /// checking them again and dispatched without a lookup.
+#[derive(Default)]
 struct Route {
     names: protocol::Names,
     /// What `names` look up to (meaningful once names are kept).
     id: MethodId,
-}
-
-impl Default for Route {
-    fn default() -> Route {
-        Route {
-            names: protocol::Names::default(),
-            id: MethodId {
-                service: 0,
-                method: 0,
-                index: 0,
-            },
-        }
-    }
 }
 
 /// Answers the call at the front of `rbuf`, whose handler (of `method`) panicked: counted as
@@ -710,7 +695,7 @@ fn take_frames<R: Registry>(
             // A plain call whose handler did not answer at once: the general answer, from the
             // frame decoded in full (it decoded in part already).
             let (frame, raw) = front_frame(rbuf.data(), limits)?;
-            let later = answer(core, &frame, raw, false, invoked, &mut out, outbox, scratch)?;
+            let later = answer(core, &frame, raw, false, invoked, &mut out, scratch)?;
             (raw.len(), later)
         } else {
             let data = rbuf.data();
@@ -742,10 +727,7 @@ fn take_frames<R: Registry>(
                     (frame, found)
                 }
             };
-            (
-                total,
-                handle(core, &frame, raw, found, &mut out, outbox, scratch)?,
-            )
+            (total, handle(core, &frame, raw, found, &mut out, scratch)?)
         };
         rbuf.consume(total);
         if let Some(later) = later {
@@ -807,7 +789,6 @@ fn handle<R: Registry>(
     raw: &[u8],
     found: Result<MethodId, LookupError>,
     out: &mut Vec<u8>,
-    outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
 ) -> Result<Option<Later>, End> {
     let metrics = &core.metrics;
@@ -854,12 +835,11 @@ fn handle<R: Registry>(
         Panics::Propagate,
     );
     scratch.calling_at = NOT_CALLING;
-    answer(core, frame, raw, compressed, invoked, out, outbox, scratch)
+    answer(core, frame, raw, compressed, invoked, out, scratch)
 }
 
 /// Sends what became of a call: its reply (now, or later for the caller to start), an error
 /// reply, or nothing (oneway). `Err`: the connection closes.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn answer<R: Registry>(
     core: &Rc<Core<R>>,
@@ -868,7 +848,6 @@ fn answer<R: Registry>(
     compressed: bool,
     invoked: Invoked,
     out: &mut Vec<u8>,
-    outbox: &Rc<Outbox>,
     scratch: &mut Scratch,
 ) -> Result<Option<Later>, End> {
     let oneway = frame.header.is_oneway();
@@ -882,7 +861,6 @@ fn answer<R: Registry>(
         }
         // Runs whether or not it is oneway (rpcx runs a oneway call's handler too).
         Invoked::Pending(deferred) => {
-            outbox.delayed.set(outbox.delayed.get() + 1);
             return Ok(Some(Later::Pending(PendingReply::new(
                 frame, raw, compressed, deferred,
             ))));
@@ -892,13 +870,11 @@ fn answer<R: Registry>(
         Invoked::After(delay) => {
             let mut bytes = Vec::new();
             write_reply(&mut bytes, frame, raw, compressed, scratch);
-            outbox.delayed.set(outbox.delayed.get() + 1);
             return Ok(Some(Later::Delayed(delay, bytes)));
         }
         Invoked::Expired(deadline) => {
             let mut bytes = Vec::new();
             error_reply(core, &mut bytes, frame, DEADLINE_EXCEEDED);
-            outbox.delayed.set(outbox.delayed.get() + 1);
             return Ok(Some(Later::Delayed(deadline, bytes)));
         }
         Invoked::Failed(text) => error_reply(core, out, frame, &text),
@@ -908,7 +884,7 @@ fn answer<R: Registry>(
 
 /// A reply that comes later, from a task of its own, so other calls go on meanwhile. It counts
 /// in `outbox.delayed` (against `limits.max_calls_in_flight`, and the connection does not close
-/// before it is written) from when it is made.
+/// before it is written) from when it starts, right after the call that made it.
 enum Later {
     /// An async handler's: written when it is done.
     Pending(PendingReply),
@@ -918,6 +894,8 @@ enum Later {
 
 impl Later {
     fn start<R: Registry>(self, core: &Rc<Core<R>>, outbox: &Rc<Outbox>) {
+        // Counted before the task is spawned: glommio polls it at once, and it may be done.
+        outbox.delayed.set(outbox.delayed.get() + 1);
         match self {
             Later::Pending(reply) => reply_later(core, outbox, reply),
             Later::Delayed(wait, bytes) => delay_reply(outbox, wait, bytes),

@@ -477,19 +477,17 @@ pub(crate) fn start_with<R: Registry>(
     let method_names: Arc<[(&'static str, &'static str)]> = R::method_names().into();
     let cores = cpus.len();
     // The connections' timeouts are looked at once per tick of one clock thread.
-    let limits = &config.limits;
-    let mut ticks = if limits.idle_timeout.is_zero() && limits.frame_timeout.is_zero() {
-        None
+    let mut ticks = if clock::needed(&config.limits) {
+        clock::start(cores, clock::period(&config.limits)).map_err(|error| ServerError::Thread {
+            name: "clock",
+            error,
+        })?
     } else {
-        let ticks =
-            clock::start(cores, clock::period(limits)).map_err(|error| ServerError::Thread {
-                name: "clock",
-                error,
-            })?;
-        Some(ticks.into_iter())
-    };
+        Vec::new()
+    }
+    .into_iter();
     for (index, ((&cpu, fds), receive)) in cpus.iter().zip(sockets).zip(receivers).enumerate() {
-        let tick = ticks.as_mut().and_then(Iterator::next);
+        let tick = ticks.next();
         let core_metrics = Arc::new(CoreMetrics::new(index, method_names.len()));
         metrics.push(Arc::clone(&core_metrics));
         let (config, stop, tls) = (Arc::clone(&config), Arc::clone(&stop), tls.clone());

@@ -241,7 +241,7 @@ pub trait Service: Sized + 'static {
 
 /// A registered method: its service, its number in the service, and its index among all the
 /// registry's methods (for per-method counters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MethodId {
     pub service: u16,
     pub method: u16,
