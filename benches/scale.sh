@@ -7,6 +7,15 @@
 #   SERVER_CPUS="1 2 4 8" DURATION=10s bash benches/scale.sh
 #   OTHERS='rpcx-go=/opt/bin/rpcx-arith -addr 127.0.0.1:{port}' bash benches/scale.sh
 #   SERVER_CPUS=1 bash benches/scale.sh             # a smoke run on a 2-CPU machine
+#   BIN=target/scale-bin/percore NULL_BIN=target/scale-bin/null_server bash benches/scale.sh
+#                                                   # binaries built elsewhere: no cargo needed
+#
+# On a lent many-core machine (the `device` tool: a copy of the tree, no cargo build wanted, at
+# most 64 MiB carried), build here and carry stripped binaries:
+#   cargo build --release --locked --bin percore --example null_server
+#   mkdir -p target/scale-bin && strip -o target/scale-bin/percore target/release/percore &&
+#       strip -o target/scale-bin/null_server target/release/examples/null_server
+#   then run, carrying target/scale-bin: BIN=... NULL_BIN=... OUT=$OUT bash benches/scale.sh
 #
 # Each server runs on CPUs 0..N-1 (taskset) with N executors (percore `serve --cores N`, the null
 # server's N; another server's command gets {port} and {cpus} filled in and GOMAXPROCS=N), and the
@@ -26,7 +35,8 @@
 #
 # Every run's report is left in $OUT (default target/scale), with runs.tsv and table.txt.
 # Environment: SERVER_CPUS (1 2 4 ... up to half the CPUs), DURATION (5s), WARMUP (1s), PORT
-# (19400), OUT, OTHERS ("name=command" entries separated by ';').
+# (19400), OUT, OTHERS ("name=command" entries separated by ';'), BIN and NULL_BIN (percore and
+# the null server, built here by cargo when neither is given).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -39,8 +49,8 @@ OUT=${OUT:-target/scale}
 CONNS_PIPELINED=${CONNS_PIPELINED:-256}
 DEPTH=${DEPTH:-32}
 CONNS_SINGLE=${CONNS_SINGLE:-1024}
-BIN=target/release/percore
-NULL_BIN=target/release/examples/null_server
+BIN=${BIN:-}
+NULL_BIN=${NULL_BIN:-}
 
 die() {
     echo "scale.sh: $*" >&2
@@ -61,9 +71,16 @@ for n in $SERVER_CPUS; do
     ((n < TOTAL)) || die "SERVER_CPUS: $n server CPUs leave none of the $TOTAL to the generator"
 done
 
-echo "== building percore and the null server"
-cargo build --release --locked --quiet --bin percore --example null_server ||
-    die "cannot build percore and the null server"
+if [[ -z $BIN && -z $NULL_BIN ]]; then
+    echo "== building percore and the null server"
+    cargo build --release --locked --quiet --bin percore --example null_server ||
+        die "cannot build percore and the null server"
+    BIN=target/release/percore
+    NULL_BIN=target/release/examples/null_server
+fi
+[[ -n $BIN && -n $NULL_BIN ]] || die "BIN and NULL_BIN are given together (or neither, to build them)"
+[[ -x $BIN ]] || die "BIN: '$BIN' is not an executable"
+[[ -x $NULL_BIN ]] || die "NULL_BIN: '$NULL_BIN' is not an executable"
 mkdir -p "$OUT"
 
 SERVERS=(percore null)
