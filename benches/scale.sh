@@ -15,7 +15,8 @@
 #   cargo build --release --locked --bin percore --example null_server
 #   mkdir -p target/scale-bin && strip -o target/scale-bin/percore target/release/percore &&
 #       strip -o target/scale-bin/null_server target/release/examples/null_server
-#   then run, carrying target/scale-bin: BIN=... NULL_BIN=... OUT=$OUT bash benches/scale.sh
+#   then run there, carrying target/scale-bin, with the table written where it comes back:
+#   BIN=target/scale-bin/percore NULL_BIN=target/scale-bin/null_server OUT=$OUT bash benches/scale.sh
 #
 # Each server runs on CPUs 0..N-1 (taskset) with N executors (percore `serve --cores N`, the null
 # server's N; another server's command gets {port} and {cpus} filled in and GOMAXPROCS=N), and the
