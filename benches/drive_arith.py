@@ -3,11 +3,16 @@
 calls on one connection, checking every reply's length. A deterministic, dependency-free load for
 benches/instructions.sh (the server runs under callgrind, so the driver's own speed is irrelevant).
 
-usage: drive_arith.py HOST PORT N BATCH [REPLY_LEN]
+usage: drive_arith.py HOST PORT N BATCH [REPLY_LEN [PAUSE]]
 
 REPLY_LEN is the length of one reply: 45 for Arith.Mul's reply {C:200} (the default), 47 for the
 null server, which echoes the request back. It must be right: a driver that expects fewer bytes
 than the server sends drifts ahead of the replies and ends up pipelining.
+
+PAUSE (seconds, default 0) is slept after each batch's replies, before the next batch is sent.
+Without it, whether the next batch arrives while the server's reactor still spins or after it
+went to sleep is a race, and the reactor's share of a call moves by 20% from run to run; with a
+pause longer than the server's turn-around, every batch finds the server asleep, the same way.
 """
 import socket
 import sys
@@ -15,6 +20,7 @@ import time
 
 host, port, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 resp_len = int(sys.argv[5]) if len(sys.argv) > 5 else 45
+pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 # The Go client's bytes for Arith.Mul {A:10, B:20}, MsgPack, seq 1 (tests/data/rpcx-go-frames.json).
 req = bytes.fromhex("0800003000000000000000010000001f000000054172697468000000034d756c000000000000000782a1410aa14214")
 for _ in range(150):
@@ -36,6 +42,8 @@ for _ in range(n // batch):
         if not d:
             raise SystemExit("server closed the connection")
         need -= len(d)
+    if pause:
+        time.sleep(pause)
 # Nothing may be left over: extra bytes mean REPLY_LEN is wrong and the run was pipelined.
 s.settimeout(0.3)
 try:

@@ -5,7 +5,8 @@
 #   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
 #   REQUESTS=20000 RUNS=5 bash benches/instructions.sh   # each measured RUNS times (default 3), median printed
 #   KEEP=/tmp/cg bash benches/instructions.sh   # keep the callgrind dumps (done.SERVER.BATCH) for callgrind_annotate
-#   SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
+#   PAUSE=0.002 BATCHES=32 bash benches/instructions.sh   # the driver sleeps after each batch: runs repeat exactly
+#   BATCHES=32 SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
 # (callgrind_control -z), drive REQUESTS calls with benches/drive_arith.py, dump the counters
@@ -39,7 +40,7 @@ measure() { # $1 = batch size (calls pipelined per write), $2 = percore or null
     [ "$server" = null ] && reply=47 # the null server echoes the 47-byte request
     python3 benches/drive_arith.py 127.0.0.1 "$PORT" 640 "$batch" "$reply"
     callgrind_control -z "$pid" >/dev/null
-    python3 benches/drive_arith.py 127.0.0.1 "$PORT" "$REQUESTS" "$batch" "$reply"
+    python3 benches/drive_arith.py 127.0.0.1 "$PORT" "$REQUESTS" "$batch" "$reply" "${PAUSE:-0}"
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill -9 "$pid" 2>/dev/null || true
@@ -90,9 +91,12 @@ PY
 }
 
 echo "callgrind, user-space instructions on the server, $REQUESTS requests per run, $RUNS runs each"
-for server in ${SERVERS:-percore null}; do
-    for batch in 1 32; do
-        for _ in $(seq "$RUNS"); do
+# The servers take turns, run by run: the share outside the tasks moves with the machine's state
+# (how the driver's writes fall against the reactor's sleeps), and turns let both servers see the
+# same drift rather than one of them all of it.
+for batch in ${BATCHES:-1 32}; do
+    for _ in $(seq "$RUNS"); do
+        for server in ${SERVERS:-percore null}; do
             measure "$batch" "$server" | tee -a "$out/results"
         done
     done
