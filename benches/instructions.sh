@@ -5,7 +5,7 @@
 #   bash benches/instructions.sh            # percore and the null server, Arith.Mul MsgPack, 1 in flight and 32 pipelined
 #   REQUESTS=20000 RUNS=5 bash benches/instructions.sh   # each measured RUNS times (default 3), median printed
 #   KEEP=/tmp/cg bash benches/instructions.sh   # keep the callgrind dumps (done.SERVER.BATCH) for callgrind_annotate
-#   PAUSE=0.002 BATCHES=32 bash benches/instructions.sh   # the driver sleeps after each batch: runs repeat exactly
+#   PAUSE=0.002 BATCHES=32 bash benches/instructions.sh   # the driver sleeps after each batch: runs repeat within an instruction or two
 #   BATCHES=32 SERVERS=percore SERVER_ARGS="--set limits.idle_timeout=0s" bash benches/instructions.sh
 #
 # Method: start `percore serve --cores 1` under callgrind, warm up, zero the counters
@@ -21,6 +21,9 @@ RUNS=${RUNS:-3}
 PORT=${PORT:-19111}
 BIN=${BIN:-target/release/percore}
 NULL=${NULL:-target/release/examples/null_server}
+case ${PAUSE:-0} in
+    '' | *[!0-9.]* | *.*.* | .) echo "instructions.sh: PAUSE=$PAUSE is not a number of seconds (e.g. 0.002)" >&2; exit 2 ;;
+esac
 [ -x "$BIN" ] || cargo build --release --locked
 [ -x "$NULL" ] || cargo build --release --locked --example null_server
 out=$(mktemp -d)
